@@ -1,0 +1,3 @@
+from callctl.app import main
+
+main()

@@ -1,0 +1,80 @@
+"""The ``callctl`` command tree: global options here, one module per command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from callctl import __version__
+from callctl.commands import server as server_cmd
+from callctl.commands import token as token_cmd
+from callctl.config import ConfigError, resolve
+from callctl.exitcodes import ExitCode
+from callctl.ui.console import fail
+
+app = typer.Typer(
+    name="callctl",
+    help="1:1 audio and video calls from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"callctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", envvar="CALLCTL_SERVER", help="Signaling server URL."),
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--as", envvar="CALLCTL_USER", help="Your user id.")
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option("--service", envvar="CALLCTL_SERVICE", help="Service id (tenant)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="CALLCTL_TOKEN", help="Access token (JWT).", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CALLCTL_CONFIG",
+            help="TOML config file (default: ~/.config/callctl/config.toml, then /etc/callctl/config.toml).",
+        ),
+    ] = None,
+    json: Annotated[
+        bool, typer.Option("--json", envvar="CALLCTL_JSON", help="NDJSON events on stdout.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    try:
+        ctx.obj = resolve(
+            server=server, user=user, service=service, token=token, json=json, config=config
+        )
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+
+
+app.command("server", help=server_cmd.__doc__)(server_cmd.server)
+app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
+
+
+def main() -> None:
+    app()

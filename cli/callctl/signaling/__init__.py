@@ -1,0 +1,1 @@
+"""Signaling: the wire protocol, the server (app + store) and the client."""

@@ -1,0 +1,335 @@
+"""The signaling client: typed calls to the REST API and a self-healing event stream.
+
+Errors form one tree; a caller catches the branch it cares about::
+
+    SignalingError              anything the server or the network refused
+    ├── ServerUnreachable       no answer: refused, timed out, dropped, 5xx, bad TLS
+    ├── AuthFailed              401: token missing, invalid or expired
+    ├── Forbidden               403: not a party / not the callee / wrong device
+    ├── NotFound                404: no such call
+    ├── Conflict                409: the call moved on (answered, ended), device cap
+    ├── RateLimited             429: see ``retry_after``
+    └── RequestRejected         400/413/422: our request was malformed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+from httpx_sse import SSEError, aconnect_sse
+
+from callctl.signaling import protocol as p
+
+T = TypeVar("T")
+DEVICE_HEADER = "X-Callctl-Device"
+
+
+class SignalingError(Exception):
+    def __init__(self, message: str, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+class ServerUnreachable(SignalingError):
+    pass
+
+
+class AuthFailed(SignalingError):
+    pass
+
+
+class Forbidden(SignalingError):
+    pass
+
+
+class NotFound(SignalingError):
+    pass
+
+
+class Conflict(SignalingError):
+    pass
+
+
+class RateLimited(SignalingError):
+    def __init__(self, message: str, code: str, status: int, retry_after: float) -> None:
+        super().__init__(message, code, status)
+        self.retry_after = retry_after
+
+
+class RequestRejected(SignalingError):
+    pass
+
+
+_BY_STATUS: dict[int, type[SignalingError]] = {
+    401: AuthFailed,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    400: RequestRejected,
+    413: RequestRejected,
+    422: RequestRejected,
+}
+
+
+def _error_from_response(status: int, body: bytes, headers: httpx.Headers) -> SignalingError:
+    try:
+        err = msgspec.json.decode(body, type=p.Error)
+        code, message = err.error.value, err.message
+    except msgspec.DecodeError:
+        code, message = "", body[:200].decode(errors="replace") or f"HTTP {status}"
+    if status == 429:
+        try:
+            retry = float(headers.get("retry-after", "1"))
+        except ValueError:
+            retry = 1.0
+        return RateLimited(message, code, status, retry)
+    if status >= 500:
+        return ServerUnreachable(f"server error {status}: {message}", code, status)
+    return _BY_STATUS.get(status, SignalingError)(message, code, status)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {exc}" if str(exc) else "cannot connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# ------------------------------------------------------------------ stream items
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An event from the server, with its id (None for ``registered``)."""
+
+    id: str | None
+    event: p.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The stream dropped (or could not connect); it retries after ``retry_in`` s."""
+
+    error: SignalingError
+    retry_in: float
+
+
+StreamItem = Received | Disconnected
+
+
+class SignalingClient:
+    """One identity (token) and one device talking to one server."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str | Callable[[], str],
+        *,
+        device: str = "default",
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.device = device
+        self._token = token
+        if self.server.startswith("https://"):
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file)
+        else:
+            # plain http: a context with no CA store loaded (loading one costs
+            # ~100 ms); if anything ever redirects to https it fails closed
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            verify=verify,
+            timeout=httpx.Timeout(timeout),
+            headers={DEVICE_HEADER: device},
+            follow_redirects=False,
+        )
+
+    def _auth(self) -> dict[str, str]:
+        token = self._token() if callable(self._token) else self._token
+        return {"Authorization": f"Bearer {token}"}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> SignalingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ REST
+    async def _request(self, method: str, path: str, body: Any, kind: type[T]) -> T:
+        content = p.encode(body) if body is not None else None
+        headers = self._auth()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = await self._http.request(method, path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServerUnreachable(f"{self.server}: {_describe(exc)}") from None
+        if resp.status_code >= 400:
+            raise _error_from_response(resp.status_code, resp.content, resp.headers)
+        try:
+            return msgspec.json.decode(resp.content, type=kind)
+        except msgspec.DecodeError as exc:
+            raise ServerUnreachable(f"unexpected answer from {self.server}: {exc}") from None
+
+    async def create_call(
+        self, to: str, sdp: str, media: p.Media = p.Media.AUDIO, ring_timeout: float | None = None
+    ) -> p.CallInfo:
+        req = p.CreateCall(to=to, sdp=sdp, media=media, ring_timeout=ring_timeout)
+        return await self._request("POST", "/v1/calls", req, p.CallInfo)
+
+    async def get_call(self, call_id: str) -> p.CallInfo:
+        return await self._request("GET", f"/v1/calls/{call_id}", None, p.CallInfo)
+
+    async def answer(self, call_id: str, sdp: str) -> p.CallInfo:
+        return await self._request(
+            "POST", f"/v1/calls/{call_id}/answer", p.AnswerCall(sdp=sdp), p.CallInfo
+        )
+
+    async def decline(self, call_id: str) -> p.CallInfo:
+        return await self._request(
+            "POST", f"/v1/calls/{call_id}/decline", p.DeclineCall(), p.CallInfo
+        )
+
+    async def hangup(
+        self, call_id: str, reason: p.EndReason = p.EndReason.HANGUP
+    ) -> p.CallInfo:
+        return await self._request(
+            "POST", f"/v1/calls/{call_id}/hangup", p.HangupCall(reason=reason), p.CallInfo
+        )
+
+    async def signal(self, call_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+        await self._request(
+            "POST",
+            f"/v1/calls/{call_id}/signal",
+            p.SignalCall(kind=kind, data=data or {}),
+            p.CallInfo,
+        )
+
+    async def health(self) -> p.Health:
+        try:
+            resp = await self._http.get("/healthz")
+        except httpx.HTTPError as exc:
+            raise ServerUnreachable(f"{self.server}: {_describe(exc)}") from None
+        if resp.status_code != 200:
+            raise _error_from_response(resp.status_code, resp.content, resp.headers)
+        return msgspec.json.decode(resp.content, type=p.Health)
+
+    # ---------------------------------------------------------------- events
+    def events(self, *, max_backoff: float = 5.0) -> EventStream:
+        return EventStream(self, max_backoff=max_backoff)
+
+
+class EventStream:
+    """``GET /v1/events`` as an endless async iterator of ``StreamItem``.
+
+    Reconnects by itself with backoff and ``Last-Event-ID``, and drops events
+    it has already yielded.  It ends only by raising: ``AuthFailed`` (token
+    refused or expired), ``Conflict`` (device cap reached, or this device was
+    taken over by a newer stream), or when the caller stops iterating.
+    """
+
+    def __init__(self, client: SignalingClient, *, max_backoff: float) -> None:
+        self._client = client
+        self._max_backoff = max_backoff
+        self.last_id: str | None = None
+        self._seen: collections.deque[str] = collections.deque(maxlen=1024)
+        self._seen_set: set[str] = set()
+        self.connected = False
+        self.heartbeat_s = 15.0
+
+    def _remember(self, event_id: str) -> bool:
+        """False if this id was seen already."""
+        if event_id in self._seen_set:
+            return False
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(event_id)
+        self._seen_set.add(event_id)
+        return True
+
+    async def __aiter__(self) -> AsyncIterator[StreamItem]:
+        attempt = 0
+        while True:
+            try:
+                async for item in self._connect_once():
+                    attempt = 0
+                    yield item
+                error: SignalingError = ServerUnreachable("event stream ended")
+            except ServerUnreachable as exc:
+                error = exc
+            self.connected = False
+            delay = min(self._max_backoff, 0.1 * (2**attempt)) * random.uniform(0.8, 1.2)
+            attempt += 1
+            yield Disconnected(error, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> AsyncIterator[StreamItem]:
+        c = self._client
+        headers = c._auth()
+        if self.last_id:
+            headers["Last-Event-ID"] = self.last_id
+        # a silent stream for 2.5 heartbeats means the server or the path is dead
+        timeout = httpx.Timeout(10.0, read=self.heartbeat_s * 2.5 + 5)
+        try:
+            async with aconnect_sse(
+                c._http,
+                "GET",
+                "/v1/events",
+                params={"device": c.device},
+                headers=headers,
+                timeout=timeout,
+            ) as source:
+                resp = source.response
+                if resp.status_code != 200:
+                    body = await resp.aread()
+                    error = _error_from_response(resp.status_code, body, resp.headers)
+                    if isinstance(error, (ServerUnreachable, RateLimited)):
+                        raise ServerUnreachable(error.message, error.code, error.status)
+                    raise error
+                async for sse in source.aiter_sse():
+                    if not sse.event or sse.event == "message":
+                        continue
+                    try:
+                        event = p.decode_event(sse.data)
+                    except msgspec.DecodeError:
+                        continue  # an event type from a newer server: skip it
+                    if isinstance(event, p.StreamClosing):
+                        if event.reason == "token_expired":
+                            raise AuthFailed("token expired", "unauthorized", 401)
+                        if event.reason == "replaced":
+                            raise Conflict(
+                                f"another stream took over device {c.device!r}",
+                                "replaced",
+                                409,
+                            )
+                        continue  # shutdown/overflow: reconnect after the close
+                    if isinstance(event, p.Registered):
+                        self.connected = True
+                        self.heartbeat_s = event.heartbeat_s
+                        if self.last_id is None:
+                            self.last_id = event.cursor
+                        yield Received(None, event)
+                        continue
+                    if sse.id:
+                        if not self._remember(sse.id):
+                            continue
+                        self.last_id = sse.id
+                    yield Received(sse.id or None, event)
+        except (httpx.HTTPError, SSEError) as exc:
+            raise ServerUnreachable(f"{c.server}: {_describe(exc)}") from None

@@ -1,0 +1,470 @@
+"""The server's call logic: who may do what to a call, and who hears about it.
+
+The hub turns authenticated requests into Store operations and events.  It owns
+this node's timers (ring timeouts, offline grace) and its open streams
+(heartbeats, shutdown); everything shared between nodes is in the Store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from callctl.signaling import protocol as p
+from callctl.signaling.auth import Identity
+from callctl.signaling.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subscription
+
+log = logging.getLogger("callctl.server")
+
+
+class HubError(Exception):
+    """A request the hub refuses; maps to one HTTP status and error code."""
+
+    def __init__(
+        self, status: int, code: p.ErrorCode, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class HubConfig:
+    ring_timeout_s: float = 60.0
+    heartbeat_s: float = 15.0
+    max_devices: int = 8
+    #: New calls per caller: sustained rate and burst.
+    calls_per_minute: float = 30.0
+    call_burst: int = 10
+    #: A party whose call device stays offline this long ends the call.
+    offline_grace_s: float = 20.0
+    ice_servers: tuple[p.IceServer, ...] = ()
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    """One open event stream (one device of one user) on this node."""
+
+    identity: Identity
+    device: str
+    stream_id: str
+    sub: Subscription
+
+
+class Hub:
+    def __init__(self, store: Store, config: HubConfig) -> None:
+        self.store = store
+        self.config = config
+        self.server_id = secrets.token_hex(4)
+        self._streams: dict[tuple[str, str], Stream] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick(), name="hub-ticker")
+
+    async def close_streams(self) -> None:
+        """Tell every open stream to end (server shutting down)."""
+        self.closing = True
+        for stream in list(self._streams.values()):
+            stream.sub.close("shutdown")
+
+    async def stop(self) -> None:
+        await self.close_streams()
+        tasks = [t for t in (self._ticker, *self._timers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    async def _tick(self) -> None:
+        """Heartbeats, token expiry on open streams, and housekeeping."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            now = time.time()
+            for stream in list(self._streams.values()):
+                if stream.identity.expires_at + 30 < now:
+                    stream.sub.close("token_expired")
+                else:
+                    stream.sub.offer(HEARTBEAT)
+            await self.store.purge(now)
+
+    def _later(self, delay: float, coro_fn, *args) -> None:  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await coro_fn(*args)
+            except Exception:  # a timer must never take the server down
+                log.exception("timer failed")
+
+        task = asyncio.create_task(run())
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    # ----------------------------------------------------------------- events
+    async def _emit(
+        self,
+        user_key: str,
+        event: p.Event,
+        *,
+        only_device: str | None = None,
+        except_device: str | None = None,
+    ) -> str:
+        return await self.store.publish(
+            user_key,
+            p.event_name(event),
+            p.encode(event),
+            only_device=only_device,
+            except_device=except_device,
+        )
+
+    async def _emit_ended(self, call: CallRecord) -> None:
+        assert call.reason is not None and call.ended_by is not None
+        event = p.CallEnded(call_id=call.call_id, reason=call.reason, by=call.ended_by)
+        await self._emit(call.caller_key, event, only_device=call.caller_device)
+        # while ringing every device of the callee rang: tell them all
+        await self._emit(call.callee_key, event, only_device=call.callee_device)
+        log.info(
+            "call %s %s -> %s ended reason=%s by=%s",
+            call.call_id[:8], call.caller, call.callee, call.reason.value, call.ended_by.value,
+        )
+
+    # ----------------------------------------------------------------- streams
+    async def open_stream(
+        self, identity: Identity, device: str, last_id: str | None
+    ) -> tuple[Stream, list[StoredEvent], p.Registered]:
+        """Register a device and return what to send first (replay + pending rings)."""
+        if self.closing:
+            raise HubError(503, p.ErrorCode.UNAVAILABLE, "server is shutting down")
+        user_key = identity.key
+        stream_id = secrets.token_hex(8)
+        online = await self.store.register_device(
+            user_key, device, stream_id, self.config.max_devices
+        )
+        if online is None:
+            raise HubError(
+                409,
+                p.ErrorCode.TOO_MANY_DEVICES,
+                f"user already has {self.config.max_devices} devices online",
+            )
+        previous = self._streams.get((user_key, device))
+        if previous is not None:
+            previous.sub.close("replaced")
+        # subscribe before reading the log, so nothing falls between the two
+        sub = self.store.subscribe(user_key, device)
+        stream = Stream(identity, device, stream_id, sub)
+        self._streams[(user_key, device)] = stream
+
+        cursor = await self.store.cursor(user_key)
+        backlog = [
+            e for e in (await self.store.replay(user_key, last_id) if last_id else [])
+            if e.for_device(device)
+        ]
+        sent = {e.id for e in backlog}
+        for call in await self.store.ringing_calls_for(user_key):
+            await self._mark_rang(call)
+            if call.ring_event_id is None or call.ring_event_id in sent:
+                continue
+            if last_id and not self.store.is_after(call.ring_event_id, last_id):
+                continue  # the client has seen this ring already
+            ring = p.CallIncoming(
+                call_id=call.call_id,
+                caller=call.caller,
+                media=call.media,
+                sdp=call.offer_sdp,
+                ring_expires_at=call.ring_expires_at,
+            )
+            backlog.append(StoredEvent(call.ring_event_id, "call.incoming", p.encode(ring)))
+        registered = p.Registered(
+            user=identity.user,
+            service=identity.service,
+            device=device,
+            devices_online=online,
+            heartbeat_s=self.config.heartbeat_s,
+            server_id=self.server_id,
+            ice_servers=list(self.config.ice_servers),
+            replayed=len(backlog),
+            cursor=cursor,
+        )
+        log.debug("stream open %s device=%s online=%d", user_key, device, online)
+        return stream, backlog, registered
+
+    async def close_stream(self, stream: Stream) -> None:
+        user_key = stream.identity.key
+        self.store.unsubscribe(stream.sub)
+        if self._streams.get((user_key, stream.device)) is stream:
+            del self._streams[(user_key, stream.device)]
+        await self.store.unregister_device(user_key, stream.device, stream.stream_id)
+        log.debug("stream closed %s device=%s", user_key, stream.device)
+        if not self.closing:
+            self._later(self.config.offline_grace_s, self._check_offline, user_key, stream.device)
+
+    async def _check_offline(self, user_key: str, device: str) -> None:
+        """End a call whose party's device did not come back within the grace."""
+        if device in await self.store.devices_online(user_key):
+            return
+        call_id = await self.store.connected_call_of(user_key)
+        if call_id is None:
+            return
+        call = await self.store.get_call(call_id)
+        if call is None:
+            return
+        mine = (call.caller_key == user_key and call.caller_device == device) or (
+            call.callee_key == user_key and call.callee_device == device
+        )
+        if mine:
+            await self._end(call, p.CallState.CONNECTED, p.EndReason.NETWORK_LOST, p.Party.SERVER)
+
+    async def _mark_rang(self, call: CallRecord) -> None:
+        if call.rang:
+            return
+        devices = await self.store.devices_online(call.callee_key)
+        if not devices:
+            return
+        updated, applied = await self.store.update_call(
+            call.call_id, p.CallState.RINGING, {"rang": True}
+        )
+        if applied and updated is not None:
+            call.rang = True
+            await self._emit(
+                call.caller_key,
+                p.CallRinging(call_id=call.call_id, devices=len(devices)),
+                only_device=call.caller_device,
+            )
+            log.info("call %s %s -> %s ringing", call.call_id[:8], call.caller, call.callee)
+
+    # ------------------------------------------------------------------- calls
+    def info(self, call: CallRecord) -> p.CallInfo:
+        return p.CallInfo(
+            call_id=call.call_id,
+            caller=call.caller,
+            callee=call.callee,
+            media=call.media,
+            state=call.state,
+            created_at=call.created_at,
+            ring_expires_at=call.ring_expires_at,
+            answered_at=call.answered_at,
+            ended_at=call.ended_at,
+            reason=call.reason,
+            ended_by=call.ended_by,
+            answer_sdp=call.answer_sdp,
+            ice_servers=list(self.config.ice_servers),
+        )
+
+    async def create_call(self, me: Identity, device: str, req: p.CreateCall) -> p.CallInfo:
+        if req.to == me.user:
+            raise HubError(422, p.ErrorCode.INVALID, "a user cannot call itself")
+        wait = await self.store.take_token(
+            f"calls:{me.key}", self.config.calls_per_minute / 60.0, self.config.call_burst
+        )
+        if wait > 0:
+            retry = max(1, int(wait + 0.999))
+            raise HubError(
+                429,
+                p.ErrorCode.RATE_LIMITED,
+                f"too many new calls; retry in {retry} s",
+                {"Retry-After": str(retry)},
+            )
+        now = time.time()
+        timeout = self.config.ring_timeout_s
+        if req.ring_timeout is not None:
+            timeout = min(timeout, req.ring_timeout)
+        call = CallRecord(
+            call_id=secrets.token_hex(16),
+            service=me.service,
+            caller=me.user,
+            callee=req.to,
+            media=req.media,
+            offer_sdp=req.sdp,
+            state=p.CallState.RINGING,
+            created_at=now,
+            ring_expires_at=now + timeout,
+            caller_device=device,
+        )
+        if await self.store.connected_call_of(call.callee_key) is not None:
+            call.state = p.CallState.ENDED
+            call.reason, call.ended_by, call.ended_at = p.EndReason.BUSY, p.Party.SERVER, now
+            await self.store.create_call(call)
+            log.info("call %s %s -> %s busy", call.call_id[:8], call.caller, call.callee)
+            await self._emit(
+                call.caller_key,
+                p.CallEnded(call_id=call.call_id, reason=call.reason, by=call.ended_by),
+                only_device=device,
+            )
+            return self.info(call)
+
+        await self.store.create_call(call)
+        log.info("call %s %s -> %s created media=%s", call.call_id[:8], call.caller, call.callee,
+                 call.media.value)
+        ring = p.CallIncoming(
+            call_id=call.call_id,
+            caller=call.caller,
+            media=call.media,
+            sdp=call.offer_sdp,
+            ring_expires_at=call.ring_expires_at,
+        )
+        # the ring goes into the callee's log even when no device is online:
+        # a device that connects (or resumes) before the timeout still rings
+        ring_id = await self._emit(call.callee_key, ring)
+        updated, _ = await self.store.update_call(
+            call.call_id, p.CallState.RINGING, {"ring_event_id": ring_id}
+        )
+        if updated is not None:
+            call = updated
+            await self._mark_rang(call)
+        self._later(timeout, self._ring_timeout, call.call_id)
+        return self.info(call)
+
+    async def _ring_timeout(self, call_id: str) -> None:
+        call = await self.store.get_call(call_id)
+        if call is None or call.state != p.CallState.RINGING:
+            return
+        reason = p.EndReason.NO_ANSWER if call.rang else p.EndReason.UNAVAILABLE
+        await self._end(call, p.CallState.RINGING, reason, p.Party.SERVER)
+
+    async def _end(
+        self, call: CallRecord, expect: p.CallState, reason: p.EndReason, by: p.Party
+    ) -> CallRecord | None:
+        updated, applied = await self.store.update_call(
+            call.call_id,
+            expect,
+            {"state": p.CallState.ENDED, "reason": reason, "ended_by": by, "ended_at": time.time()},
+        )
+        if applied and updated is not None:
+            await self._emit_ended(updated)
+            return updated
+        return None
+
+    async def _party_call(self, me: Identity, call_id: str) -> tuple[CallRecord, p.Party]:
+        call = await self.store.get_call(call_id)
+        if call is None:
+            raise HubError(404, p.ErrorCode.NOT_FOUND, "no such call")
+        if call.service == me.service and me.user == call.caller:
+            return call, p.Party.CALLER
+        if call.service == me.service and me.user == call.callee:
+            return call, p.Party.CALLEE
+        raise HubError(403, p.ErrorCode.FORBIDDEN, "not a party to this call")
+
+    async def get_call(self, me: Identity, call_id: str) -> p.CallInfo:
+        call, _ = await self._party_call(me, call_id)
+        return self.info(call)
+
+    async def answer(self, me: Identity, device: str, call_id: str, sdp: str) -> p.CallInfo:
+        call, role = await self._party_call(me, call_id)
+        if role is not p.Party.CALLEE:
+            raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may answer")
+        updated, applied = await self.store.update_call(
+            call_id,
+            p.CallState.RINGING,
+            {
+                "state": p.CallState.CONNECTED,
+                "callee_device": device,
+                "answer_sdp": sdp,
+                "answered_at": time.time(),
+            },
+        )
+        if not applied or updated is None:
+            raise _state_error(updated or call)
+        await self._emit(
+            updated.caller_key,
+            p.CallAnswered(call_id=call_id, sdp=sdp),
+            only_device=updated.caller_device,
+        )
+        await self._emit(
+            updated.callee_key,
+            p.CallEnded(
+                call_id=call_id, reason=p.EndReason.ANSWERED_ELSEWHERE, by=p.Party.CALLEE
+            ),
+            except_device=device,
+        )
+        log.info("call %s %s -> %s connected", call_id[:8], updated.caller, updated.callee)
+        return self.info(updated)
+
+    async def decline(self, me: Identity, call_id: str) -> p.CallInfo:
+        call, role = await self._party_call(me, call_id)
+        if role is not p.Party.CALLEE:
+            raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may decline")
+        ended = await self._end(call, p.CallState.RINGING, p.EndReason.DECLINED, p.Party.CALLEE)
+        if ended is None:
+            raise _state_error(await self.store.get_call(call_id) or call)
+        return self.info(ended)
+
+    async def hangup(
+        self, me: Identity, call_id: str, reason: p.EndReason
+    ) -> p.CallInfo:
+        call, role = await self._party_call(me, call_id)
+        if reason not in p.HANGUP_REASONS:
+            raise HubError(
+                422,
+                p.ErrorCode.INVALID,
+                f"hangup reason must be one of {sorted(r.value for r in p.HANGUP_REASONS)}",
+            )
+        for _ in range(3):  # the state may move under us (answer racing a cancel)
+            if call.state == p.CallState.ENDED:
+                return self.info(call)  # idempotent: report how it ended
+            if call.state == p.CallState.RINGING:
+                why = p.EndReason.CANCELLED if role is p.Party.CALLER else p.EndReason.DECLINED
+                if reason is not p.EndReason.HANGUP:
+                    why = reason
+            else:
+                why = reason
+            ended = await self._end(call, call.state, why, role)
+            if ended is not None:
+                return self.info(ended)
+            latest = await self.store.get_call(call_id)
+            if latest is None:
+                break
+            call = latest
+        raise HubError(409, p.ErrorCode.WRONG_STATE, "call changed state; try again")
+
+    async def signal(
+        self, me: Identity, device: str, call_id: str, req: p.SignalCall
+    ) -> p.CallInfo:
+        call, role = await self._party_call(me, call_id)
+        if call.state == p.CallState.ENDED:
+            raise _state_error(call)
+        event = p.CallSignal(call_id=call_id, sender=me.user, kind=req.kind, data=req.data)
+        if role is p.Party.CALLER:
+            await self._emit(call.callee_key, event, only_device=call.callee_device)
+        else:
+            if call.callee_device is not None and device != call.callee_device:
+                raise HubError(403, p.ErrorCode.FORBIDDEN, "another device has this call")
+            await self._emit(call.caller_key, event, only_device=call.caller_device)
+        return self.info(call)
+
+    async def health(self) -> p.Health:
+        from callctl import __version__
+
+        return p.Health(
+            status="shutting_down" if self.closing else "ok",
+            version=__version__,
+            streams=self.stream_count,
+            calls_active=await self.store.count_active_calls(),
+        )
+
+    def streams(self) -> Iterable[Stream]:
+        return self._streams.values()
+
+
+def _state_error(call: CallRecord) -> HubError:
+    if call.state == p.CallState.CONNECTED:
+        return HubError(409, p.ErrorCode.ALREADY_ANSWERED, "the call was already answered")
+    if call.state == p.CallState.ENDED:
+        reason = call.reason.value if call.reason else "unknown"
+        return HubError(409, p.ErrorCode.CALL_ENDED, f"the call has ended ({reason})")
+    return HubError(409, p.ErrorCode.WRONG_STATE, f"the call is {call.state.value}")

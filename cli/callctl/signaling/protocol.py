@@ -1,0 +1,259 @@
+"""The signaling wire protocol: every request, response and event, defined once.
+
+The server and the client both import these msgspec structs, so a message has
+exactly one definition.  Events travel as Server-Sent Events whose ``data`` is
+the JSON of one of the ``*Event`` structs below (tagged by its ``event`` field);
+the SSE ``id`` carries the event id used for ``Last-Event-ID`` replay.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+API_VERSION = "v1"
+
+#: User, service and device ids: short, printable, no separators that would
+#: need escaping in URLs, logs or Redis keys.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$"
+ID_PATTERN_RE = re.compile(ID_PATTERN)
+Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+#: An SDP blob is capped at 64 KiB; real offers are 1-5 KiB.
+MAX_SDP_BYTES = 64 * 1024
+Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SDP_BYTES)]
+
+#: A whole request body may not exceed this (SDP plus a little JSON).
+MAX_BODY_BYTES = MAX_SDP_BYTES + 4 * 1024
+
+
+class Media(str, enum.Enum):
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+class CallState(str, enum.Enum):
+    RINGING = "ringing"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+class EndReason(str, enum.Enum):
+    """Why a call ended.  The client adds device-side reasons of its own."""
+
+    HANGUP = "hangup"
+    DECLINED = "declined"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
+    ANSWERED_ELSEWHERE = "answered_elsewhere"
+    NETWORK_LOST = "network_lost"
+    SERVER_UNREACHABLE = "server_unreachable"
+    AUTH_FAILED = "auth_failed"
+    DEVICE_ERROR = "device_error"
+    MAX_DURATION = "max_duration"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: Reasons a party may give when it hangs up a call itself.
+HANGUP_REASONS = frozenset(
+    {
+        EndReason.HANGUP,
+        EndReason.NETWORK_LOST,
+        EndReason.DEVICE_ERROR,
+        EndReason.MAX_DURATION,
+        EndReason.INTERNAL_ERROR,
+    }
+)
+
+
+class Party(str, enum.Enum):
+    """Who did something to a call, seen from the server."""
+
+    CALLER = "caller"
+    CALLEE = "callee"
+    SERVER = "server"
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable error codes of ``{"error": code, "message": text}`` bodies."""
+
+    MALFORMED = "malformed"  # 400: body is not JSON
+    INVALID = "invalid"  # 422: JSON of the wrong shape, bad ids, unknown fields
+    TOO_LARGE = "too_large"  # 413: body over MAX_BODY_BYTES
+    UNAUTHORIZED = "unauthorized"  # 401: token missing, expired, forged
+    FORBIDDEN = "forbidden"  # 403: valid token, not allowed
+    NOT_FOUND = "not_found"  # 404: no such call (or route)
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    CALL_ENDED = "call_ended"  # 409: the call is over
+    ALREADY_ANSWERED = "already_answered"  # 409: another device answered first
+    WRONG_STATE = "wrong_state"  # 409: e.g. decline of a connected call
+    TOO_MANY_DEVICES = "too_many_devices"  # 409: the user's device cap is reached
+    RATE_LIMITED = "rate_limited"  # 429: slow down, see Retry-After
+    UNAVAILABLE = "unavailable"  # 503: server shutting down
+    INTERNAL = "internal"  # 500: a bug
+
+
+class Error(msgspec.Struct, forbid_unknown_fields=True):
+    error: ErrorCode
+    message: str
+
+
+class IceServer(msgspec.Struct, omit_defaults=True):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+# --------------------------------------------------------------------- requests
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of request bodies: unknown fields are an error, not ignored."""
+
+
+class CreateCall(Request):
+    to: Ident
+    sdp: Sdp
+    media: Media = Media.AUDIO
+    #: Ask for a shorter ring timeout than the server's (never a longer one).
+    ring_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
+
+
+class AnswerCall(Request):
+    sdp: Sdp
+
+
+class DeclineCall(Request):
+    pass
+
+
+class HangupCall(Request):
+    reason: EndReason = EndReason.HANGUP
+
+
+class SignalCall(Request):
+    """An in-call message relayed verbatim to the other party."""
+
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    data: dict[str, Any] = {}
+
+
+# -------------------------------------------------------------------- responses
+
+
+class CallInfo(msgspec.Struct, omit_defaults=True):
+    """A call as ``GET /v1/calls/{id}`` and the POSTs return it."""
+
+    call_id: str
+    caller: str
+    callee: str
+    media: Media
+    state: CallState
+    created_at: float
+    ring_expires_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    reason: EndReason | None = None
+    ended_by: Party | None = None
+    #: Present for the caller once answered (the callee's answer).
+    answer_sdp: str | None = None
+    ice_servers: list[IceServer] = []
+
+
+class Health(msgspec.Struct):
+    status: str
+    version: str
+    streams: int
+    calls_active: int
+
+
+# ----------------------------------------------------------------------- events
+
+
+class Event(msgspec.Struct, tag_field="event", omit_defaults=True):
+    """Base of every event on ``GET /v1/events``."""
+
+
+class Registered(Event, tag="registered"):
+    """First event of every stream: this device is online."""
+
+    user: str
+    service: str
+    device: str
+    devices_online: int
+    heartbeat_s: float
+    server_id: str
+    ice_servers: list[IceServer] = []
+    #: How many events follow at once (replayed after Last-Event-ID, pending rings).
+    replayed: int = 0
+    #: Resume point for a client that has no event id yet: the user's newest
+    #: event id when this stream opened.
+    cursor: str | None = None
+
+
+class CallIncoming(Event, tag="call.incoming"):
+    """The ring: someone calls this user (sent to every device of the callee)."""
+
+    call_id: str
+    caller: str
+    media: Media
+    sdp: str
+    ring_expires_at: float
+
+
+class CallRinging(Event, tag="call.ringing"):
+    """To the caller: a device of the callee is ringing (ringback)."""
+
+    call_id: str
+    devices: int
+
+
+class CallAnswered(Event, tag="call.answered"):
+    """To the caller: the callee answered with this SDP."""
+
+    call_id: str
+    sdp: str
+
+
+class CallEnded(Event, tag="call.ended"):
+    call_id: str
+    reason: EndReason
+    by: Party
+
+
+class CallSignal(Event, tag="call.signal"):
+    """An in-call message from the other party (mute, renegotiation, ...)."""
+
+    call_id: str
+    sender: str
+    kind: str
+    data: dict[str, Any] = {}
+
+
+class StreamClosing(Event, tag="stream.closing"):
+    """The server ends this stream (shutdown, token expiry, replaced device)."""
+
+    reason: Literal["shutdown", "token_expired", "replaced", "overflow"]
+
+
+ServerEvent = Registered | CallIncoming | CallRinging | CallAnswered | CallEnded | CallSignal | StreamClosing
+
+_event_decoder = msgspec.json.Decoder(ServerEvent)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_event(data: bytes | str) -> Event:
+    return _event_decoder.decode(data)
+
+
+def event_name(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

@@ -1,0 +1,373 @@
+"""The signaling server: a Starlette app over the Hub, served by uvicorn.
+
+HTTP only lives here: authentication, body limits and decoding, the SSE
+framing of ``GET /v1/events``, JSON errors.  Call rules live in ``hub.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from callctl.signaling import protocol as p
+from callctl.signaling.auth import Identity, TokenError, verify_token
+from callctl.signaling.hub import Hub, HubConfig, HubError, Stream
+from callctl.signaling.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
+
+log = logging.getLogger("callctl.server")
+T = TypeVar("T")
+DEVICE_HEADER = "x-callctl-device"
+DEFAULT_DEVICE = "default"
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return p.encode(content)
+
+
+def error_response(
+    status: int, code: p.ErrorCode, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(p.Error(error=code, message=message), status_code=status, headers=headers)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _identity(request: Request) -> Identity:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HubError(401, p.ErrorCode.UNAUTHORIZED, "missing bearer token")
+    try:
+        return verify_token(request.app.state.secret, token.strip())
+    except TokenError as exc:
+        raise HubError(401, p.ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+
+def _device(value: str | None) -> str:
+    device = value or DEFAULT_DEVICE
+    if not p.ID_PATTERN_RE.match(device):
+        raise HubError(422, p.ErrorCode.INVALID, "bad device id: letters, digits and . _ @ + -")
+    return device
+
+
+async def _body(request: Request, kind: type[T]) -> T:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY_BYTES):
+        raise HubError(413, p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > p.MAX_BODY_BYTES:
+            raise HubError(413, p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        body = bytearray(b"{}")
+    try:
+        return msgspec.json.decode(bytes(body), type=kind)
+    except msgspec.ValidationError as exc:
+        raise HubError(422, p.ErrorCode.INVALID, str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise HubError(400, p.ErrorCode.MALFORMED, f"body is not JSON: {exc}") from None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(fn: Handler) -> Handler:
+    """Turn HubErrors into JSON error responses."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except HubError as exc:
+            headers = dict(exc.headers)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="callctl"'
+            return error_response(exc.status, exc.code, exc.message, headers)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+@endpoint
+async def healthz(request: Request) -> Response:
+    return JSONResponse(await _hub(request).health())
+
+
+@endpoint
+async def create_call(request: Request) -> Response:
+    me = _identity(request)
+    device = _device(request.headers.get(DEVICE_HEADER))
+    req = await _body(request, p.CreateCall)
+    info = await _hub(request).create_call(me, device, req)
+    return JSONResponse(info, status_code=201, headers={"Location": f"/v1/calls/{info.call_id}"})
+
+
+@endpoint
+async def get_call(request: Request) -> Response:
+    me = _identity(request)
+    return JSONResponse(await _hub(request).get_call(me, request.path_params["call_id"]))
+
+
+@endpoint
+async def call_action(request: Request) -> Response:
+    me = _identity(request)
+    device = _device(request.headers.get(DEVICE_HEADER))
+    call_id: str = request.path_params["call_id"]
+    action: str = request.path_params["action"]
+    hub = _hub(request)
+    if action == "answer":
+        answer = await _body(request, p.AnswerCall)
+        return JSONResponse(await hub.answer(me, device, call_id, answer.sdp))
+    if action == "decline":
+        await _body(request, p.DeclineCall)
+        return JSONResponse(await hub.decline(me, call_id))
+    if action == "hangup":
+        hangup = await _body(request, p.HangupCall)
+        return JSONResponse(await hub.hangup(me, call_id, hangup.reason))
+    if action == "signal":
+        signal = await _body(request, p.SignalCall)
+        return JSONResponse(await hub.signal(me, device, call_id, signal))
+    raise HubError(404, p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
+
+
+@endpoint
+async def events(request: Request) -> Response:
+    me = _identity(request)
+    device = _device(request.query_params.get("device"))
+    last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    stream, backlog, registered = await _hub(request).open_stream(me, device, last_id)
+    return EventStreamResponse(_hub(request), stream, backlog, registered)
+
+
+def _sse(event: StoredEvent) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event.id.encode(),
+        event.name.encode(),
+        event.data,
+    )
+
+
+class EventStreamResponse(Response):
+    """``text/event-stream`` fed from the stream's subscription queue.
+
+    Written as a bare ASGI response (one watcher task for the client's
+    disconnect, no task group) because thousands of these stay open at once.
+    """
+
+    def __init__(
+        self, hub: Hub, stream: Stream, backlog: list[StoredEvent], registered: p.Registered
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        self.hub = hub
+        self.stream = stream
+        self.backlog = backlog
+        self.registered = registered
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sub = self.stream.sub
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            sub.close("disconnect")
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            )
+            first = b"retry: 2000\nevent: registered\ndata: %s\n\n" % p.encode(self.registered)
+            last_sent = None
+            for event in self.backlog:
+                first += _sse(event)
+                last_sent = event.id
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            while True:
+                item = await sub.queue.get()
+                if isinstance(item, StoredEvent):
+                    if last_sent is not None and not self.hub.store.is_after(item.id, last_sent):
+                        continue  # already sent as part of the backlog
+                    chunk = _sse(item)
+                elif isinstance(item, Heartbeat):
+                    chunk = b": hb\n\n"
+                else:
+                    assert isinstance(item, Close)
+                    if item.reason != "disconnect":
+                        closing = p.StreamClosing(reason=item.reason)  # type: ignore[arg-type]
+                        body = b"event: stream.closing\ndata: %s\n\n" % p.encode(closing)
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError:
+            return  # the client went away mid-write
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.hub.close_stream(self.stream)
+
+
+# ---------------------------------------------------------------------- app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(405, p.ErrorCode.METHOD_NOT_ALLOWED, "method not allowed")
+    if exc.status_code == 404:
+        return error_response(404, p.ErrorCode.NOT_FOUND, "no such endpoint")
+    return error_response(exc.status_code, p.ErrorCode.INVALID, str(exc.detail))
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(500, p.ErrorCode.INTERNAL, "internal server error")
+
+
+def create_app(secret: bytes, store: Store | None = None, config: HubConfig | None = None) -> Starlette:
+    hub = Hub(store or MemoryStore(), config or HubConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/events", events, methods=["GET"]),
+            Route("/v1/calls", create_call, methods=["POST"]),
+            Route("/v1/calls/{call_id}", get_call, methods=["GET"]),
+            Route("/v1/calls/{call_id}/{action}", call_action, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: _not_found, Exception: _internal},
+        lifespan=lifespan,
+    )
+    app.state.secret = secret
+    app.state.hub = hub
+    return app
+
+
+# ------------------------------------------------------------------- runner
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+
+
+class ListenError(Exception):
+    pass
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves: one clear error, and port 0 works."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: Starlette, sock: socket.socket, options: ServerOptions) -> None:
+    """Run until SIGINT/SIGTERM; open streams are closed first, then we exit."""
+    import uvicorn
+
+    hub: Hub = app.state.hub
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await hub.close_streams()
+            await super().shutdown(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # a clean stop on SIGTERM/SIGINT exits 0: don't re-raise the signal
+            self._captured_signals.clear()
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=options.log_level,
+        access_log=options.log_level == "debug",
+        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+        timeout_graceful_shutdown=3,
+        loop=loop,
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        server_header=False,
+    )
+    scheme = "https" if options.tls_cert else "http"
+    host, port = sock.getsockname()[:2]
+    print(f"callctl server listening on {scheme}://{_url_host(host)}:{port}", flush=True)
+    Server(config).run(sockets=[sock])
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,390 @@
+"""Server state behind one interface: calls, per-user event logs, presence, rate limits.
+
+``Store`` is what the server's call logic (``hub.py``) needs, as atomic
+operations; ``MemoryStore`` is the embedded default.  A Redis store implements
+the same interface and runs the same contract tests (``tests/signaling/
+test_store_contract.py``).
+
+Rules every implementation keeps:
+
+- ``update_call`` is a compare-and-set on the call's state: of two racing
+  answers exactly one sees ``applied=True``.
+- Event ids are opaque strings, increasing per user; ``replay`` returns the
+  events after a given id, or the whole retained log when that id is unknown
+  (from another server epoch, or aged out), so a reconnecting client never
+  misses what is still retained.  Clients deduplicate by id.
+- Every live event of a user is offered to each local ``Subscription`` of that
+  user; a subscription whose bounded queue is full is closed (overflow), and
+  its client reconnects and replays: nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from callctl.signaling.protocol import CallState, EndReason, Media, Party
+
+#: How many events each user's log retains for replay.
+LOG_LENGTH = 256
+#: A user log with no activity for this long (and no subscriber) is dropped.
+LOG_IDLE_S = 3600.0
+#: Ended calls stay readable (GET) for this long.
+ENDED_CALL_RETENTION_S = 600.0
+#: Each stream's queue of undelivered events.
+SUBSCRIPTION_QUEUE = 512
+
+
+class CallRecord(msgspec.Struct, kw_only=True):
+    call_id: str
+    service: str
+    caller: str
+    callee: str
+    media: Media
+    offer_sdp: str
+    state: CallState
+    created_at: float
+    ring_expires_at: float
+    caller_device: str
+    callee_device: str | None = None
+    answer_sdp: str | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    reason: EndReason | None = None
+    ended_by: Party | None = None
+    #: True once at least one device of the callee was online while it rang.
+    rang: bool = False
+    #: Id of the ``call.incoming`` event in the callee's log.
+    ring_event_id: str | None = None
+
+    @property
+    def caller_key(self) -> str:
+        return f"{self.service}/{self.caller}"
+
+    @property
+    def callee_key(self) -> str:
+        return f"{self.service}/{self.callee}"
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    data: bytes
+    #: Deliver only to this device of the user (None: every device).
+    only_device: str | None = None
+    #: Deliver to every device of the user but this one.
+    except_device: str | None = None
+
+    def for_device(self, device: str) -> bool:
+        if self.only_device is not None and self.only_device != device:
+            return False
+        return self.except_device is None or self.except_device != device
+
+
+class Heartbeat:
+    """Queue item: time to write a keep-alive comment."""
+
+
+class Close:
+    """Queue item: end the stream with this reason."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+HEARTBEAT = Heartbeat()
+QueueItem = StoredEvent | Heartbeat | Close
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open event stream's inbox: a bounded queue of what to send."""
+
+    user_key: str
+    device: str
+    queue: asyncio.Queue[QueueItem] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIPTION_QUEUE)
+    )
+    closed: bool = False
+
+    def offer(self, item: QueueItem) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.close("overflow")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.queue.put_nowait(Close(reason))
+        except asyncio.QueueFull:  # make room: the close matters more than the backlog
+            self.queue.get_nowait()
+            self.queue.put_nowait(Close(reason))
+
+
+class Store(abc.ABC):
+    """The state one or more server nodes share."""
+
+    #: Identifies this store's event-id epoch (a memory store's lifetime).
+    epoch: str
+
+    # -- calls
+    @abc.abstractmethod
+    async def create_call(self, call: CallRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_call(self, call_id: str) -> CallRecord | None: ...
+
+    @abc.abstractmethod
+    async def update_call(
+        self, call_id: str, expect: CallState, changes: dict[str, Any]
+    ) -> tuple[CallRecord | None, bool]:
+        """Apply ``changes`` only if the call is in state ``expect``.
+
+        Returns (the record after the attempt or None if unknown, applied?).
+        """
+
+    @abc.abstractmethod
+    async def ringing_calls_for(self, callee_key: str) -> list[CallRecord]: ...
+
+    @abc.abstractmethod
+    async def connected_call_of(self, user_key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def count_active_calls(self) -> int: ...
+
+    # -- events
+    @abc.abstractmethod
+    async def publish(
+        self,
+        user_key: str,
+        name: str,
+        data: bytes,
+        *,
+        only_device: str | None = None,
+        except_device: str | None = None,
+    ) -> str:
+        """Append an event to the user's log, offer it to live subscriptions; its id."""
+
+    @abc.abstractmethod
+    async def replay(self, user_key: str, last_id: str) -> list[StoredEvent]: ...
+
+    @abc.abstractmethod
+    async def cursor(self, user_key: str) -> str:
+        """An id such that replay(user, id) returns only events published later."""
+
+    @abc.abstractmethod
+    def is_after(self, event_id: str, last_id: str | None) -> bool:
+        """True if ``event_id`` comes after ``last_id`` (unknown ids: True)."""
+
+    @abc.abstractmethod
+    def subscribe(self, user_key: str, device: str) -> Subscription: ...
+
+    @abc.abstractmethod
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    # -- presence
+    @abc.abstractmethod
+    async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
+        """Mark a device online; number of devices online, or None over the cap."""
+
+    @abc.abstractmethod
+    async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
+        """Mark offline, unless a newer stream of the same device took over."""
+
+    @abc.abstractmethod
+    async def devices_online(self, user_key: str) -> set[str]: ...
+
+    # -- rate limits
+    @abc.abstractmethod
+    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        """Token bucket: 0.0 if allowed, else seconds until a token is free."""
+
+    # -- housekeeping
+    async def purge(self, now: float) -> None:  # noqa: B027 - optional
+        """Drop expired state (stores with TTLs need not do anything)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        """Release connections."""
+
+
+class MemoryStore(Store):
+    """All state in this process: the single-node default, lost on restart."""
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(4)
+        self._calls: dict[str, CallRecord] = {}
+        self._ringing: dict[str, set[str]] = collections.defaultdict(set)
+        self._connected: dict[str, str] = {}
+        self._logs: dict[str, collections.deque[StoredEvent]] = {}
+        self._log_touched: dict[str, float] = {}
+        self._seq = 0
+        self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
+        self._devices: dict[str, dict[str, str]] = collections.defaultdict(dict)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    # -- calls
+    async def create_call(self, call: CallRecord) -> None:
+        self._calls[call.call_id] = call
+        self._index(call, None)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        call = self._calls.get(call_id)
+        return msgspec.structs.replace(call) if call is not None else None
+
+    async def update_call(
+        self, call_id: str, expect: CallState, changes: dict[str, Any]
+    ) -> tuple[CallRecord | None, bool]:
+        call = self._calls.get(call_id)
+        if call is None:
+            return None, False
+        if call.state != expect:
+            return msgspec.structs.replace(call), False
+        before = call.state
+        for name, value in changes.items():
+            setattr(call, name, value)
+        self._index(call, before)
+        return msgspec.structs.replace(call), True
+
+    def _index(self, call: CallRecord, before: CallState | None) -> None:
+        if before == call.state:
+            return
+        if before == CallState.RINGING:
+            self._ringing[call.callee_key].discard(call.call_id)
+            if not self._ringing[call.callee_key]:
+                del self._ringing[call.callee_key]
+        if before == CallState.CONNECTED:
+            for key in (call.caller_key, call.callee_key):
+                if self._connected.get(key) == call.call_id:
+                    del self._connected[key]
+        if call.state == CallState.RINGING:
+            self._ringing[call.callee_key].add(call.call_id)
+        elif call.state == CallState.CONNECTED:
+            self._connected[call.caller_key] = call.call_id
+            self._connected[call.callee_key] = call.call_id
+
+    async def ringing_calls_for(self, callee_key: str) -> list[CallRecord]:
+        ids = self._ringing.get(callee_key, ())
+        return sorted(
+            (msgspec.structs.replace(self._calls[i]) for i in ids), key=lambda c: c.created_at
+        )
+
+    async def connected_call_of(self, user_key: str) -> str | None:
+        return self._connected.get(user_key)
+
+    async def count_active_calls(self) -> int:
+        return sum(len(v) for v in self._ringing.values()) + len(self._connected) // 2
+
+    # -- events
+    async def publish(
+        self,
+        user_key: str,
+        name: str,
+        data: bytes,
+        *,
+        only_device: str | None = None,
+        except_device: str | None = None,
+    ) -> str:
+        self._seq += 1
+        event = StoredEvent(
+            f"{self.epoch}-{self._seq}", name, data, only_device, except_device
+        )
+        log = self._logs.get(user_key)
+        if log is None:
+            log = self._logs[user_key] = collections.deque(maxlen=LOG_LENGTH)
+        log.append(event)
+        self._log_touched[user_key] = time.monotonic()
+        for sub in self._subs.get(user_key, ()):
+            if event.for_device(sub.device):
+                sub.offer(event)
+        return event.id
+
+    async def replay(self, user_key: str, last_id: str) -> list[StoredEvent]:
+        log = self._logs.get(user_key)
+        if not log:
+            return []
+        return [e for e in log if self.is_after(e.id, last_id)]
+
+    async def cursor(self, user_key: str) -> str:
+        return f"{self.epoch}-{self._seq}"
+
+    def is_after(self, event_id: str, last_id: str | None) -> bool:
+        if not last_id:
+            return True
+        epoch, _, seq = last_id.partition("-")
+        if epoch != self.epoch or not seq.isdigit():
+            return True
+        return int(event_id.partition("-")[2]) > int(seq)
+
+    def subscribe(self, user_key: str, device: str) -> Subscription:
+        sub = Subscription(user_key, device)
+        self._subs[user_key].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.user_key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.user_key]
+
+    # -- presence
+    async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
+        devices = self._devices[user_key]
+        if device not in devices and len(devices) >= cap:
+            if not devices:
+                del self._devices[user_key]
+            return None
+        devices[device] = stream
+        return len(devices)
+
+    async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
+        devices = self._devices.get(user_key)
+        if devices is not None and devices.get(device) == stream:
+            del devices[device]
+            if not devices:
+                del self._devices[user_key]
+
+    async def devices_online(self, user_key: str) -> set[str]:
+        return set(self._devices.get(user_key, ()))
+
+    # -- rate limits
+    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - last) * rate_per_s)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / rate_per_s
+
+    # -- housekeeping
+    async def purge(self, now: float) -> None:
+        for call_id in [
+            c.call_id
+            for c in self._calls.values()
+            if c.state == CallState.ENDED and (c.ended_at or 0) < now - ENDED_CALL_RETENTION_S
+        ]:
+            del self._calls[call_id]
+        mono = time.monotonic()
+        for key in [
+            k for k, t in self._log_touched.items() if t < mono - LOG_IDLE_S and k not in self._subs
+        ]:
+            del self._logs[key]
+            del self._log_touched[key]
+        # a full bucket is the same as no bucket
+        self._buckets = {k: v for k, v in self._buckets.items() if mono - v[1] < 600}

@@ -1,0 +1,1 @@
+"""Terminal output: live view, plain lines, NDJSON events."""

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Events, ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh signaling server process (short ring timeout, fast heartbeats)."""
+    srv = ServerProcess(tmp_path, ["--ring-timeout", "3", "--heartbeat", "1", "--offline-grace", "2"])
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.stderr_text(), srv.stderr_text()
+
+
+@pytest.fixture
+async def events() -> AsyncIterator[list[Events]]:
+    """Collects Events helpers; closes them all at the end of the test."""
+    opened: list[Events] = []
+    yield opened
+    for e in opened:
+        await e.close()
