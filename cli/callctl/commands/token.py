@@ -34,8 +34,10 @@ def issue(
         ttl_s = parse_duration(ttl)
     except ValueError as exc:
         fail(str(exc), ExitCode.USAGE)
+    svc = service or ctx.obj.service
     try:
+        issue_token(b"0" * 32, user, svc, ttl_s)  # validates the ids before any file access
         secret = read_secret(secret_file or default_secret_file())
-        print(issue_token(secret, user, service or ctx.obj.service, ttl_s))
+        print(issue_token(secret, user, svc, ttl_s))
     except (SecretError, TokenError) as exc:
         fail(str(exc), ExitCode.USAGE)

@@ -1,0 +1,161 @@
+"""The Store contract: every implementation must pass these (memory today, Redis next).
+
+Add an implementation to ``STORES`` and the whole suite runs against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from callctl.signaling.protocol import CallState, EndReason, Media, Party
+from callctl.signaling.store import (
+    SUBSCRIPTION_QUEUE,
+    CallRecord,
+    Close,
+    MemoryStore,
+    Store,
+    StoredEvent,
+)
+
+STORES: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = STORES[request.param]()
+    yield s
+    await s.close()
+
+
+def record(call_id: str = "c1", caller: str = "alice", callee: str = "bob") -> CallRecord:
+    now = time.time()
+    return CallRecord(
+        call_id=call_id, service="svc", caller=caller, callee=callee, media=Media.AUDIO,
+        offer_sdp="v=0", state=CallState.RINGING, created_at=now, ring_expires_at=now + 60,
+        caller_device="d1",
+    )
+
+
+async def test_update_call_is_compare_and_set(store: Store) -> None:
+    await store.create_call(record())
+    results = await asyncio.gather(*(
+        store.update_call("c1", CallState.RINGING, {"state": CallState.CONNECTED, "callee_device": f"dev{i}"})
+        for i in range(5)
+    ))
+    applied = [rec for rec, ok in results if ok]
+    assert len(applied) == 1
+    final = await store.get_call("c1")
+    assert final is not None and final.callee_device == applied[0].callee_device
+    rec, ok = await store.update_call("c1", CallState.RINGING, {"state": CallState.ENDED})
+    assert not ok and rec is not None and rec.state == CallState.CONNECTED
+    assert await store.update_call("nope", CallState.RINGING, {}) == (None, False)
+
+
+async def test_returned_records_are_copies(store: Store) -> None:
+    await store.create_call(record())
+    rec = await store.get_call("c1")
+    assert rec is not None
+    rec.state = CallState.ENDED
+    again = await store.get_call("c1")
+    assert again is not None and again.state == CallState.RINGING
+
+
+async def test_ringing_and_connected_indexes_follow_state(store: Store) -> None:
+    await store.create_call(record("c1"))
+    await store.create_call(record("c2", caller="carol"))
+    assert [c.call_id for c in await store.ringing_calls_for("svc/bob")] == ["c1", "c2"]
+    assert await store.count_active_calls() == 2
+    await store.update_call("c1", CallState.RINGING, {"state": CallState.CONNECTED})
+    assert [c.call_id for c in await store.ringing_calls_for("svc/bob")] == ["c2"]
+    assert await store.connected_call_of("svc/bob") == "c1"
+    assert await store.connected_call_of("svc/alice") == "c1"
+    await store.update_call("c1", CallState.CONNECTED, {
+        "state": CallState.ENDED, "reason": EndReason.HANGUP, "ended_by": Party.CALLER,
+    })
+    await store.update_call("c2", CallState.RINGING, {"state": CallState.ENDED})
+    assert await store.connected_call_of("svc/bob") is None
+    assert await store.ringing_calls_for("svc/bob") == []
+    assert await store.count_active_calls() == 0
+
+
+async def test_replay_returns_what_came_after_an_id(store: Store) -> None:
+    ids = [await store.publish("svc/bob", "e", b'{"n":%d}' % i) for i in range(5)]
+    later = await store.replay("svc/bob", ids[1])
+    assert [e.id for e in later] == ids[2:]
+    assert all(store.is_after(b, a) for a, b in zip(ids, ids[1:]))
+    assert not store.is_after(ids[0], ids[3])
+    # an id this store never issued (another epoch): everything retained
+    assert [e.id for e in await store.replay("svc/bob", "zzzz-99999")] == ids
+    assert await store.replay("svc/nobody", ids[0]) == []
+    cursor = await store.cursor("svc/bob")
+    new = await store.publish("svc/bob", "e", b"{}")
+    assert [e.id for e in await store.replay("svc/bob", cursor)] == [new]
+
+
+async def test_live_events_reach_only_targeted_devices(store: Store) -> None:
+    phone = store.subscribe("svc/bob", "phone")
+    desk = store.subscribe("svc/bob", "desk")
+    other = store.subscribe("svc/carol", "phone")
+    await store.publish("svc/bob", "all", b"{}")
+    await store.publish("svc/bob", "only-desk", b"{}", only_device="desk")
+    await store.publish("svc/bob", "not-desk", b"{}", except_device="desk")
+
+    def drain(sub) -> list[str]:  # type: ignore[no-untyped-def]
+        out = []
+        while not sub.queue.empty():
+            item = sub.queue.get_nowait()
+            assert isinstance(item, StoredEvent)
+            out.append(item.name)
+        return out
+
+    assert drain(phone) == ["all", "not-desk"]
+    assert drain(desk) == ["all", "only-desk"]
+    assert drain(other) == []
+    store.unsubscribe(phone)
+    await store.publish("svc/bob", "after", b"{}")
+    assert drain(phone) == []
+    assert drain(desk) == ["after"]
+
+
+async def test_a_full_subscription_is_closed_not_grown(store: Store) -> None:
+    sub = store.subscribe("svc/bob", "phone")
+    for i in range(SUBSCRIPTION_QUEUE + 10):
+        await store.publish("svc/bob", "e", b"{}")
+    assert sub.closed
+    assert sub.queue.qsize() <= SUBSCRIPTION_QUEUE
+    items = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert isinstance(items[-1], Close) and items[-1].reason == "overflow"
+
+
+async def test_presence_cap_and_replacement(store: Store) -> None:
+    assert await store.register_device("svc/bob", "a", "s1", cap=2) == 1
+    assert await store.register_device("svc/bob", "b", "s2", cap=2) == 2
+    assert await store.register_device("svc/bob", "c", "s3", cap=2) is None
+    # the same device re-registering is a replacement, not a third device
+    assert await store.register_device("svc/bob", "a", "s4", cap=2) == 2
+    # the replaced stream going away must not take the new one offline
+    await store.unregister_device("svc/bob", "a", "s1")
+    assert await store.devices_online("svc/bob") == {"a", "b"}
+    await store.unregister_device("svc/bob", "a", "s4")
+    await store.unregister_device("svc/bob", "b", "s2")
+    assert await store.devices_online("svc/bob") == set()
+
+
+async def test_token_bucket(store: Store) -> None:
+    assert [await store.take_token("k", 1.0, 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await store.take_token("k", 1.0, 3)
+    assert 0 < wait <= 1.0
+    assert await store.take_token("other", 1.0, 3) == 0.0
+
+
+async def test_purge_drops_old_ended_calls_only(store: Store) -> None:
+    await store.create_call(record("old"))
+    await store.create_call(record("live", caller="carol"))
+    await store.update_call("old", CallState.RINGING, {"state": CallState.ENDED, "ended_at": 1.0})
+    await store.purge(time.time())
+    assert await store.get_call("old") is None
+    assert await store.get_call("live") is not None
