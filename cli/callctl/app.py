@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from callctl import __version__
+from callctl.commands import call as call_cmd
+from callctl.commands import control as control_cmd
+from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import token as token_cmd
 from callctl.config import ConfigError, resolve
@@ -73,6 +76,10 @@ def main_options(
 
 
 app.command("server", help=server_cmd.__doc__)(server_cmd.server)
+app.command("call", help=call_cmd.__doc__)(call_cmd.call)
+app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
+for _name in ("accept", "decline", "hangup", "mute", "unmute", "status", "events"):
+    app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
 
 

@@ -1,1 +1,1 @@
-
+"""Media: audio sources and sinks behind one registry, and the aiortc glue."""

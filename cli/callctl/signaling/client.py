@@ -201,9 +201,9 @@ class SignalingClient:
             "POST", f"/v1/calls/{call_id}/answer", p.AnswerCall(sdp=sdp), p.CallInfo
         )
 
-    async def decline(self, call_id: str) -> p.CallInfo:
+    async def decline(self, call_id: str, busy: bool = False) -> p.CallInfo:
         return await self._request(
-            "POST", f"/v1/calls/{call_id}/decline", p.DeclineCall(), p.CallInfo
+            "POST", f"/v1/calls/{call_id}/decline", p.DeclineCall(busy=busy), p.CallInfo
         )
 
     async def hangup(

@@ -395,11 +395,12 @@ class Hub:
         log.info("call %s %s -> %s connected", call_id[:8], updated.caller, updated.callee)
         return self.info(updated)
 
-    async def decline(self, me: Identity, call_id: str) -> p.CallInfo:
+    async def decline(self, me: Identity, call_id: str, busy: bool = False) -> p.CallInfo:
         call, role = await self._party_call(me, call_id)
         if role is not p.Party.CALLEE:
             raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may decline")
-        ended = await self._end(call, p.CallState.RINGING, p.EndReason.DECLINED, p.Party.CALLEE)
+        reason = p.EndReason.BUSY if busy else p.EndReason.DECLINED
+        ended = await self._end(call, p.CallState.RINGING, reason, p.Party.CALLEE)
         if ended is None:
             raise _state_error(await self.store.get_call(call_id) or call)
         return self.info(ended)

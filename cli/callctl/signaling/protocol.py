@@ -129,7 +129,8 @@ class AnswerCall(Request):
 
 
 class DeclineCall(Request):
-    pass
+    #: Decline because this device is in another call: the caller sees ``busy``.
+    busy: bool = False
 
 
 class HangupCall(Request):

@@ -145,8 +145,8 @@ async def call_action(request: Request) -> Response:
         answer = await _body(request, p.AnswerCall)
         return JSONResponse(await hub.answer(me, device, call_id, answer.sdp))
     if action == "decline":
-        await _body(request, p.DeclineCall)
-        return JSONResponse(await hub.decline(me, call_id))
+        decline = await _body(request, p.DeclineCall)
+        return JSONResponse(await hub.decline(me, call_id, decline.busy))
     if action == "hangup":
         hangup = await _body(request, p.HangupCall)
         return JSONResponse(await hub.hangup(me, call_id, hangup.reason))

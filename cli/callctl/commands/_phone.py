@@ -1,0 +1,181 @@
+"""What ``call``, ``listen`` and ``demo`` share: identity, media checks, output, running a Phone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from callctl.config import Settings
+from callctl.exitcodes import ExitCode
+from callctl.paths import default_secret_file
+from callctl.ui.console import fail
+
+#: How long `call` waits for the server before giving up with server_unreachable.
+REGISTER_TIMEOUT_S = 5.0
+
+
+def default_device() -> str:
+    name = re.sub(r"[^A-Za-z0-9._@+-]", "-", socket.gethostname())[:64].lstrip(".-_@+")
+    return name or "default"
+
+
+def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
+    """(token provider, user, service) from --token, or minted from a readable server secret."""
+    from callctl.signaling.auth import SecretError, issue_token, read_secret
+
+    if settings.token:
+        import jwt
+
+        try:
+            claims = jwt.decode(settings.token, options={"verify_signature": False})
+            user, service = str(claims["sub"]), str(claims["svc"])
+        except (jwt.InvalidTokenError, KeyError):
+            fail("the access token is not a valid callctl token (check --token / CALLCTL_TOKEN)",
+                 ExitCode.AUTH_FAILED)
+        if settings.user and settings.user != user:
+            fail(f"--as {settings.user} does not match the token, which is for {user}", ExitCode.USAGE)
+        token = settings.token
+        return (lambda: token), user, service
+    if not settings.user:
+        fail("who are you? pass --token (or CALLCTL_TOKEN), or --as USER on the server's machine",
+             ExitCode.AUTH_FAILED)
+    secret_path = Path(os.environ.get("CALLCTL_SECRET_FILE") or default_secret_file())
+    try:
+        secret = read_secret(secret_path)
+    except SecretError:
+        fail(f"no access token for {settings.user}: pass --token (or CALLCTL_TOKEN); "
+             f"minting one needs the server's secret ({secret_path})", ExitCode.AUTH_FAILED)
+    user, service = settings.user, settings.service
+    try:
+        issue_token(secret, user, service, 60)
+    except Exception as exc:
+        fail(str(exc), ExitCode.USAGE)
+    return (lambda: issue_token(secret, user, service, 3600)), user, service
+
+
+def check_media(media: Any) -> None:
+    """Validate the call's source and sinks before any network traffic."""
+    from callctl.engine.session import check_media as check
+    from callctl.media.audio import DeviceError, MediaError
+
+    try:
+        check(media)
+    except MediaError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    except DeviceError as exc:
+        fail(str(exc), ExitCode.DEVICE_ERROR)
+
+
+def outputs(settings: Settings) -> tuple[list[Any], bool]:
+    """The event listeners for this process and whether a live view should run."""
+    from callctl.ui.output import JsonOutput, PlainOutput
+
+    if settings.json:
+        return [JsonOutput()], False
+    if sys.stdout.isatty():
+        return [], True
+    return [PlainOutput()], False
+
+
+async def run_phone(
+    settings: Settings,
+    device: str,
+    media: Any,
+    policy: Any,
+    body: Callable[[Any, asyncio.Event], Awaitable[int]],
+    *,
+    wait_registered: bool,
+) -> int:
+    """Bring a Phone online with its control socket and output, run ``body``, clean up."""
+    from callctl.engine.control import ControlError, ControlServer, socket_path
+    from callctl.engine.session import Phone
+    from callctl.signaling.client import SignalingClient
+
+    from callctl.media.rtc import preload
+
+    token, user, service = identity(settings)
+    preload()
+    listeners, live = outputs(settings)
+    client = SignalingClient(settings.server, token, device=device)
+    phone = Phone(client=client, media=media, policy=policy, user=user, device=device)
+    phone.listeners.extend(listeners)
+    control = ControlServer(socket_path(service, user, device), phone.command)
+    try:
+        await control.start()
+    except (ControlError, OSError) as exc:
+        await client.aclose()
+        print(f"callctl: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    phone.listeners.append(lambda _e, record: control.publish(record))
+
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+
+    view = None
+    if live:
+        from callctl.ui.output import LiveView
+
+        def key(cmd: str) -> None:
+            if cmd == "toggle-mute":
+                s = phone.session
+                cmd = "unmute" if s is not None and s.muted else "mute"
+            phone.command(cmd)
+
+        async def stats() -> Any:
+            s = phone.session
+            return await s.peer.stats() if s is not None and s.peer is not None else {}
+
+        view = LiveView(lambda: phone.command("status"), key, stats)
+        phone.listeners.append(view)
+        view.start()
+    phone.start()
+    try:
+        if wait_registered:
+            code = await _registered(phone, interrupted)
+            if code is not None:
+                return code
+        return await body(phone, interrupted)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await phone.close()
+        if view is not None:
+            await view.stop()
+        await control.close()
+
+
+async def _registered(phone: Any, interrupted: asyncio.Event) -> int | None:
+    waits = [asyncio.ensure_future(e.wait()) for e in (phone.registered, phone.stopped, interrupted)]
+    try:
+        await asyncio.wait(waits, timeout=REGISTER_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    if phone.registered.is_set():
+        return None
+    if interrupted.is_set():
+        return ExitCode.INTERRUPTED
+    from callctl.signaling.client import AuthFailed
+
+    if isinstance(phone.fatal, AuthFailed):
+        return ExitCode.AUTH_FAILED
+    phone.emit("call.ended", {"call_id": None, "peer": None, "reason": "server_unreachable",
+                              "source": "local", "duration_s": 0.0})
+    print(f"callctl: cannot reach the server at {phone.client.server}", file=sys.stderr)
+    return ExitCode.SERVER_UNREACHABLE
+
+
+def run(coro: Awaitable[int]) -> None:
+    import typer
+
+    code = asyncio.run(coro)  # type: ignore[arg-type]
+    raise typer.Exit(int(code))

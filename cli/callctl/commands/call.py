@@ -1,0 +1,67 @@
+"""Ring a user, talk, hang up; the exit code says how the call ended."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from callctl.commands import _phone
+from callctl.exitcodes import ExitCode, for_reason
+from callctl.ui.console import fail
+
+AUDIO_IN_HELP = "Audio source: tone[:HZ], silence, file:PATH, mic[:NAME]."
+AUDIO_OUT_HELP = "Audio sink: null, file:PATH, speaker[:NAME]."
+
+
+def call(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(help="The user to call.")],
+    audio_in: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_IN", help=AUDIO_IN_HELP)] = "mic",
+    audio_out: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_OUT", help=AUDIO_OUT_HELP)] = "speaker",
+    loop: Annotated[bool, typer.Option("--loop", help="Repeat a file: source.")] = False,
+    ring_timeout: Annotated[
+        float | None, typer.Option(min=1, max=3600, help="Give up after ringing this many seconds (no_answer).")
+    ] = None,
+    hangup_after: Annotated[
+        float | None, typer.Option(min=0.1, help="Hang up this many seconds after connecting (exit 0).")
+    ] = None,
+    max_duration: Annotated[
+        float | None, typer.Option(min=0.1, help="End the call after this many seconds (max_duration, exit 13).")
+    ] = None,
+    record: Annotated[Path | None, typer.Option(help="Record the peer's audio to this file (.wav, .ogg, .flac, ...).")] = None,
+    device: Annotated[
+        str | None, typer.Option(envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")
+    ] = None,
+) -> None:
+    from callctl.engine.session import CallPolicy, MediaOptions
+    from callctl.signaling.protocol import ID_PATTERN_RE, Media
+
+    settings = ctx.obj
+    if not ID_PATTERN_RE.match(peer):
+        fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
+    dev = device or _phone.default_device()
+    if not ID_PATTERN_RE.match(dev):
+        fail(f"bad device id {dev!r}", ExitCode.USAGE)
+    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record)
+    _phone.check_media(media)
+
+    async def body(phone: Any, interrupted: asyncio.Event) -> int:
+        session = phone.dial(peer, Media.AUDIO, ring_timeout=ring_timeout,
+                             hangup_after=hangup_after, max_duration=max_duration)
+        ended = asyncio.ensure_future(session.ended.wait())
+        stop = asyncio.ensure_future(interrupted.wait())
+        await asyncio.wait([ended, stop], return_when=asyncio.FIRST_COMPLETED)
+        if not session.ended.is_set():
+            from callctl.engine import machine as m
+
+            session.feed(m.Hangup())
+            await session.ended.wait()
+        stop.cancel()
+        if interrupted.is_set():
+            return ExitCode.INTERRUPTED
+        return for_reason(session.outcome().reason)
+
+    _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True))

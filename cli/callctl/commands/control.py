@@ -1,0 +1,111 @@
+"""Commands that steer a running `call` or `listen` through its control socket."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from callctl.exitcodes import ExitCode
+from callctl.ui.console import fail
+
+DeviceOpt = Annotated[
+    str | None, typer.Option(envvar="CALLCTL_DEVICE", help="Pick the process by device id.")
+]
+
+
+def _target(ctx: typer.Context, device: str | None) -> Any:
+    from callctl.engine.control import ControlError, find_socket
+
+    settings = ctx.obj
+    try:
+        return find_socket(None, settings.user, device)
+    except ControlError as exc:
+        fail(str(exc), ExitCode.USAGE)
+
+
+def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None) -> None:
+    from callctl.engine.control import ControlError, request
+
+    path = _target(ctx, device)
+    try:
+        answer = request(path, cmd, call_id)
+    except ControlError as exc:
+        fail(str(exc), ExitCode.INTERNAL_ERROR)
+    if ctx.obj.json:
+        print(json.dumps(answer))
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "failed")), ExitCode.INTERNAL_ERROR)
+    if not ctx.obj.json and cmd != "status":
+        call = answer.get("call") or {}
+        print(f"{cmd}: ok ({call.get('peer', '?')}, {call.get('state', '?')})", file=sys.stderr)
+
+
+def accept(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(help="Only this call.")] = None,
+           device: DeviceOpt = None) -> None:
+    """Answer the ringing call of a running `listen`."""
+    _send(ctx, "accept", call_id, device)
+
+
+def decline(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(help="Only this call.")] = None,
+            device: DeviceOpt = None) -> None:
+    """Decline the ringing call."""
+    _send(ctx, "decline", call_id, device)
+
+
+def hangup(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(help="Only this call.")] = None,
+           device: DeviceOpt = None) -> None:
+    """Hang up the current call (cancel it if still ringing)."""
+    _send(ctx, "hangup", call_id, device)
+
+
+def mute(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Mute the microphone (the peer is told)."""
+    _send(ctx, "mute", None, device)
+
+
+def unmute(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Unmute the microphone."""
+    _send(ctx, "unmute", None, device)
+
+
+def status(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Show the running process's identity and call."""
+    from callctl.engine.control import ControlError, request
+
+    path = _target(ctx, device)
+    try:
+        answer = request(path, "status")
+    except ControlError as exc:
+        fail(str(exc), ExitCode.INTERNAL_ERROR)
+    if ctx.obj.json:
+        print(json.dumps(answer))
+        return
+    call = answer.get("call")
+    print(f"{answer.get('user')} on {answer.get('device')}: {'online' if answer.get('online') else 'offline'}")
+    if call:
+        extra = f", {call['duration_s']:.0f} s" if "duration_s" in call else ""
+        print(f"call {call.get('call_id')} with {call.get('peer')}: {call.get('state')}{extra}"
+              f"{' (muted)' if call.get('muted') else ''}")
+    else:
+        print("no call")
+
+
+def events(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Print the running process's events as NDJSON until it exits."""
+    from callctl.engine.control import ControlError, tail
+
+    path = _target(ctx, device)
+
+    def out(record: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    try:
+        tail(path, out)
+    except ControlError as exc:
+        fail(str(exc), ExitCode.INTERNAL_ERROR)
+    except KeyboardInterrupt:
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None

@@ -1,0 +1,113 @@
+"""Stay online and take calls: ring, accept by hand, by script or by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from callctl.commands import _phone
+from callctl.commands.call import AUDIO_IN_HELP, AUDIO_OUT_HELP
+from callctl.exitcodes import ExitCode, for_reason
+from callctl.ui.console import fail
+
+HOOK_EVENTS = {"call.incoming": "ring", "call.connected": "connect", "call.ended": "end"}
+
+
+def listen(
+    ctx: typer.Context,
+    auto_accept: Annotated[bool, typer.Option("--auto-accept", help="Answer every call at once.")] = False,
+    accept_after: Annotated[
+        float | None, typer.Option(min=0, help="Answer after ringing this many seconds.")
+    ] = None,
+    allow: Annotated[
+        str | None, typer.Option(help="Comma-separated users who may call; others are refused without ringing.")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Exit after one call, with that call's exit code.")] = False,
+    on_ring: Annotated[str | None, typer.Option(help="Shell command run when a call rings.")] = None,
+    on_connect: Annotated[str | None, typer.Option(help="Shell command run when a call connects.")] = None,
+    on_end: Annotated[str | None, typer.Option(help="Shell command run when a call ends.")] = None,
+    audio_in: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_IN", help=AUDIO_IN_HELP)] = "mic",
+    audio_out: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_OUT", help=AUDIO_OUT_HELP)] = "speaker",
+    loop: Annotated[bool, typer.Option("--loop", help="Repeat a file: source.")] = False,
+    record: Annotated[Path | None, typer.Option(help="Record each call's peer audio to this file (overwritten per call).")] = None,
+    device: Annotated[
+        str | None, typer.Option(envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")
+    ] = None,
+) -> None:
+    from callctl.engine.session import CallPolicy, MediaOptions
+    from callctl.signaling.protocol import ID_PATTERN_RE
+
+    settings = ctx.obj
+    allowed = None
+    if allow is not None:
+        allowed = frozenset(u.strip() for u in allow.split(",") if u.strip())
+        bad = [u for u in allowed if not ID_PATTERN_RE.match(u)]
+        if bad or not allowed:
+            fail(f"bad --allow list {allow!r}", ExitCode.USAGE)
+    dev = device or _phone.default_device()
+    if not ID_PATTERN_RE.match(dev):
+        fail(f"bad device id {dev!r}", ExitCode.USAGE)
+    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record)
+    _phone.check_media(media)
+    policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed)
+    hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}
+
+    async def body(phone: Any, interrupted: asyncio.Event) -> int:
+        running: set[asyncio.Task[None]] = set()
+
+        def hook(event: str, record: dict[str, Any]) -> None:
+            cmd = hooks.get(HOOK_EVENTS.get(event, ""))
+            if cmd:
+                task = asyncio.ensure_future(_run_hook(cmd, record))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        phone.listeners.append(hook)
+        stop = asyncio.ensure_future(interrupted.wait())
+        fatal = asyncio.ensure_future(phone.stopped.wait())
+        try:
+            while True:
+                ended = asyncio.ensure_future(phone.call_ended.wait())
+                await asyncio.wait([ended, stop, fatal], return_when=asyncio.FIRST_COMPLETED)
+                if ended.done() and phone.calls_done:
+                    phone.call_ended.clear()
+                    if once:
+                        return int(for_reason(phone.calls_done[-1].reason))
+                    continue
+                ended.cancel()
+                if interrupted.is_set():
+                    return ExitCode.INTERRUPTED
+                from callctl.signaling.client import AuthFailed
+
+                return ExitCode.AUTH_FAILED if isinstance(phone.fatal, AuthFailed) else ExitCode.SERVER_UNREACHABLE
+        finally:
+            stop.cancel()
+            fatal.cancel()
+            for task in list(running):
+                await asyncio.wait([task], timeout=5)
+
+    _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False))
+
+
+async def _run_hook(cmd: str, record: dict[str, Any]) -> None:
+    env = dict(os.environ)
+    env.update({
+        "CALLCTL_EVENT": str(record.get("event", "")),
+        "CALLCTL_CALL_ID": str(record.get("call_id") or ""),
+        "CALLCTL_PEER": str(record.get("peer") or ""),
+        "CALLCTL_MEDIA": str(record.get("media") or ""),
+        "CALLCTL_REASON": str(record.get("reason") or ""),
+    })
+    try:
+        proc = await asyncio.create_subprocess_shell(cmd, env=env, stdin=asyncio.subprocess.DEVNULL)
+        code = await proc.wait()
+    except OSError as exc:
+        print(f"callctl: hook {cmd!r} failed: {exc}", file=sys.stderr)
+        return
+    if code != 0:
+        print(f"callctl: hook {cmd!r} exited {code}", file=sys.stderr)

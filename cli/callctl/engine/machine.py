@@ -1,0 +1,401 @@
+"""The call as a pure state machine: events in, actions out (no asyncio, no aiortc).
+
+Everything that decides a call's state lives here.  ``Call.handle(event)``
+looks up ``(role, state, type(event))`` in ``TRANSITIONS``; a pair that is not
+in the table raises ``LocalProtocolError`` (our own command made no sense in
+this state) or ``RemoteProtocolError`` (the network told us something that no
+longer applies) and leaves the state unchanged.  The session that executes
+the actions lives in ``session.py``.
+
+    caller:  idle ─Dial─▶ outgoing ─Answered─▶ connecting ─MediaUp─▶ connected ─▶ ended
+    callee:  idle ─Ring─▶ incoming ─Accept──▶ connecting ─MediaUp─▶ connected ─▶ ended
+
+Callee preparation: the media path may come up while still ringing
+(``MediaUp`` in outgoing/incoming only sets ``media_up``), so that answering
+moves straight to connected.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from callctl.signaling.protocol import EndReason, Media
+
+
+class Role(str, enum.Enum):
+    CALLER = "caller"
+    CALLEE = "callee"
+
+
+class State(str, enum.Enum):
+    IDLE = "idle"
+    OUTGOING = "outgoing"
+    INCOMING = "incoming"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+class Source(str, enum.Enum):
+    """Who ended the call, seen from this device."""
+
+    LOCAL = "local"
+    REMOTE = "remote"
+    SERVER = "server"
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class LocalProtocolError(ProtocolError):
+    """We asked for something this state does not allow (e.g. accept while idle)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side or the server reported something that does not apply now."""
+
+
+# ---------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    peer: str
+    media: Media = Media.AUDIO
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The server took our call and gave it an id."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ringing:
+    """The callee's device rings (ringback for the caller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The callee answered with this SDP."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """An incoming call."""
+
+    call_id: str
+    peer: str
+    media: Media
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerSent:
+    """The server confirmed our answer: we are the device that has the call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decline:
+    busy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUp:
+    """ICE and DTLS are connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """End the call from here; ``reason`` for device-side ends (max_duration, ...)."""
+
+    reason: EndReason = EndReason.HANGUP
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEnded:
+    reason: EndReason
+    by_server: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Something on this device ended the call: media lost, server gone, device error."""
+
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTimeout:
+    """ICE/DTLS did not complete in time after answer/accept (only counts while connecting)."""
+
+
+CallEvent = (
+    ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
+    | Hangup | RemoteEnded | Failed
+)
+
+# --------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class CreateCall:
+    peer: str
+    media: Media
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyAnswer:
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Callee: build the answer and bring the media path up while ringing."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendAnswer:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendDecline:
+    busy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendHangup:
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class StartMedia:
+    """Start sending our source and playing the peer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Close the media path and stop timers: the call is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the user: an event name and its fields (see docs/EVENTS.md)."""
+
+    event: str
+    fields: dict[str, object] = field(default_factory=dict)
+
+
+Action = (
+    CreateCall | ApplyAnswer | Prepare | SendAnswer | SendDecline | SendHangup | StartMedia
+    | Release | Notify
+)
+
+
+# ----------------------------------------------------------------------- call
+
+
+@dataclass
+class Call:
+    role: Role
+    state: State = State.IDLE
+    call_id: str | None = None
+    peer: str | None = None
+    media: Media = Media.AUDIO
+    media_up: bool = False
+    accepted: bool = False
+    reason: EndReason | None = None
+    source: Source | None = None
+    #: Clock readings (seconds, whatever clock the session feeds in).
+    started_at: float | None = None
+    connected_at: float | None = None
+    ended_at: float | None = None
+
+    def handle(self, event: CallEvent, now: float) -> list[Action]:
+        handler = TRANSITIONS.get((self.role, self.state, type(event)))
+        if handler is None:
+            error = LocalProtocolError if type(event) in LOCAL_EVENTS else RemoteProtocolError
+            raise error(
+                f"{type(event).__name__} is not possible for a {self.role.value} in state "
+                f"{self.state.value}"
+            )
+        return handler(self, event, now)
+
+    def can(self, event_type: type) -> bool:
+        return (self.role, self.state, event_type) in TRANSITIONS
+
+    @property
+    def duration_s(self) -> float:
+        if self.connected_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else self.connected_at
+        return round(end - self.connected_at, 3)
+
+    # ----------------------------------------------------------- helpers
+    def _ids(self) -> dict[str, object]:
+        return {"call_id": self.call_id, "peer": self.peer, "media": self.media.value}
+
+    def _connect_if_ready(self, now: float) -> list[Action]:
+        if self.media_up and self.accepted:
+            self.state = State.CONNECTED
+            self.connected_at = now
+            setup_ms = round((now - (self.started_at or now)) * 1000, 1)
+            return [Notify("call.connected", {**self._ids(), "setup_ms": setup_ms})]
+        return []
+
+    def _end(
+        self, now: float, reason: EndReason, source: Source, *extra: Action
+    ) -> list[Action]:
+        self.state = State.ENDED
+        self.reason, self.source, self.ended_at = reason, source, now
+        return [
+            *extra,
+            Release(),
+            Notify(
+                "call.ended",
+                {
+                    **self._ids(),
+                    "reason": reason.value,
+                    "source": source.value,
+                    "duration_s": self.duration_s,
+                },
+            ),
+        ]
+
+
+# ------------------------------------------------------------- transitions
+
+Handler = Callable[[Call, CallEvent, float], list[Action]]
+
+
+def _dial(c: Call, e: Dial, now: float) -> list[Action]:  # type: ignore[misc]
+    c.state, c.peer, c.media, c.started_at = State.OUTGOING, e.peer, e.media, now
+    return [CreateCall(e.peer, e.media), Notify("call.outgoing", c._ids())]
+
+
+def _created(c: Call, e: Created, now: float) -> list[Action]:  # type: ignore[misc]
+    c.call_id = e.call_id
+    return [Notify("call.created", c._ids())]
+
+
+def _ringing(c: Call, e: Ringing, now: float) -> list[Action]:  # type: ignore[misc]
+    return [Notify("call.ringback", c._ids())]
+
+
+def _answered(c: Call, e: Answered, now: float) -> list[Action]:  # type: ignore[misc]
+    c.state, c.accepted = State.CONNECTING, True
+    return [ApplyAnswer(e.sdp), StartMedia(), Notify("call.connecting", c._ids()),
+            *c._connect_if_ready(now)]
+
+
+def _ring(c: Call, e: Ring, now: float) -> list[Action]:  # type: ignore[misc]
+    c.state, c.call_id, c.peer, c.media, c.started_at = (
+        State.INCOMING, e.call_id, e.peer, e.media, now,
+    )
+    return [Prepare(e.sdp), Notify("call.incoming", c._ids())]
+
+
+def _accept(c: Call, e: Accept, now: float) -> list[Action]:  # type: ignore[misc]
+    c.state = State.CONNECTING
+    c.started_at = now  # the callee's set-up time runs from accept
+    return [SendAnswer(), Notify("call.connecting", c._ids())]
+
+
+def _answer_sent(c: Call, e: AnswerSent, now: float) -> list[Action]:  # type: ignore[misc]
+    c.accepted = True
+    return [StartMedia(), *c._connect_if_ready(now)]
+
+
+def _decline(c: Call, e: Decline, now: float) -> list[Action]:  # type: ignore[misc]
+    reason = EndReason.BUSY if e.busy else EndReason.DECLINED
+    return c._end(now, reason, Source.LOCAL, SendDecline(e.busy))
+
+
+def _media_up(c: Call, e: MediaUp, now: float) -> list[Action]:  # type: ignore[misc]
+    c.media_up = True
+    return c._connect_if_ready(now) if c.state == State.CONNECTING else []
+
+
+def _hangup(c: Call, e: Hangup, now: float) -> list[Action]:  # type: ignore[misc]
+    if c.state == State.OUTGOING:
+        reason = EndReason.CANCELLED if e.reason == EndReason.HANGUP else e.reason
+        return c._end(now, reason, Source.LOCAL, SendHangup(e.reason))
+    return c._end(now, e.reason, Source.LOCAL, SendHangup(e.reason))
+
+
+def _remote_ended(c: Call, e: RemoteEnded, now: float) -> list[Action]:  # type: ignore[misc]
+    source = Source.SERVER if e.by_server else Source.REMOTE
+    return c._end(now, e.reason, source)
+
+
+def _failed(c: Call, e: Failed, now: float) -> list[Action]:  # type: ignore[misc]
+    # tell the server (and so the peer) when we still can; it may be the server that failed
+    extra: list[Action] = []
+    if c.call_id is not None and e.reason not in (EndReason.SERVER_UNREACHABLE, EndReason.AUTH_FAILED):
+        extra.append(SendHangup(e.reason))
+    return c._end(now, e.reason, Source.LOCAL, *extra)
+
+
+def _connect_timeout(c: Call, e: ConnectTimeout, now: float) -> list[Action]:  # type: ignore[misc]
+    return _failed(c, Failed(EndReason.NETWORK_LOST), now)
+
+
+LOCAL_EVENTS = frozenset({Dial, Accept, Decline, Hangup})
+
+_CALLER, _CALLEE = Role.CALLER, Role.CALLEE
+_O, _I, _CG, _CD = State.OUTGOING, State.INCOMING, State.CONNECTING, State.CONNECTED
+
+TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
+    (_CALLER, State.IDLE, Dial): _dial,
+    (_CALLER, _O, Created): _created,
+    (_CALLER, _O, Ringing): _ringing,
+    (_CALLER, _O, Answered): _answered,
+    (_CALLER, _O, MediaUp): _media_up,
+    (_CALLER, _CG, MediaUp): _media_up,
+    (_CALLEE, State.IDLE, Ring): _ring,
+    (_CALLEE, _I, Accept): _accept,
+    (_CALLEE, _I, Decline): _decline,
+    (_CALLEE, _I, MediaUp): _media_up,
+    (_CALLEE, _CG, AnswerSent): _answer_sent,
+    (_CALLEE, _CG, MediaUp): _media_up,
+    (_CALLER, _CG, ConnectTimeout): _connect_timeout,
+    (_CALLEE, _CG, ConnectTimeout): _connect_timeout,
+}
+for _role in Role:
+    for _state in (_O, _I, _CG, _CD):
+        if (_role, _state) in ((_CALLER, _I), (_CALLEE, _O)):
+            continue
+        TRANSITIONS[(_role, _state, RemoteEnded)] = _remote_ended
+        TRANSITIONS[(_role, _state, Failed)] = _failed
+        TRANSITIONS[(_role, _state, Hangup)] = _hangup
+
+
+def _hangup_while_ringing(c: Call, e: Hangup, now: float) -> list[Action]:  # type: ignore[misc]
+    return _decline(c, Decline(), now)
+
+
+TRANSITIONS[(_CALLEE, _I, Hangup)] = _hangup_while_ringing
+
+
+def describe() -> str:
+    """The transition table as text, one row a transition (used in docs)."""
+    rows = []
+    for (role, state, event), handler in sorted(
+        TRANSITIONS.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value, kv[0][2].__name__)
+    ):
+        rows.append(f"{role.value:7} {state.value:11} {event.__name__:12} {handler.__name__}")
+    return "\n".join(rows)

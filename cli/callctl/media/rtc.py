@@ -1,0 +1,303 @@
+"""The aiortc glue: one peer connection per call, our sources in, our sinks out.
+
+This is the only module that uses aiortc's camelCase API.  It also applies a
+few documented, version-checked adjustments to aiortc/aioice at run time
+(``tune_aiortc``); nothing on disk is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from callctl.media.audio import FRAME, FRAME_S, RATE, SILENCE, AudioSink, AudioSource, level
+from callctl.signaling.protocol import IceServer
+
+log = logging.getLogger("callctl.media")
+
+#: A connected call with no RTP from the peer for this long has lost its media path.
+MEDIA_SILENCE_TIMEOUT_S = 3.0
+#: ICE consent checks: every second, and 3 misses end the path (aioice: 5 s x 6).
+CONSENT_INTERVAL_S = 1
+CONSENT_FAILURES = 3
+
+_tuned = False
+
+
+def tune_aiortc() -> None:
+    """Run-time adjustments to aiortc/aioice, applied once per process.
+
+    - No public STUN default: aiortc falls back to a Google STUN server when
+      iceServers is None; we always pass a list, and also make the fallback empty.
+    - Host candidates on a machine whose only interface is loopback (a
+      container, a network namespace): aioice skips 127.0.0.1 and would gather
+      nothing, so the call would never connect; we fall back to it.
+    - Consent freshness: detect a vanished peer in ~3-4 s instead of ~30 s.
+    """
+    global _tuned
+    if _tuned:
+        return
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    original = aioice.ice.get_host_addresses
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return original(use_ipv4=use_ipv4, use_ipv6=use_ipv6) or ["127.0.0.1"]
+
+    aioice.ice.get_host_addresses = host_addresses
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+    RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign,assignment]
+    _tuned = True
+
+
+def preload() -> None:
+    """Import aiortc now (~0.4 s), not in the middle of dialing."""
+    import aiortc  # noqa: F401
+
+    tune_aiortc()
+
+
+def _track_base() -> type:
+    from aiortc.mediastreams import MediaStreamTrack
+
+    return MediaStreamTrack
+
+
+class Meter:
+    """Frames counted and the latest peak level of one direction."""
+
+    __slots__ = ("frames", "level")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.level = 0.0
+
+
+def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], bool]):  # type: ignore[no-untyped-def]
+    """An aiortc audio track pulling 20 ms frames from ``source``, paced by the clock."""
+    import av
+    from aiortc.mediastreams import MediaStreamError
+
+    base = _track_base()
+    time_base = fractions.Fraction(1, RATE)
+
+    class SourceTrack(base):  # type: ignore[misc,valid-type]
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._pts = 0
+            self._start: float | None = None
+
+        async def recv(self):  # type: ignore[no-untyped-def]
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now
+            else:
+                due = self._start + self._pts / RATE
+                if due > now:
+                    await asyncio.sleep(due - now)
+                elif now - due > 0.2:  # we fell far behind (suspended?): don't burst
+                    self._start = now - self._pts / RATE
+            pcm = source.read()
+            if muted():
+                pcm = SILENCE
+            meter.frames += 1
+            meter.level = level(pcm)
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = RATE
+            frame.pts = self._pts
+            frame.time_base = time_base
+            self._pts += FRAME
+            return frame
+
+    return SourceTrack()
+
+
+@dataclass
+class MediaCallbacks:
+    on_up: Callable[[], None]
+    on_lost: Callable[[str], None]
+
+
+class AudioPeer:
+    """One call's peer connection: offer/answer, preparation, start, stats, close."""
+
+    def __init__(
+        self,
+        ice_servers: list[IceServer],
+        source: AudioSource,
+        sinks: list[AudioSink],
+        callbacks: MediaCallbacks,
+    ) -> None:
+        tune_aiortc()
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        self.source = source
+        self.sinks = sinks
+        self.callbacks = callbacks
+        self.sent = Meter()
+        self.received = Meter()
+        self.muted = False
+        self.playing = False
+        self.first_remote_frame_at: float | None = None
+        self._closing = False
+        self._up = False
+        self._last_rx = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._remote_sdp: str | None = None
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                    for s in ice_servers
+                ]
+            )
+        )
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("track", self._on_track)
+
+    # ------------------------------------------------------------ negotiation
+    async def create_offer(self) -> str:
+        self.pc.addTransceiver("audio", direction="sendrecv")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp  # type: ignore[no-any-return]
+
+    async def apply_answer(self, sdp: str) -> None:
+        """Apply the callee's answer; the same answer twice (prepared, then answered) is a no-op."""
+        if self._remote_sdp == sdp:
+            return
+        if self._remote_sdp is not None:
+            raise RuntimeError("a different answer was already applied")
+        from aiortc import RTCSessionDescription
+
+        self._remote_sdp = sdp
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    @property
+    def has_answer(self) -> bool:
+        return self._remote_sdp is not None
+
+    async def create_answer(self, offer_sdp: str) -> str:
+        """Callee: answer the offer with no track yet, so ICE/DTLS can start while ringing."""
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            transceiver.direction = "sendrecv"
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ media
+    def start(self) -> None:
+        """Start sending our source and playing the peer into the sinks."""
+        if self.playing:
+            return
+        self.playing = True
+        self._last_rx = time.monotonic()
+        track = make_source_track(self.source, self.sent, lambda: self.muted)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                transceiver.sender.replaceTrack(track)
+        self._spawn(self._watch_rtp())
+
+    def _on_track(self, track) -> None:  # type: ignore[no-untyped-def]
+        if track.kind == "audio":
+            self._spawn(self._pump(track))
+
+    async def _pump(self, track) -> None:  # type: ignore[no-untyped-def]
+        """Read every remote frame (so nothing piles up while ringing); play once started."""
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not self.playing:
+                continue
+            self._last_rx = time.monotonic()
+            if self.first_remote_frame_at is None:
+                self.first_remote_frame_at = self._last_rx
+            pcm = frame.to_ndarray().reshape(-1)
+            if frame.layout.nb_channels == 2:  # packed stereo from the decoder: downmix
+                pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)
+            self.received.frames += 1
+            self.received.level = level(pcm)
+            for sink in self.sinks:
+                sink.write(pcm)
+
+    async def _watch_rtp(self) -> None:
+        """A peer that stops sending while connected has vanished (killed, link cut)."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            if self._up and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S:
+                self.callbacks.on_lost(f"no media from the peer for {MEDIA_SILENCE_TIMEOUT_S:g} s")
+                return
+
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        log.debug("peer connection %s", state)
+        if state == "connected" and not self._up:
+            self._up = True
+            self._last_rx = time.monotonic()
+            self.callbacks.on_up()
+        elif state in ("failed", "closed") and not self._closing:
+            self.callbacks.on_lost(f"media path {state}")
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ stats
+    async def stats(self) -> dict[str, float]:
+        """RTT, loss and jitter as the peer reports them, when known."""
+        out: dict[str, float] = {}
+        with contextlib.suppress(Exception):
+            report = await self.pc.getStats()
+            for s in report.values():
+                if s.type == "remote-inbound-rtp" and s.kind == "audio":
+                    if getattr(s, "roundTripTime", None) is not None:
+                        out["rtt_ms"] = round(s.roundTripTime * 1000, 1)
+                    out["loss_pct"] = round(100 * (s.fractionLost or 0) / 256, 1)
+                if s.type == "inbound-rtp" and s.kind == "audio":
+                    out["jitter_ms"] = round((s.jitter or 0) / RATE * 1000, 1)
+                    out["packets_lost"] = s.packetsLost or 0
+        return out
+
+    # ------------------------------------------------------------------ close
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.source.close()
+        await asyncio.to_thread(self._close_sinks)
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("closing %s failed: %s", sink.name, exc)
+
+
+FRAME_DURATION_S = FRAME_S

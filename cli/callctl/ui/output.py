@@ -1,0 +1,164 @@
+"""How a running call shows itself: NDJSON on stdout, plain lines on stderr, or a live view.
+
+- ``--json``: every event as one JSON line on stdout, flushed (docs/EVENTS.md).
+- stdout not a terminal: one plain line per state change on stderr.
+- a terminal: a rich live view (peer, state, timer, levels, stats, key hints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+PLAIN_EVENTS = {
+    "registered": lambda r: f"online as {r['user']} ({r['server']})",
+    "server.lost": lambda r: f"server unreachable: {r['message']} (retrying)",
+    "server.restored": lambda r: "server reachable again",
+    "call.outgoing": lambda r: f"calling {r['peer']}",
+    "call.ringback": lambda r: f"ringing {r['peer']}",
+    "call.incoming": lambda r: f"incoming {r['media']} call from {r['peer']} ({r['call_id']})",
+    "call.refused": lambda r: f"refused a call from {r['peer']} (not in --allow)",
+    "call.missed": lambda r: f"missed a call from {r['peer']} (busy)",
+    "call.connecting": lambda r: "connecting",
+    "call.connected": lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms)",
+    "call.ended": lambda r: f"call ended: {r['reason']} ({r['source']}) after {r['duration_s']:.1f} s",
+    "media.muted": lambda r: "microphone muted",
+    "media.unmuted": lambda r: "microphone unmuted",
+    "peer.muted": lambda r: "peer muted",
+    "peer.unmuted": lambda r: "peer unmuted",
+    "error": lambda r: f"error: {r['message']}",
+}
+
+
+class JsonOutput:
+    def __call__(self, event: str, record: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        sys.stdout.flush()
+
+
+class PlainOutput:
+    def __call__(self, event: str, record: dict[str, Any]) -> None:
+        render = PLAIN_EVENTS.get(event)
+        if render is not None:
+            print(f"callctl: {render(record)}", file=sys.stderr, flush=True)
+
+
+def _meter(value: float, width: int = 20) -> str:
+    filled = min(width, int(round(value * width * 2)))  # speech peaks rarely pass 0.5
+    return "█" * filled + "·" * (width - filled)
+
+
+class LiveView:
+    """A rich Live panel refreshed a few times a second, with single-key commands."""
+
+    KEYS = {"a": "accept", "d": "decline", "m": "toggle-mute", "q": "hangup"}
+
+    def __init__(self, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
+                 peer_stats: Callable[[], Any] | None = None) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.status = status
+        self.command = command
+        self.peer_stats = peer_stats
+        self.lines: list[str] = []
+        self.stats: dict[str, float] = {}
+        self._live: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._tty_state: Any = None
+
+    def __call__(self, event: str, record: dict[str, Any]) -> None:
+        render = PLAIN_EVENTS.get(event)
+        if render is not None:
+            self.lines = [*self.lines[-4:], f"{time.strftime('%H:%M:%S')} {render(record)}"]
+
+    def _panel(self) -> Any:
+        from rich.panel import Panel
+        from rich.table import Table
+
+        st = self.status()
+        call = st.get("call") or {}
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("you", f"{st.get('user', '?')} ({'online' if st.get('online') else 'offline'})")
+        if call:
+            table.add_row("peer", str(call.get("peer") or "?"))
+            state = call.get("state", "")
+            if call.get("duration_s") is not None:
+                state += f"  {int(call['duration_s']) // 60:02d}:{int(call['duration_s']) % 60:02d}"
+            table.add_row("call", state)
+            table.add_row("mic", _meter(call.get("level_out", 0.0)) + ("  MUTED" if call.get("muted") else ""))
+            table.add_row("peer", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
+            if call.get("codec"):
+                table.add_row("codec", call["codec"])
+            if self.stats:
+                table.add_row("link", "  ".join(f"{k} {v}" for k, v in self.stats.items()))
+        else:
+            table.add_row("call", "waiting for calls")
+        for line in self.lines:
+            table.add_row("", f"[dim]{line}[/dim]")
+        keys = "a accept · d decline · m mute · q hang up"
+        return Panel(table, title="callctl", subtitle=keys, expand=False)
+
+    async def run(self) -> None:
+        from rich.live import Live
+
+        self._raw_keys()
+        with Live(self._panel(), console=self.console, refresh_per_second=8, transient=False) as live:
+            self._live = live
+            tick = 0
+            try:
+                while True:
+                    await asyncio.sleep(0.125)
+                    tick += 1
+                    if self.peer_stats is not None and tick % 16 == 0:
+                        with contextlib.suppress(Exception):
+                            self.stats = await self.peer_stats() or {}
+                    live.update(self._panel())
+            finally:
+                live.update(self._panel())
+                self._restore_keys()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _raw_keys(self) -> None:
+        if not sys.stdin.isatty():
+            return
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        self._tty_state = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        asyncio.get_running_loop().add_reader(fd, self._key)
+
+    def _key(self) -> None:
+        with contextlib.suppress(OSError):
+            ch = os.read(sys.stdin.fileno(), 1).decode(errors="ignore").lower()
+            if ch in self.KEYS:
+                self.command(self.KEYS[ch])
+
+    def _restore_keys(self) -> None:
+        if self._tty_state is None:
+            return
+        import termios
+
+        fd = sys.stdin.fileno()
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, self._tty_state)
+        self._tty_state = None

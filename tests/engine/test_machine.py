@@ -1,0 +1,134 @@
+"""The call state machine, driven by tables of events: no sockets, no asyncio."""
+
+from __future__ import annotations
+
+import pytest
+
+from callctl.engine import machine as m
+from callctl.signaling.protocol import EndReason, Media
+
+R = EndReason
+
+
+def run(role: m.Role, events: list[m.CallEvent]) -> tuple[m.Call, list[m.Action]]:
+    call = m.Call(role)
+    actions: list[m.Action] = []
+    for t, event in enumerate(events):
+        actions += call.handle(event, now=float(t))
+    return call, actions
+
+
+def notified(actions: list[m.Action]) -> list[str]:
+    return [a.event for a in actions if isinstance(a, m.Notify)]
+
+
+CALLER_START = [m.Dial("bob"), m.Created("c1")]
+CALLEE_START = [m.Ring("c1", "alice", Media.AUDIO, "offer")]
+
+# (name, role, events, final state, end reason, source)
+FLOWS = [
+    ("caller connects after answer and media", m.Role.CALLER,
+     [*CALLER_START, m.Ringing(), m.Answered("ans"), m.MediaUp()], m.State.CONNECTED, None, None),
+    ("caller with prepared media connects on answer", m.Role.CALLER,
+     [*CALLER_START, m.MediaUp(), m.Answered("ans")], m.State.CONNECTED, None, None),
+    ("caller cancels while ringing", m.Role.CALLER,
+     [*CALLER_START, m.Ringing(), m.Hangup()], m.State.ENDED, R.CANCELLED, m.Source.LOCAL),
+    ("caller hangs up a connected call", m.Role.CALLER,
+     [*CALLER_START, m.Answered("a"), m.MediaUp(), m.Hangup()], m.State.ENDED, R.HANGUP, m.Source.LOCAL),
+    ("callee declines", m.Role.CALLER,
+     [*CALLER_START, m.RemoteEnded(R.DECLINED)], m.State.ENDED, R.DECLINED, m.Source.REMOTE),
+    ("server says no answer", m.Role.CALLER,
+     [*CALLER_START, m.RemoteEnded(R.NO_ANSWER, by_server=True)], m.State.ENDED, R.NO_ANSWER, m.Source.SERVER),
+    ("max duration", m.Role.CALLER,
+     [*CALLER_START, m.Answered("a"), m.MediaUp(), m.Hangup(R.MAX_DURATION)], m.State.ENDED,
+     R.MAX_DURATION, m.Source.LOCAL),
+    ("media lost mid-call", m.Role.CALLER,
+     [*CALLER_START, m.Answered("a"), m.MediaUp(), m.Failed(R.NETWORK_LOST)], m.State.ENDED,
+     R.NETWORK_LOST, m.Source.LOCAL),
+    ("callee accepts, media already prepared", m.Role.CALLEE,
+     [*CALLEE_START, m.MediaUp(), m.Accept(), m.AnswerSent()], m.State.CONNECTED, None, None),
+    ("callee accepts before media is up", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp()], m.State.CONNECTED, None, None),
+    ("callee declines", m.Role.CALLEE,
+     [*CALLEE_START, m.Decline()], m.State.ENDED, R.DECLINED, m.Source.LOCAL),
+    ("callee busy", m.Role.CALLEE,
+     [*CALLEE_START, m.Decline(busy=True)], m.State.ENDED, R.BUSY, m.Source.LOCAL),
+    ("hangup while ringing is a decline", m.Role.CALLEE,
+     [*CALLEE_START, m.Hangup()], m.State.ENDED, R.DECLINED, m.Source.LOCAL),
+    ("answered elsewhere", m.Role.CALLEE,
+     [*CALLEE_START, m.RemoteEnded(R.ANSWERED_ELSEWHERE)], m.State.ENDED,
+     R.ANSWERED_ELSEWHERE, m.Source.REMOTE),
+    ("caller hangs up a connected call", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp(), m.RemoteEnded(R.HANGUP)],
+     m.State.ENDED, R.HANGUP, m.Source.REMOTE),
+]
+
+
+@pytest.mark.parametrize("name,role,events,state,reason,source", FLOWS, ids=[f[0] for f in FLOWS])
+def test_flows(name: str, role: m.Role, events: list[m.CallEvent], state: m.State,
+               reason: EndReason | None, source: m.Source | None) -> None:
+    call, actions = run(role, events)
+    assert call.state == state
+    assert call.reason == reason and call.source == source
+    if state == m.State.ENDED:
+        assert isinstance(actions[-2], m.Release)
+        ended = actions[-1]
+        assert isinstance(ended, m.Notify) and ended.event == "call.ended"
+        assert ended.fields["reason"] == reason.value  # type: ignore[union-attr]
+    if state == m.State.CONNECTED:
+        assert notified(actions).count("call.connected") == 1
+        assert sum(isinstance(a, m.StartMedia) for a in actions) == 1
+
+
+def test_caller_actions_in_order() -> None:
+    _, actions = run(m.Role.CALLER, [*CALLER_START, m.Ringing(), m.Answered("ans"), m.MediaUp()])
+    kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
+    assert kinds == ["CreateCall", "ApplyAnswer", "StartMedia"]
+    assert notified(actions) == ["call.outgoing", "call.created", "call.ringback",
+                                 "call.connecting", "call.connected"]
+
+
+def test_callee_prepares_on_ring_and_answers_on_accept() -> None:
+    _, actions = run(m.Role.CALLEE, [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp()])
+    kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
+    assert kinds == ["Prepare", "SendAnswer", "StartMedia"]
+
+
+def test_connected_duration_and_setup_time() -> None:
+    call = m.Call(m.Role.CALLER)
+    call.handle(m.Dial("bob"), 10.0)
+    call.handle(m.Created("c1"), 10.01)
+    call.handle(m.Answered("a"), 10.05)
+    connected = call.handle(m.MediaUp(), 10.08)
+    assert connected[-1].fields["setup_ms"] == 80.0  # type: ignore[union-attr]
+    ended = call.handle(m.Hangup(), 25.08)
+    assert ended[-1].fields["duration_s"] == 15.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "role,events,bad,error",
+    [
+        (m.Role.CALLEE, [], m.Accept(), m.LocalProtocolError),
+        (m.Role.CALLER, [*CALLER_START], m.Accept(), m.LocalProtocolError),
+        (m.Role.CALLER, [], m.Hangup(), m.LocalProtocolError),
+        (m.Role.CALLER, [*CALLER_START, m.Hangup()], m.Hangup(), m.LocalProtocolError),
+        (m.Role.CALLER, [*CALLER_START, m.Hangup()], m.Answered("late"), m.RemoteProtocolError),
+        (m.Role.CALLEE, [*CALLEE_START, m.Decline()], m.RemoteEnded(R.CANCELLED), m.RemoteProtocolError),
+        (m.Role.CALLEE, [*CALLEE_START], m.Ring("c2", "carol", Media.AUDIO, "x"), m.RemoteProtocolError),
+    ],
+)
+def test_illegal_events_raise_and_leave_state_unchanged(
+    role: m.Role, events: list[m.CallEvent], bad: m.CallEvent, error: type
+) -> None:
+    call, _ = run(role, events)
+    before = (call.state, call.reason, call.source)
+    with pytest.raises(error):
+        call.handle(bad, 99.0)
+    assert (call.state, call.reason, call.source) == before
+
+
+def test_every_reachable_state_can_end() -> None:
+    for (role, state, _), _h in m.TRANSITIONS.items():
+        if state not in (m.State.IDLE, m.State.ENDED):
+            assert m.Call(role, state=state).can(m.RemoteEnded)
+            assert m.Call(role, state=state).can(m.Hangup)
