@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import Callctl
 from tests.helpers import Events, ServerProcess
 
 
@@ -25,3 +26,13 @@ async def events() -> AsyncIterator[list[Events]]:
     yield opened
     for e in opened:
         await e.close()
+
+
+@pytest.fixture
+async def cli(server: ServerProcess, tmp_path: Path) -> AsyncIterator[Callctl]:
+    """Runs callctl processes against ``server``; kills whatever is left at the end."""
+    runner = Callctl(server, tmp_path)
+    yield runner
+    await runner.close()
+    for c in runner.running:
+        assert "Traceback" not in c.stderr, c.stderr

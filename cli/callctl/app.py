@@ -10,6 +10,7 @@ import typer
 from callctl import __version__
 from callctl.commands import call as call_cmd
 from callctl.commands import control as control_cmd
+from callctl.commands import demo as demo_cmd
 from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import token as token_cmd
@@ -78,10 +79,28 @@ def main_options(
 app.command("server", help=server_cmd.__doc__)(server_cmd.server)
 app.command("call", help=call_cmd.__doc__)(call_cmd.call)
 app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
+app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
 for _name in ("accept", "decline", "hangup", "mute", "unmute", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
 
 
 def main() -> None:
-    app()
+    """Run the CLI; usage errors become one line on stderr and exit 2."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        code = ExitCode.INTERRUPTED
+    except typer.TyperException as exc:  # click's UsageError and friends, as vendored by Typer
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help(), file=sys.stderr)
+        else:
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"callctl: {exc.format_message()}{hint}", file=sys.stderr)
+        code = ExitCode.USAGE
+    sys.exit(int(code) if isinstance(code, int) else 0)

@@ -224,3 +224,40 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path) -> None:
                 await carol.create_call("bob", OFFER)
     finally:
         srv.stop()
+
+
+async def test_a_user_in_a_call_cannot_start_or_answer_another(server: ServerProcess, events: list[Events]) -> None:
+    alice = await online(server, events, "alice")
+    bob = await online(server, events, "bob")
+    first = await alice.client.create_call("bob", OFFER)
+    async with server.client("carol") as carol:
+        waiting = await carol.create_call("bob", OFFER)  # rings while bob is still free
+        await bob.client.answer(first.call_id, ANSWER)
+        with pytest.raises(Conflict) as err:
+            await bob.client.answer(waiting.call_id, ANSWER)
+        assert err.value.code == "wrong_state"
+        with pytest.raises(Conflict) as err:
+            await alice.client.create_call("carol", OFFER)
+        assert err.value.code == "wrong_state"
+    with pytest.raises(Conflict) as err:
+        await bob.client.decline(first.call_id)
+    assert err.value.code == "wrong_state"
+
+
+async def test_offline_grace_runs_from_the_latest_disconnect(server: ServerProcess, events: list[Events]) -> None:
+    """The server runs with --offline-grace 2: an early drop's timer must not end the call."""
+    alice = await online(server, events, "alice")
+    bob = await online(server, events, "bob")
+    call = await alice.client.create_call("bob", OFFER)
+    await bob.client.answer(call.call_id, ANSWER)
+    events.remove(bob)
+    await bob.close()                      # first drop: a grace timer starts
+    await asyncio.sleep(1.0)
+    bob = await online(server, events, "bob")  # back within the grace
+    await asyncio.sleep(0.5)
+    events.remove(bob)
+    await bob.close()                      # second drop, 1.5 s after the first
+    await asyncio.sleep(1.0)               # the first timer has fired by now (2 s)
+    assert (await alice.client.get_call(call.call_id)).state == p.CallState.CONNECTED
+    ended = await alice.wait(p.CallEnded, call_id=call.call_id)
+    assert ended.reason == p.EndReason.NETWORK_LOST

@@ -71,7 +71,8 @@ def unmute(ctx: typer.Context, device: DeviceOpt = None) -> None:
     _send(ctx, "unmute", None, device)
 
 
-def status(ctx: typer.Context, device: DeviceOpt = None) -> None:
+def status(ctx: typer.Context, device: DeviceOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False) -> None:
     """Show the running process's identity and call."""
     from callctl.engine.control import ControlError, request
 
@@ -80,7 +81,7 @@ def status(ctx: typer.Context, device: DeviceOpt = None) -> None:
         answer = request(path, "status")
     except ControlError as exc:
         fail(str(exc), ExitCode.INTERNAL_ERROR)
-    if ctx.obj.json:
+    if ctx.obj.json or as_json:
         print(json.dumps(answer))
         return
     call = answer.get("call")

@@ -33,7 +33,7 @@ def server(
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     heartbeat: Annotated[
-        float, typer.Option(min=0.2, max=300, help="Seconds between keep-alives on idle event streams.")
+        float, typer.Option(min=0.2, max=300, help="Seconds between keep-alive comments on event streams (also paces token-expiry checks).")
     ] = 15.0,
     max_devices: Annotated[
         int, typer.Option(min=1, max=1000, help="Event streams (devices) one user may have open.")

@@ -173,6 +173,9 @@ class CallSession:
             MediaCallbacks(
                 on_up=lambda: self.feed(m.MediaUp()),
                 on_lost=self._media_lost,
+                on_first_frame=lambda: self.phone.emit(
+                    "media.flowing", {"call_id": self.call.call_id, "peer": self.call.peer}
+                ),
             ),
         )
 
@@ -197,8 +200,8 @@ class CallSession:
                 reason = p.EndReason.INTERNAL_ERROR
             self.feed(m.Failed(reason))
             return
-        self.phone.sessions_by_id[info.call_id] = self
         self.feed(m.Created(info.call_id))
+        self.phone.adopt(info.call_id, self)
         if info.state == p.CallState.ENDED and info.reason is not None:
             self.feed(m.RemoteEnded(info.reason, by_server=info.ended_by == p.Party.SERVER))
 
@@ -402,6 +405,14 @@ class Phone:
     calls_done: list[Outcome] = field(default_factory=list)
     _stream_task: asyncio.Task[None] | None = None
     _offline_timer: asyncio.TimerHandle | None = None
+    #: Events for call ids not known yet: the stream can beat the POST's response.
+    _early: dict[str, list[p.Event]] = field(default_factory=dict)
+
+    def adopt(self, call_id: str, session: CallSession) -> None:
+        """Bind a call id to its session and hand it what already arrived for it."""
+        self.sessions_by_id[call_id] = session
+        for event in self._early.pop(call_id, []):
+            self._on_event(event)
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         record = {"v": 1, "ts": round(time.time(), 3), "event": event, **fields}
@@ -469,6 +480,11 @@ class Phone:
             return
         call_id = getattr(event, "call_id", None)
         s = self.sessions_by_id.get(call_id) if call_id else None
+        if s is None and call_id is not None:
+            if len(self._early) >= 16:
+                self._early.pop(next(iter(self._early)))
+            self._early.setdefault(call_id, []).append(event)
+            return
         if s is None or s.call.state == m.State.ENDED:
             return
         if isinstance(event, p.CallRinging):

@@ -129,6 +129,7 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
 class MediaCallbacks:
     on_up: Callable[[], None]
     on_lost: Callable[[str], None]
+    on_first_frame: Callable[[], None] = lambda: None
 
 
 class AudioPeer:
@@ -230,6 +231,7 @@ class AudioPeer:
             self._last_rx = time.monotonic()
             if self.first_remote_frame_at is None:
                 self.first_remote_frame_at = self._last_rx
+                self.callbacks.on_first_frame()
             pcm = frame.to_ndarray().reshape(-1)
             if frame.layout.nb_channels == 2:  # packed stereo from the decoder: downmix
                 pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)

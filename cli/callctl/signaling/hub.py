@@ -64,6 +64,8 @@ class Hub:
         self.config = config
         self.server_id = secrets.token_hex(4)
         self._streams: dict[tuple[str, str], Stream] = {}
+        #: When each device's last stream closed (monotonic), while it stays offline.
+        self._offline_since: dict[tuple[str, str], float] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False
@@ -162,6 +164,7 @@ class Hub:
                 p.ErrorCode.TOO_MANY_DEVICES,
                 f"user already has {self.config.max_devices} devices online",
             )
+        self._offline_since.pop((user_key, device), None)
         previous = self._streams.get((user_key, device))
         if previous is not None:
             previous.sub.close("replaced")
@@ -207,15 +210,21 @@ class Hub:
     async def close_stream(self, stream: Stream) -> None:
         user_key = stream.identity.key
         self.store.unsubscribe(stream.sub)
-        if self._streams.get((user_key, stream.device)) is stream:
-            del self._streams[(user_key, stream.device)]
+        if self._streams.get((user_key, stream.device)) is not stream:
+            return  # replaced by a newer stream of the same device: still online
+        del self._streams[(user_key, stream.device)]
         await self.store.unregister_device(user_key, stream.device, stream.stream_id)
         log.debug("stream closed %s device=%s", user_key, stream.device)
         if not self.closing:
+            self._offline_since[(user_key, stream.device)] = time.monotonic()
             self._later(self.config.offline_grace_s, self._check_offline, user_key, stream.device)
 
     async def _check_offline(self, user_key: str, device: str) -> None:
         """End a call whose party's device did not come back within the grace."""
+        since = self._offline_since.get((user_key, device))
+        if since is None or time.monotonic() - since < self.config.offline_grace_s - 0.05:
+            return  # came back (maybe left again later: that disconnect has its own timer)
+        del self._offline_since[(user_key, device)]
         if device in await self.store.devices_online(user_key):
             return
         call_id = await self.store.connected_call_of(user_key)
@@ -296,6 +305,8 @@ class Hub:
             ring_expires_at=now + timeout,
             caller_device=device,
         )
+        if await self.store.connected_call_of(me.key) is not None:
+            raise HubError(409, p.ErrorCode.WRONG_STATE, "you are already in a call; hang it up first")
         if await self.store.connected_call_of(call.callee_key) is not None:
             call.state = p.CallState.ENDED
             call.reason, call.ended_by, call.ended_at = p.EndReason.BUSY, p.Party.SERVER, now
@@ -368,6 +379,8 @@ class Hub:
         call, role = await self._party_call(me, call_id)
         if role is not p.Party.CALLEE:
             raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may answer")
+        if call.state == p.CallState.RINGING and await self.store.connected_call_of(me.key):
+            raise HubError(409, p.ErrorCode.WRONG_STATE, "you are already in another call")
         updated, applied = await self.store.update_call(
             call_id,
             p.CallState.RINGING,
@@ -402,7 +415,10 @@ class Hub:
         reason = p.EndReason.BUSY if busy else p.EndReason.DECLINED
         ended = await self._end(call, p.CallState.RINGING, reason, p.Party.CALLEE)
         if ended is None:
-            raise _state_error(await self.store.get_call(call_id) or call)
+            latest = await self.store.get_call(call_id) or call
+            if latest.state == p.CallState.CONNECTED:
+                raise HubError(409, p.ErrorCode.WRONG_STATE, "the call is connected: hang up instead")
+            raise _state_error(latest)
         return self.info(ended)
 
     async def hangup(

@@ -161,7 +161,7 @@ class CallInfo(msgspec.Struct, omit_defaults=True):
     ended_at: float | None = None
     reason: EndReason | None = None
     ended_by: Party | None = None
-    #: Present for the caller once answered (the callee's answer).
+    #: The callee's answer SDP, once answered.
     answer_sdp: str | None = None
     ice_servers: list[IceServer] = []
 
@@ -192,8 +192,8 @@ class Registered(Event, tag="registered"):
     ice_servers: list[IceServer] = []
     #: How many events follow at once (replayed after Last-Event-ID, pending rings).
     replayed: int = 0
-    #: Resume point for a client that has no event id yet: the user's newest
-    #: event id when this stream opened.
+    #: Resume point for a client that has no event id yet: replaying from it
+    #: yields only events published after this stream opened.
     cursor: str | None = None
 
 

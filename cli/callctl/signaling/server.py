@@ -71,7 +71,9 @@ def _device(value: str | None) -> str:
 
 async def _body(request: Request, kind: type[T]) -> T:
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > p.MAX_BODY_BYTES):
+    if length is not None and not length.isdigit():
+        raise HubError(400, p.ErrorCode.MALFORMED, "bad Content-Length")
+    if length is not None and int(length) > p.MAX_BODY_BYTES:
         raise HubError(413, p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -246,7 +248,8 @@ class EventStreamResponse(Response):
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(405, p.ErrorCode.METHOD_NOT_ALLOWED, "method not allowed")
+        return error_response(405, p.ErrorCode.METHOD_NOT_ALLOWED, "method not allowed",
+                              dict(exc.headers or {}))
     if exc.status_code == 404:
         return error_response(404, p.ErrorCode.NOT_FOUND, "no such endpoint")
     return error_response(exc.status_code, p.ErrorCode.INVALID, str(exc.detail))

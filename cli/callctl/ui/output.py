@@ -95,7 +95,7 @@ class LiveView:
                 state += f"  {int(call['duration_s']) // 60:02d}:{int(call['duration_s']) % 60:02d}"
             table.add_row("call", state)
             table.add_row("mic", _meter(call.get("level_out", 0.0)) + ("  MUTED" if call.get("muted") else ""))
-            table.add_row("peer", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
+            table.add_row("remote", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
             if call.get("codec"):
                 table.add_row("codec", call["codec"])
             if self.stats:

@@ -1,0 +1,150 @@
+"""A real call on this machine: a local server, two endpoints with different tones, a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from callctl.commands import _phone
+from callctl.exitcodes import ExitCode, for_reason
+
+
+def demo(
+    ctx: typer.Context,
+    duration: Annotated[float, typer.Option(min=1, max=3600, help="Seconds the call lasts.")] = 10.0,
+) -> None:
+    _phone.run(_demo(ctx.obj, duration))
+
+
+def _start_server(folder: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callctl", "server", "--port", "0", "--log-level", "warning",
+         "--secret-file", str(folder / "secret")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError("the demo server did not start")
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+async def _demo(settings: Any, duration: float) -> int:
+    from callctl.engine.session import CallPolicy, MediaOptions, Phone
+    from callctl.media.rtc import preload
+    from callctl.signaling.auth import issue_token, read_secret
+    from callctl.signaling.client import SignalingClient
+    from callctl.signaling.protocol import Media
+    from callctl.ui.output import JsonOutput, LiveView, PlainOutput
+
+    preload()
+    with tempfile.TemporaryDirectory(prefix="callctl-demo-") as tmp:
+        server, url = await asyncio.to_thread(_start_server, Path(tmp))
+        try:
+            secret = read_secret(Path(tmp) / "secret")
+
+            def phone(user: str, hz: int, policy: CallPolicy) -> Phone:
+                client = SignalingClient(url, issue_token(secret, user, "demo", 3600), device="demo")
+                return Phone(client=client, user=user, device="demo", policy=policy,
+                             media=MediaOptions(audio_in=f"tone:{hz}", audio_out="null"))
+
+            alice = phone("alice", 440, CallPolicy())
+            bob = phone("bob", 660, CallPolicy(auto_accept=True))
+            setup: dict[str, float] = {}
+
+            def note(who: str) -> Any:
+                def listener(event: str, record: dict[str, Any]) -> None:
+                    if event == "call.connected" and who == "alice":
+                        setup["ms"] = record["setup_ms"]
+                return listener
+
+            view = None
+            if settings.json:
+                alice.listeners.append(JsonOutput())
+            elif sys.stdout.isatty():
+                view = LiveView(lambda: alice.command("status"), lambda cmd: None,
+                                lambda: alice.session.peer.stats() if alice.session and alice.session.peer else _none())
+                alice.listeners.append(view)
+                bob.listeners.append(lambda e, r: view(e, {**r, "peer": r.get("peer")}) if e == "call.incoming" else None)
+            else:
+                alice.listeners.append(_prefixed("alice", PlainOutput()))
+                bob.listeners.append(_prefixed("bob", PlainOutput()))
+            alice.listeners.append(note("alice"))
+            for p in (alice, bob):
+                p.start()
+            await asyncio.wait_for(asyncio.gather(alice.registered.wait(), bob.registered.wait()), 10)
+            if view is not None:
+                view.start()
+            started = time.monotonic()
+            session = alice.dial("bob", Media.AUDIO, ring_timeout=10, hangup_after=duration,
+                                 max_duration=None)
+            try:
+                await session.ended.wait()
+                await asyncio.wait_for(bob.call_ended.wait(), 5)
+            finally:
+                if view is not None:
+                    await view.stop()
+            outcome = session.outcome()
+            bob_session = bob.calls_done[-1] if bob.calls_done else None
+            a_peer = session.peer
+            b_peer = None
+            for s in list(bob.sessions_by_id.values()):
+                b_peer = s.peer
+            summary = {
+                "reason": outcome.reason.value,
+                "setup_ms": setup.get("ms"),
+                "call_s": round(time.monotonic() - started, 1),
+                "frames_alice_to_bob": b_peer.received.frames if b_peer else 0,
+                "frames_bob_to_alice": a_peer.received.frames if a_peer else 0,
+                "frames_sent_alice": a_peer.sent.frames if a_peer else 0,
+                "frames_sent_bob": b_peer.sent.frames if b_peer else 0,
+                "bob_reason": bob_session.reason.value if bob_session else None,
+            }
+            for p in (alice, bob):
+                await p.close()
+        finally:
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)
+            if server.poll() is None:
+                server.kill()
+            if server.stdout:
+                server.stdout.close()
+    if settings.json:
+        JsonOutput()("demo.summary", {"v": 1, "ts": round(time.time(), 3), "event": "demo.summary", **summary})
+    else:
+        print(
+            f"\ncall ended: {summary['reason']}\n"
+            f"set-up (dial → connected): {summary['setup_ms']} ms\n"
+            f"audio frames alice → bob: {summary['frames_alice_to_bob']} received "
+            f"of {summary['frames_sent_alice']} sent (440 Hz)\n"
+            f"audio frames bob → alice: {summary['frames_bob_to_alice']} received "
+            f"of {summary['frames_sent_bob']} sent (660 Hz)",
+            flush=True,
+        )
+    if outcome.reason.value != "hangup":
+        return int(for_reason(outcome.reason))
+    if not summary["frames_alice_to_bob"] or not summary["frames_bob_to_alice"]:
+        print("callctl: no audio arrived", file=sys.stderr)
+        return int(ExitCode.NETWORK_LOST)
+    return 0
+
+
+async def _none() -> dict[str, float]:
+    return {}
+
+
+def _prefixed(who: str, out: Any) -> Any:
+    def listener(event: str, record: dict[str, Any]) -> None:
+        if event in ("call.ended", "call.connected", "call.incoming", "call.outgoing", "registered"):
+            out(event, record)
+    return listener

@@ -1,0 +1,239 @@
+"""Real calls between real processes: server, `listen`, `call`, control commands.
+
+Every exit code of docs/EXIT-CODES.md is produced here for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.audio import tone_fraction
+from tests.cli import Callctl
+from tests.helpers import ServerProcess
+
+
+async def test_tone_call_is_recorded_at_the_callee(cli: Callctl, tmp_path: Path) -> None:
+    rec = tmp_path / "bob.wav"
+    bob = await cli.listen("bob", "--auto-accept", "--once", "--record", str(rec))
+    alice = await cli.call("alice", "bob", "--hangup-after", "3")
+    connected = await alice.wait_event("call.connected")
+    assert connected["peer"] == "bob" and connected["setup_ms"] > 0
+    assert await alice.exit_code() == 0
+    ended = alice.named("call.ended")[0]
+    assert (ended["reason"], ended["source"]) == ("hangup", "local")
+    assert await bob.exit_code() == 0
+    bob_end = bob.named("call.ended")[0]
+    assert (bob_end["reason"], bob_end["source"]) == ("hangup", "remote")
+    duration, fraction = tone_fraction(rec, 440)
+    assert abs(duration - bob_end["duration_s"]) < 0.5, (duration, bob_end)
+    assert fraction > 0.9, fraction
+    events = [e["event"] for e in alice.events]
+    assert events[:2] == ["registered", "call.outgoing"]
+    assert "call.ringback" in events
+    assert "media.flowing" in events
+    assert all(e["v"] == 1 and isinstance(e["ts"], float) for e in alice.events)
+
+
+async def test_script_accepts_through_the_control_socket(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--once")
+    alice = await cli.call("alice", "bob", "--hangup-after", "1")
+    ring = await bob.wait_event("call.incoming")
+    code, out, err = await cli.run("bob", "status", "--json")
+    assert code == 0 and '"state": "incoming"' in out
+    code, out, err = await cli.run("bob", "accept", ring["call_id"])
+    assert code == 0, err
+    await alice.wait_event("call.connected")
+    assert await alice.exit_code() == 0
+    assert await bob.exit_code() == 0
+
+
+async def test_decline_from_a_third_process_exits_3(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--once")
+    alice = await cli.call("alice", "bob")
+    await bob.wait_event("call.incoming")
+    code, _, err = await cli.run("bob", "decline")
+    assert code == 0, err
+    assert await alice.exit_code() == 3
+    assert alice.named("call.ended")[0]["reason"] == "declined"
+    assert await bob.exit_code() == 3
+
+
+async def test_busy_exits_4(cli: Callctl) -> None:
+    await cli.listen("bob", "--auto-accept")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    carol = await cli.call("carol", "bob", device="other")
+    assert await carol.exit_code() == 4
+    assert carol.named("call.ended")[0]["reason"] == "busy"
+
+
+async def test_ring_timeout_exits_5(cli: Callctl) -> None:
+    await cli.listen("bob")
+    alice = await cli.call("alice", "bob", "--ring-timeout", "1")
+    await alice.wait_event("call.ringback")
+    assert await alice.exit_code() == 5
+
+
+async def test_unknown_user_exits_6(cli: Callctl) -> None:
+    alice = await cli.call("alice", "nobody", "--ring-timeout", "1")
+    assert await alice.exit_code() == 6
+    assert alice.named("call.ended")[0]["source"] == "server"
+
+
+async def test_caller_cancel_exits_7_on_both_sides(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--once")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.ringback")
+    code, _, err = await cli.run("alice", "hangup")
+    assert code == 0, err
+    assert await alice.exit_code() == 7
+    assert await bob.exit_code() == 7
+
+
+async def test_two_devices_first_accept_wins_other_exits_8(cli: Callctl) -> None:
+    phone = await cli.listen("bob", "--once", "--accept-after", "0.5", device="phone")
+    desk = await cli.listen("bob", "--once", "--accept-after", "0.5", device="desk-bob")
+    alice = await cli.call("alice", "bob", "--hangup-after", "2")
+    await alice.wait_event("call.connected")
+    codes = sorted([await phone.exit_code(), await desk.exit_code()])
+    assert codes == [0, 8]
+    assert await alice.exit_code() == 0
+
+
+async def test_callee_killed_mid_call_exits_9_within_5_s(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    await bob.wait_event("call.connected")
+    bob.signal(signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    killed = loop.time()
+    assert await alice.exit_code(timeout=15) == 9
+    assert loop.time() - killed < 5.0 + 1.5  # detection budget plus process exit
+    assert alice.named("call.ended")[0]["reason"] == "network_lost"
+
+
+async def test_nothing_listening_exits_10(cli: Callctl) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alice = await cli.call("alice", "bob", server=f"http://127.0.0.1:{port}")
+    assert await alice.exit_code() == 10
+    assert "cannot reach the server" in alice.stderr
+
+
+async def test_bad_token_exits_11(cli: Callctl) -> None:
+    alice = await cli.start(None, "call", "bob", "--audio-in", "tone", "--audio-out", "null",
+                            env={"CALLCTL_TOKEN": cli.server.token("alice")[:-4] + "AAAA"})
+    assert await alice.exit_code() == 11
+
+
+async def test_missing_microphone_exits_12_before_dialing(cli: Callctl) -> None:
+    code, _, err = await cli.run("alice", "call", "bob", "--audio-in", "mic", "--audio-out", "null")
+    assert code == 12
+    assert "microphone" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_max_duration_exits_13(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--once")
+    alice = await cli.call("alice", "bob", "--max-duration", "1")
+    assert await alice.exit_code() == 13
+    assert await bob.exit_code() in (0, 13)
+
+
+async def test_ctrl_c_hangs_up_and_exits_130(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--once")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    alice.signal(signal.SIGINT)
+    assert await alice.exit_code() == 130
+    assert await bob.exit_code() == 0
+    assert bob.named("call.ended")[0]["source"] == "remote"
+    assert bob.named("call.ended")[0]["reason"] == "hangup"
+
+
+async def test_allow_list_refuses_a_stranger_without_ringing(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--allow", "alice")
+    mallory = await cli.call("mallory", "bob")
+    assert await mallory.exit_code() == 3
+    refused = await bob.wait_event("call.refused")
+    assert refused["peer"] == "mallory"
+    assert bob.named("call.incoming") == []
+    alice = await cli.call("alice", "bob", "--hangup-after", "0.5")
+    assert await alice.exit_code() == 0
+
+
+async def test_listener_survives_a_server_restart(cli: Callctl, server: ServerProcess) -> None:
+    bob = await cli.listen("bob", "--auto-accept")
+    server.restart()
+    await bob.wait_event("server.lost")
+    await bob.wait_event("server.restored")
+    alice = await cli.call("alice", "bob", "--hangup-after", "0.5")
+    assert await alice.exit_code() == 0
+    assert bob.proc.returncode is None
+
+
+async def test_hooks_get_the_call_in_their_environment(cli: Callctl, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    line = 'echo "$CALLCTL_EVENT $CALLCTL_PEER $CALLCTL_MEDIA $CALLCTL_REASON $CALLCTL_CALL_ID" >> ' + str(log)
+    bob = await cli.listen("bob", "--auto-accept", "--once", "--on-ring", line, "--on-connect", line,
+                           "--on-end", line)
+    alice = await cli.call("alice", "bob", "--hangup-after", "0.5")
+    assert await alice.exit_code() == 0
+    assert await bob.exit_code() == 0
+    call_id = alice.named("call.connected")[0]["call_id"]
+    lines = sorted(log.read_text().splitlines())
+    assert lines == sorted([
+        f"call.incoming alice audio  {call_id}",
+        f"call.connected alice audio  {call_id}",
+        f"call.ended alice audio hangup {call_id}",
+    ])
+
+
+async def test_mute_reaches_the_peer(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    code, _, err = await cli.run("alice", "mute")
+    assert code == 0, err
+    await alice.wait_event("media.muted")
+    await bob.wait_event("peer.muted")
+    code, _, _ = await cli.run("alice", "unmute")
+    await bob.wait_event("peer.unmuted")
+    code, out, _ = await cli.run("bob", "status")
+    assert "connected" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--audio-in", "trumpet"], "unknown audio source"),
+        (["--audio-in", "tone:abc"], "bad tone frequency"),
+        (["--audio-in", "file:/nonexistent.wav"], "no such file"),
+        (["--audio-in", "tone", "--audio-out", "file:/nonexistent/dir/x.wav"], "no such directory"),
+        (["--audio-in", "tone", "--audio-out", "file:/tmp/x.xyz"], "unknown extension"),
+        (["--audio-in", "tone", "--ring-timeout", "-3"], "--ring-timeout"),
+        (["--audio-in", "tone", "--bogus"], "No such option: --bogus"),
+    ],
+)
+async def test_bad_input_is_one_line_and_exit_2_before_any_traffic(
+    cli: Callctl, args: list[str], message: str
+) -> None:
+    # the server URL points nowhere: exit 2 (not 10) proves nothing was sent
+    code, _, err = await cli.run("alice", "--server", "http://127.0.0.1:9", "call", "bob", *args)
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+async def test_bad_peer_id_and_no_identity(cli: Callctl) -> None:
+    code, _, err = await cli.run("alice", "call", "bad peer", "--audio-in", "tone")
+    assert code == 2 and "bad user id" in err
+    code, _, err = await cli.run(None, "accept")
+    assert code == 2 and "no running callctl" in err
