@@ -649,7 +649,8 @@ def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
         raise BenchError("--py-spy: py-spy not found (pip install py-spy, or set PY_SPY)")
     out = Path(args.py_spy)
     fmt_ = {".txt": "raw", ".json": "speedscope"}.get(out.suffix, "flamegraph")
-    cmd = [exe, "record", "--pid", str(pid), "--rate", "200", *(["--native"] if os.environ.get("BENCH_PY_SPY_NATIVE") else ["--nonblocking"]),
+    cmd = [exe, "record", "--pid", str(pid), "--rate", "200",
+           "--native" if args.py_spy_native else "--nonblocking",
            "--duration", str(math.ceil(args.duration + 1)), "--format", fmt_, "-o", str(out)]
     log("py-spy: " + " ".join(cmd))
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -868,6 +869,7 @@ async def run(args: argparse.Namespace, server: Server, holder: list[Bench]) -> 
         "streams_dropped": bench.streams_dropped,
         "closing_reasons": dict(bench.closing_reasons),
         "heartbeats": bench.heartbeats,
+        "unmatched_rings": len(bench.rings),
         "heartbeat_bursts_in_call_phase": calls["hb_bursts"],
         "rings_over_target": len(bench.slow),
         "slow_rings": [
@@ -902,6 +904,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--py-spy", metavar="FILE",
                     help="profile the server with py-spy during the call phase "
                          "(.txt: collapsed stacks, .json: speedscope, else SVG flame graph)")
+    ap.add_argument("--py-spy-native", action="store_true",
+                    help="with --py-spy: include native frames (pauses the server while sampling)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the server's temp dir and logs")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = ap.parse_args(argv)

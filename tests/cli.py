@@ -55,7 +55,7 @@ class Cli:
                     ),
                     timeout,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(
                     f"{self.name}: no {event} within {timeout} s; events "
                     f"{[e['event'] for e in self.events]}; stderr {self.stderr!r}"
@@ -69,7 +69,7 @@ class Cli:
     async def exit_code(self, timeout: float = WAIT) -> int:
         try:
             code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"{self.name} still running after {timeout} s; "
                                  f"events {[e['event'] for e in self.events]}") from None
         await asyncio.gather(*self._readers)

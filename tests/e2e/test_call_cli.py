@@ -237,3 +237,15 @@ async def test_bad_peer_id_and_no_identity(cli: Callctl) -> None:
     assert code == 2 and "bad user id" in err
     code, _, err = await cli.run(None, "accept")
     assert code == 2 and "no running callctl" in err
+
+
+async def test_events_tails_a_running_listener(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--once")
+    tail = await cli.start("bob", "events")  # --json is global; events prints NDJSON anyway
+    alice = await cli.call("alice", "bob", "--hangup-after", "0.5")
+    assert await alice.exit_code() == 0
+    ended = await tail.wait_event("call.ended")
+    assert ended["peer"] == "alice" and ended["reason"] == "hangup"
+    assert [e["event"] for e in tail.events][:1] == ["call.incoming"]
+    assert await bob.exit_code() == 0
+    assert await tail.exit_code() == 0  # the feed ends when the listener exits

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from callctl.signaling import protocol as p
-from callctl.signaling.client import Conflict, Forbidden, NotFound, SignalingClient
+from callctl.signaling.client import Conflict, Forbidden, NotFound
 from tests.helpers import Events, ServerProcess
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

@@ -279,7 +279,7 @@ class CallSession:
     async def _quietly(self, coro: Any) -> Any:
         try:
             return await asyncio.wait_for(coro, 5)
-        except (SignalingError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SignalingError) as exc:
             log.info("signaling request failed: %s", exc)
             return None
 
