@@ -947,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_alarm(signum: int, frame: object) -> None:
         raise TimeoutError(f"hard limit of {args.timeout:g} s reached")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     signal.signal(signal.SIGALRM, on_alarm)

@@ -11,6 +11,7 @@ from callctl import __version__
 from callctl.commands import call as call_cmd
 from callctl.commands import control as control_cmd
 from callctl.commands import demo as demo_cmd
+from callctl.commands import devices as devices_cmd
 from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import token as token_cmd
@@ -80,6 +81,7 @@ app.command("server", help=server_cmd.__doc__)(server_cmd.server)
 app.command("call", help=call_cmd.__doc__)(call_cmd.call)
 app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
 app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
+app.command("devices", help=devices_cmd.__doc__)(devices_cmd.devices)
 for _name in ("accept", "decline", "hangup", "mute", "unmute", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)

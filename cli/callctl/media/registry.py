@@ -14,7 +14,6 @@ from pathlib import Path
 from callctl.media.audio import (
     AudioSink,
     AudioSource,
-    DeviceError,
     FileSink,
     FileSource,
     MediaError,
@@ -52,9 +51,12 @@ def open_source(spec: str, *, loop: bool = False, check_only: bool = False) -> A
             return None
         return FileSource(Path(arg).expanduser(), loop=loop)
     if kind == "mic":
-        raise DeviceError(
-            "microphone input is not available in this build yet; use tone, silence or file:PATH"
-        )
+        from callctl.media.devices import MicSource, pick
+
+        if check_only:
+            pick(arg, "input")
+            return None
+        return MicSource(arg)
     raise MediaError(f"unknown audio source {spec!r}; expected one of: {SOURCES}")
 
 
@@ -69,7 +71,10 @@ def open_sink(spec: str, *, check_only: bool = False) -> AudioSink | None:
             return None
         return FileSink(Path(arg).expanduser())
     if kind == "speaker":
-        raise DeviceError(
-            "speaker output is not available in this build yet; use null or file:PATH"
-        )
+        from callctl.media.devices import SpeakerSink, pick
+
+        if check_only:
+            pick(arg, "output")
+            return None
+        return SpeakerSink(arg)
     raise MediaError(f"unknown audio sink {spec!r}; expected one of: {SINKS}")

@@ -31,6 +31,65 @@ CONSENT_FAILURES = 3
 _tuned = False
 
 
+@dataclass
+class VoiceSettings:
+    """How we encode our audio (aiortc's own default: stereo, 96 kbit/s, no FEC)."""
+
+    bitrate: int = 32000
+    #: In-band FEC: the peer can rebuild a lost packet from the next one.
+    fec: bool = True
+    #: The loss the encoder plans FEC for, in percent.
+    loss_pct: int = 10
+    #: Discontinuous transmission: send almost nothing during silence.
+    dtx: bool = False
+
+
+VOICE = VoiceSettings()
+
+
+def dbov(frame) -> int:  # type: ignore[no-untyped-def]
+    """The RFC 6464 audio level of a frame (0 loud .. 127 silent), with numpy.
+
+    Replaces aiortc's pure-Python loop (~0.3 ms per 20 ms frame) on the send path.
+    """
+    import math
+
+    pcm = np.frombuffer(frame.planes[0], dtype=np.int16)[: frame.samples * len(frame.layout.channels)]
+    if pcm.size == 0:
+        return 127
+    mean_square = float(np.dot(pcm, pcm.astype(np.float64))) / (pcm.size * 32767.0 * 32767.0)
+    if mean_square <= 1e-13:
+        return 127
+    return int(round(min(127.0, max(0.0, -10.0 * math.log10(mean_square)))))
+
+
+def voice_encoder():  # type: ignore[no-untyped-def]
+    """A mono Opus encoder tuned for speech (VOICE), in place of aiortc's stereo music one."""
+    from aiortc.codecs.opus import SAMPLE_RATE, SAMPLES_PER_FRAME, TIME_BASE, OpusEncoder
+    from av import AudioResampler, CodecContext
+
+    class VoiceOpusEncoder(OpusEncoder):  # type: ignore[misc]
+        def __init__(self) -> None:  # replaces the parent's set-up entirely
+            self.codec = CodecContext.create("libopus", "w")
+            self.codec.bit_rate = VOICE.bitrate
+            self.codec.format = "s16"
+            self.codec.layout = "mono"
+            self.codec.sample_rate = SAMPLE_RATE
+            self.codec.time_base = TIME_BASE
+            options = {"application": "voip"}
+            if VOICE.fec:
+                options.update(fec="1", packet_loss=str(VOICE.loss_pct))
+            if VOICE.dtx:
+                options["dtx"] = "1"
+            self.codec.options = options
+            self.resampler = AudioResampler(
+                format="s16", layout="mono", rate=SAMPLE_RATE, frame_size=SAMPLES_PER_FRAME
+            )
+            self.first_packet_pts = None
+
+    return VoiceOpusEncoder()
+
+
 def tune_aiortc() -> None:
     """Run-time adjustments to aiortc/aioice, applied once per process.
 
@@ -40,6 +99,10 @@ def tune_aiortc() -> None:
       container, a network namespace): aioice skips 127.0.0.1 and would gather
       nothing, so the call would never connect; we fall back to it.
     - Consent freshness: detect a vanished peer in ~3-4 s instead of ~30 s.
+    - Opus for voice: mono, VOICE.bitrate, in-band FEC (``voice_encoder``),
+      through the sender's ``get_encoder`` hook; the SDP is unchanged
+      (opus/48000/2, as RFC 7587 requires), so any WebRTC peer decodes it.
+    - The audio-level header extension computed with numpy (``dbov``).
     """
     global _tuned
     if _tuned:
@@ -56,6 +119,19 @@ def tune_aiortc() -> None:
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
     RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign,assignment]
+
+    import aiortc.rtcrtpsender
+    import aiortc.rtp
+
+    stock_encoder = aiortc.rtcrtpsender.get_encoder
+
+    def get_encoder(codec):  # type: ignore[no-untyped-def]
+        if codec.mimeType.lower() == "audio/opus":
+            return voice_encoder()
+        return stock_encoder(codec)
+
+    aiortc.rtcrtpsender.get_encoder = get_encoder
+    aiortc.rtp.compute_audio_level_dbov = dbov
     _tuned = True
 
 

@@ -1,0 +1,351 @@
+"""Microphones, speakers and cameras: PyAudio (PortAudio) in callback mode, v4l2 names.
+
+The hardware-facing part stays thin: PortAudio calls our callbacks on its own
+thread, and they only move 20 ms frames between the device and a bounded
+deque (thread-safe for appends and pops).  Overflows and underflows are
+counted, never fatal.  PortAudio's stderr chatter (ALSA and JACK probing) is
+silenced while it initializes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from callctl.media.audio import FRAME, RATE, SILENCE, AudioSink, AudioSource, DeviceError
+
+#: Frames (20 ms each) held between a device callback and the call: 200 ms at most.
+DEVICE_QUEUE_FRAMES = 10
+
+_pa: Any = None
+_pa_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (C libraries write there directly) for the duration."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def portaudio() -> Any:
+    """The process's one PyAudio instance."""
+    global _pa
+    with _pa_lock:
+        if _pa is None:
+            try:
+                import pyaudio
+            except ImportError:
+                raise DeviceError(
+                    "audio devices need PyAudio (install PortAudio and PyAudio: scripts/setup does)"
+                ) from None
+            with quiet_stderr():
+                _pa = pyaudio.PyAudio()
+        return _pa
+
+
+@dataclass
+class AudioDevice:
+    index: int
+    name: str
+    input_channels: int
+    output_channels: int
+    default_rate: float
+    default_input: bool = False
+    default_output: bool = False
+
+
+def audio_devices() -> list[AudioDevice]:
+    pa = portaudio()
+    with quiet_stderr():
+        count = pa.get_device_count()
+        infos = [pa.get_device_info_by_index(i) for i in range(count)]
+        try:
+            default_in = pa.get_default_input_device_info()["index"]
+        except OSError:
+            default_in = -1
+        try:
+            default_out = pa.get_default_output_device_info()["index"]
+        except OSError:
+            default_out = -1
+    return [
+        AudioDevice(
+            index=int(d["index"]),
+            name=str(d["name"]),
+            input_channels=int(d["maxInputChannels"]),
+            output_channels=int(d["maxOutputChannels"]),
+            default_rate=float(d["defaultSampleRate"]),
+            default_input=int(d["index"]) == default_in,
+            default_output=int(d["index"]) == default_out,
+        )
+        for d in infos
+    ]
+
+
+def pick(name: str | None, kind: str) -> AudioDevice:
+    """A device by case-insensitive name substring, or the default ("default" or no name)."""
+    devices = audio_devices()
+    if kind == "input":
+        usable = [d for d in devices if d.input_channels > 0]
+        default = [d for d in usable if d.default_input]
+        noun = "microphone"
+    else:
+        usable = [d for d in devices if d.output_channels > 0]
+        default = [d for d in usable if d.default_output]
+        noun = "speaker"
+    names = ", ".join(repr(d.name) for d in usable) or "none"
+    if not name or name.lower() == "default":
+        if default:
+            return default[0]
+        if usable:
+            return usable[0]
+        raise DeviceError(f"no {noun} found (devices: {names})")
+    wanted = name.lower()
+    exact = [d for d in usable if d.name.lower() == wanted]
+    matches = exact or [d for d in usable if wanted in d.name.lower()]
+    if not matches:
+        raise DeviceError(f"no {noun} matching {name!r}; {noun}s: {names}")
+    return matches[0]
+
+
+def _stream_format(pa: Any, device: AudioDevice, kind: str) -> tuple[int, int]:
+    """(rate, channels): 48 kHz mono when the device takes it, else its own rate / stereo."""
+    import pyaudio
+
+    for rate in (RATE, int(device.default_rate)):
+        for channels in (1, 2):
+            args: dict[str, Any] = {"rate": rate}
+            if kind == "input":
+                args.update(input_device=device.index, input_channels=channels,
+                            input_format=pyaudio.paInt16)
+            else:
+                args.update(output_device=device.index, output_channels=channels,
+                            output_format=pyaudio.paInt16)
+            with contextlib.suppress(ValueError), quiet_stderr():
+                if pa.is_format_supported(**args):
+                    return rate, channels
+    raise DeviceError(f"{device.name!r} takes neither 48 kHz nor {device.default_rate:g} Hz 16-bit audio")
+
+
+def _resample(pcm: np.ndarray, src_rate: int, dst_rate: int, size: int) -> np.ndarray:
+    if src_rate == dst_rate and pcm.size == size:
+        return pcm
+    x = np.linspace(0, pcm.size - 1, size)
+    return np.interp(x, np.arange(pcm.size), pcm.astype(np.float32)).astype(np.int16)
+
+
+@dataclass
+class DeviceCounters:
+    overflows: int = 0
+    underflows: int = 0
+    callbacks: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Pacer:
+    """Holds a callback thread back to the wall clock when a device runs ahead of it.
+
+    Real cards deliver in real time and never wait here; clockless PCMs (ALSA
+    null/file plugins, some virtual devices) would otherwise spin at full CPU.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._frames = 0
+
+    def wait(self, frames: int, rate: int) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        self._frames += frames
+        ahead = self._start + self._frames / rate - now
+        if ahead > 0.005:
+            time.sleep(ahead)
+
+
+class MicSource(AudioSource):
+    """A microphone: PortAudio pushes, the call pulls 20 ms frames."""
+
+    def __init__(self, name: str | None) -> None:
+        import pyaudio
+
+        pa = portaudio()
+        self.device = pick(name, "input")
+        self.name = f"mic:{self.device.name}"
+        self.rate, self.channels = _stream_format(pa, self.device, "input")
+        self.counters = DeviceCounters()
+        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
+        self._pacer = _Pacer()
+        block = self.rate // 50
+        with quiet_stderr():
+            try:
+                self._stream = pa.open(
+                    rate=self.rate, channels=self.channels, format=pyaudio.paInt16, input=True,
+                    input_device_index=self.device.index, frames_per_buffer=block,
+                    stream_callback=self._callback,
+                )
+            except OSError as exc:
+                raise DeviceError(f"cannot open microphone {self.device.name!r}: {exc}") from None
+
+    def _callback(self, data: bytes, frames: int, info: Any, status: int) -> tuple[None, int]:
+        import pyaudio
+
+        self.counters.callbacks += 1
+        if status & pyaudio.paInputOverflow:
+            self.counters.overflows += 1
+        pcm = np.frombuffer(data, dtype=np.int16)
+        if self.channels == 2:
+            pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)
+        pcm = _resample(pcm, self.rate, RATE, FRAME)
+        if len(self._frames) == self._frames.maxlen:
+            self.counters.overflows += 1  # the call fell behind: drop the oldest
+        self._frames.append(pcm)
+        self._pacer.wait(frames, self.rate)
+        return None, pyaudio.paContinue
+
+    def read(self) -> np.ndarray:
+        try:
+            return self._frames.popleft()
+        except IndexError:
+            self.counters.underflows += 1
+            return SILENCE
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception), quiet_stderr():
+            self._stream.stop_stream()
+            self._stream.close()
+
+
+class SpeakerSink(AudioSink):
+    """A speaker: the call pushes 20 ms frames, PortAudio pulls them."""
+
+    def __init__(self, name: str | None) -> None:
+        import pyaudio
+
+        pa = portaudio()
+        self.device = pick(name, "output")
+        self.name = f"speaker:{self.device.name}"
+        self.rate, self.channels = _stream_format(pa, self.device, "output")
+        self.counters = DeviceCounters()
+        self.frames = 0
+        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
+        self._pacer = _Pacer()
+        self._block = self.rate // 50
+        with quiet_stderr():
+            try:
+                self._stream = pa.open(
+                    rate=self.rate, channels=self.channels, format=pyaudio.paInt16, output=True,
+                    output_device_index=self.device.index, frames_per_buffer=self._block,
+                    stream_callback=self._callback,
+                )
+            except OSError as exc:
+                raise DeviceError(f"cannot open speaker {self.device.name!r}: {exc}") from None
+
+    def write(self, pcm: np.ndarray) -> None:
+        if len(self._frames) == self._frames.maxlen:
+            self.counters.overflows += 1
+        self._frames.append(pcm)
+        self.frames += 1
+
+    def _callback(self, data: None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
+        import pyaudio
+
+        self.counters.callbacks += 1
+        try:
+            pcm = self._frames.popleft()
+        except IndexError:
+            self.counters.underflows += 1
+            pcm = SILENCE
+        pcm = _resample(pcm, RATE, self.rate, frames)
+        if self.channels == 2:
+            pcm = np.repeat(pcm, 2)
+        self._pacer.wait(frames, self.rate)
+        return pcm.tobytes(), pyaudio.paContinue
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception), quiet_stderr():
+            self._stream.stop_stream()
+            self._stream.close()
+
+
+# ------------------------------------------------------------------- cameras
+
+
+@dataclass
+class Camera:
+    path: str
+    name: str
+    formats: list[str] = field(default_factory=list)
+
+
+def cameras() -> list[Camera]:
+    """``/dev/video*`` capture nodes with their names (formats where v4l2 tells them)."""
+    found = []
+    for dev in sorted(Path("/dev").glob("video*")):
+        sys_name = Path("/sys/class/video4linux") / dev.name / "name"
+        try:
+            name = sys_name.read_text().strip()
+        except OSError:
+            name = dev.name
+        found.append(Camera(str(dev), name, _v4l2_formats(dev)))
+    return found
+
+
+def _v4l2_formats(dev: Path) -> list[str]:
+    """Pixel formats via VIDIOC_ENUM_FMT; empty when the node cannot be opened."""
+    import fcntl
+    import struct
+
+    vidioc_enum_fmt = 0xC0405602  # _IOWR('V', 2, struct v4l2_fmtdesc), 64 bytes
+    formats = []
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        return formats
+    try:
+        for index in range(32):
+            buf = bytearray(struct.pack("II", index, 1) + bytes(56))
+            try:
+                fcntl.ioctl(fd, vidioc_enum_fmt, buf)
+            except OSError:
+                break
+            fourcc = bytes(buf[44:48]).decode(errors="replace")
+            formats.append(fourcc)
+    finally:
+        os.close(fd)
+    return formats
+
+
+def inventory() -> dict[str, list[dict[str, Any]]]:
+    """Everything ``callctl devices`` lists."""
+    try:
+        audio = audio_devices()
+    except DeviceError:
+        audio = []
+    mics = [
+        {"name": d.name, "channels": d.input_channels, "default_rate": d.default_rate,
+         "default": d.default_input}
+        for d in audio if d.input_channels > 0
+    ]
+    speakers = [
+        {"name": d.name, "channels": d.output_channels, "default_rate": d.default_rate,
+         "default": d.default_output}
+        for d in audio if d.output_channels > 0
+    ]
+    return {"microphones": mics, "speakers": speakers, "cameras": [asdict(c) for c in cameras()]}
