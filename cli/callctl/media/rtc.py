@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from callctl.media.audio import FRAME, FRAME_S, RATE, SILENCE, AudioSink, AudioSource, level
+from callctl.media.playout import PlayoutBuffer
 from callctl.signaling.protocol import IceServer
 
 log = logging.getLogger("callctl.media")
@@ -29,6 +31,7 @@ CONSENT_INTERVAL_S = 1
 CONSENT_FAILURES = 3
 
 _tuned = False
+STOCK_AUDIO = os.environ.get("CALLCTL_STOCK_AUDIO") == "1"
 
 
 @dataclass
@@ -103,6 +106,10 @@ def tune_aiortc() -> None:
       through the sender's ``get_encoder`` hook; the SDP is unchanged
       (opus/48000/2, as RFC 7587 requires), so any WebRTC peer decodes it.
     - The audio-level header extension computed with numpy (``dbov``).
+    - Audio playout is ours (``media/playout.py``): aiortc's fixed audio jitter
+      buffer is replaced by a pass-through.  ``CALLCTL_STOCK_AUDIO=1`` keeps
+      aiortc's own buffer and writes frames straight to the sinks (for A/B
+      measurements).
     """
     global _tuned
     if _tuned:
@@ -132,6 +139,19 @@ def tune_aiortc() -> None:
 
     aiortc.rtcrtpsender.get_encoder = get_encoder
     aiortc.rtp.compute_audio_level_dbov = dbov
+    if not STOCK_AUDIO:
+        import aiortc.rtcrtpreceiver
+
+        from callctl.media.playout import PassThroughJitterBuffer
+
+        stock_buffer = aiortc.rtcrtpreceiver.JitterBuffer
+
+        def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False):  # type: ignore[no-untyped-def]
+            if is_video:
+                return stock_buffer(capacity=capacity, prefetch=prefetch, is_video=True)
+            return PassThroughJitterBuffer(capacity, prefetch)
+
+        aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer
     _tuned = True
 
 
@@ -226,6 +246,7 @@ class AudioPeer:
         self.callbacks = callbacks
         self.sent = Meter()
         self.received = Meter()
+        self.playout = PlayoutBuffer()
         self.muted = False
         self.playing = False
         self.first_remote_frame_at: float | None = None
@@ -288,6 +309,8 @@ class AudioPeer:
             if transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(track)
         self._spawn(self._watch_rtp())
+        if not STOCK_AUDIO:
+            self._spawn(self._playout_clock())
 
     def _on_track(self, track) -> None:  # type: ignore[no-untyped-def]
         if track.kind == "audio":
@@ -311,10 +334,32 @@ class AudioPeer:
             pcm = frame.to_ndarray().reshape(-1)
             if frame.layout.nb_channels == 2:  # packed stereo from the decoder: downmix
                 pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)
-            self.received.frames += 1
-            self.received.level = level(pcm)
-            for sink in self.sinks:
-                sink.write(pcm)
+            if STOCK_AUDIO:
+                self._play(pcm)
+            else:
+                self.playout.push(frame.pts, pcm, self._last_rx)
+
+    def _play(self, pcm: np.ndarray) -> None:
+        self.received.frames += 1
+        self.received.level = level(pcm)
+        for sink in self.sinks:
+            sink.write(pcm)
+
+    async def _playout_clock(self) -> None:
+        """Every 20 ms: the next frame from the playout buffer to the sinks."""
+        start = time.monotonic()
+        ticks = 0
+        while True:
+            ticks += 1
+            due = start + ticks * FRAME_S
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > 0.2:  # the loop was stalled: don't play catch-up
+                start, ticks = now, 0
+            pcm, kind = self.playout.pop(time.monotonic())
+            if kind != "wait":
+                self._play(pcm)
 
     async def _watch_rtp(self) -> None:
         """A peer that stops sending while connected has vanished (killed, link cut)."""
