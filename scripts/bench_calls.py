@@ -101,6 +101,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
 
+def main_thread_cpu_s(pid: int) -> float:
+    """utime + stime of the main thread alone (the asyncio event loop in callctl)."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def status_kib(pid: int) -> dict[str, int]:
     out = {}
     with contextlib.suppress(OSError):
@@ -378,6 +385,7 @@ class Callctl:
             def connected(caller: Proc, _rec: dict[str, Any]) -> None:  # in the reader thread
                 window["t0"] = time.monotonic()
                 window["c0"] = (cpu_s(caller.pid), cpu_s(callee.pid))
+                window["m0"] = (main_thread_cpu_s(caller.pid), main_thread_cpu_s(callee.pid))
                 caller.rss_window, callee.rss_window = [], []
 
             caller = self.call(rundir, env, hangup_after=dur + 2.0,
@@ -391,6 +399,7 @@ class Callctl:
                 time.sleep(max(0.0, window["t0"] + dur - time.monotonic()))
                 t1 = time.monotonic()
                 c1 = (cpu_s(caller.pid), cpu_s(callee.pid))
+                m1 = (main_thread_cpu_s(caller.pid), main_thread_cpu_s(callee.pid))
                 span = t1 - window["t0"]
                 rss_c, rss_e = caller.rss_window or [0], callee.rss_window or [0]
                 caller.rss_window = callee.rss_window = None
@@ -415,6 +424,8 @@ class Callctl:
                 "connected_to_media_ms": (flowing["ts"] - con["ts"]) * 1e3,
                 "cpu_pct_caller": 100 * (c1[0] - window["c0"][0]) / span,
                 "cpu_pct_callee": 100 * (c1[1] - window["c0"][1]) / span,
+                "cpu_main_pct_caller": 100 * (m1[0] - window["m0"][0]) / span,
+                "cpu_main_pct_callee": 100 * (m1[1] - window["m0"][1]) / span,
                 "hwm_mb_caller": caller.hwm_kib / 1024,
                 "hwm_mb_callee": callee.hwm_kib / 1024,
                 "rss_mb_caller": statistics.median(rss_c) / 1024,
@@ -475,10 +486,12 @@ class Callctl:
         procs = []
         for who, p in (("caller", caller), ("callee", callee)):
             argv = [exe, "record", "--pid", str(p.pid), "--duration", str(d), "--rate", "250",
-                    "--format", "raw", "-o", str(out / f"{who}.txt")]
+                    "--gil", "--threads", "--nonblocking", "--format", "raw",
+                    "-o", str(out / f"{who}.txt")]
             procs.append(Proc(f"py-spy-{who}", argv, self.base_env, self.tmp, json_events=False))
         log(f"py-spy recording caller and callee for {d} s into {out}/{{caller,callee}}.txt "
-            "(collapsed stacks; run 0's CPU figures include py-spy's sampling overhead)")
+            "(collapsed stacks of the thread holding the GIL; run 0's CPU figures include "
+            "py-spy's sampling overhead)")
         return procs
 
     def stop(self) -> None:
@@ -585,6 +598,10 @@ def build_rows(auto: list[dict], acc: list[dict], bare: list[dict]) -> list[dict
         f"<= {TARGET_CPU_RATIO:g}x baresip", ratio_le(TARGET_CPU_RATIO))
     row("cpu_callee", "   CPU callee, % of one core", auto, "cpu_pct_callee", "cpu_pct_B", "%",
         f"<= {TARGET_CPU_RATIO:g}x baresip", ratio_le(TARGET_CPU_RATIO))
+    row("cpu_main_caller", "   of which main thread (event loop), caller", auto,
+        "cpu_main_pct_caller", None, "%", info=True)
+    row("cpu_main_callee", "   of which main thread (event loop), callee", auto,
+        "cpu_main_pct_callee", None, "%", info=True)
     row("hwm_caller", "5. peak RSS caller (VmHWM), MiB", auto, "hwm_mb_caller", "peak_rss_mb_A", "MiB",
         f"<= {TARGET_RSS_MB:g} MiB", abs_le(TARGET_RSS_MB))
     row("hwm_callee", "   peak RSS callee (VmHWM), MiB", auto, "hwm_mb_callee", "peak_rss_mb_B", "MiB",
@@ -634,6 +651,10 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
         "python": platform.python_version(),
     }
+    with contextlib.suppress(Exception):
+        info["revision"] = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10).stdout.strip()
     with contextlib.suppress(Exception):
         out = subprocess.run(
             [str(REPO / ".venv" / "bin" / "python"), "-c",
@@ -747,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         table = format_table(rows)
         header = (f"callctl call benchmark: {args.runs} run(s), {args.duration:g} s calls, medians; "
                   f"{mach['cpus']} CPUs ({mach['cpu_model']}), load {mach['loadavg_start']} -> "
-                  f"{mach['loadavg_end']}; aiortc {mach.get('aiortc', '?')}, baresip "
+                  f"{mach['loadavg_end']}; callctl {mach.get('revision', '?')}, "
+                  f"aiortc {mach.get('aiortc', '?')}, baresip "
                   f"{mach.get('baresip') or 'n/a'} (dtls: ICE + DTLS-SRTP, Opus)")
         missed = [r["key"] for r in rows if r["result"] == "MISS"]
         summary = {

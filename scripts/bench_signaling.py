@@ -44,6 +44,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -145,13 +146,22 @@ def start_server(tmp: Path, args: argparse.Namespace, nofile: int) -> Server:
     # enough new calls per caller and minute for the requested rate, twice over
     per_caller_min = max(30.0, math.ceil(2 * args.rate * 60.0 / args.callers))
     cmd = [
-        sys.executable, "-m", "callctl", "server",
-        "--host", HOST,
-        "--port", "0",
-        "--secret-file", str(secret_path),
-        "--log-level", "warning",
-        "--heartbeat", str(args.heartbeat),
-        "--calls-per-minute", str(per_caller_min),
+        sys.executable,
+        "-m",
+        "callctl",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--secret-file",
+        str(secret_path),
+        "--log-level",
+        "warning",
+        "--heartbeat",
+        str(args.heartbeat),
+        "--calls-per-minute",
+        str(per_caller_min),
     ]
     pin = args.pin
 
@@ -167,15 +177,19 @@ def start_server(tmp: Path, args: argparse.Namespace, nofile: int) -> Server:
             os.sched_setaffinity(0, {0})
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "cli"), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "cli"), *filter(None, [env.get("PYTHONPATH")])])
     out = open(tmp / "server.out", "wb")  # noqa: SIM115
     err = open(tmp / "server.err", "wb")  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp,
-            env=env, preexec_fn=preexec, start_new_session=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=tmp,
+            env=env,
+            preexec_fn=preexec,
+            start_new_session=True,
         )
     finally:
         out.close()
@@ -223,8 +237,18 @@ class EventStream(asyncio.Protocol):
     """One idle ``GET /v1/events`` connection: HTTP/1.1 chunked + SSE, by hand."""
 
     __slots__ = (
-        "bench", "user", "request", "transport", "buf", "sse", "head_done",
-        "left", "need_crlf", "registered", "open", "error",
+        "bench",
+        "user",
+        "request",
+        "transport",
+        "buf",
+        "sse",
+        "head_done",
+        "left",
+        "need_crlf",
+        "registered",
+        "open",
+        "error",
     )
 
     def __init__(self, bench: Bench, user: str, request: bytes) -> None:
@@ -498,12 +522,16 @@ class Bench:
             async with sem:
                 for attempt in range(3):
                     proto = EventStream(self, user, request)
+
+                    def factory(p: EventStream = proto) -> EventStream:
+                        return p
+
                     try:
                         await asyncio.wait_for(
-                            loop.create_connection(lambda: proto, HOST, self.server.port), 30
+                            loop.create_connection(factory, HOST, self.server.port), 30
                         )
                         await asyncio.wait_for(proto.registered, 30)
-                    except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                    except (TimeoutError, OSError, ConnectionError) as exc:
                         if proto.transport is not None:
                             proto.transport.abort()
                         if not proto.registered.done():
@@ -534,8 +562,13 @@ class Bench:
         body = msgspec.json.encode({"to": callee, "sdp": sdp})
         try:
             status, rbody, sent = await caller.post("/v1/calls", body)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError,
-                ValueError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ValueError,
+        ) as exc:
             self.http_failures[f"create: {type(exc).__name__}"] += 1
             return
         answered = time.perf_counter()
@@ -552,7 +585,7 @@ class Bench:
             try:
                 remaining = sent + RING_LOST_AFTER_S - time.perf_counter()
                 got = await asyncio.wait_for(fut, max(0.0, remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 got = None
             finally:
                 self.waiters.pop(call_id, None)
@@ -568,11 +601,16 @@ class Bench:
             status, _, _ = await caller.post(f"/v1/calls/{call_id}/hangup", b"{}")
             if status != 200:
                 self.hangup_failures[f"HTTP {status}"] += 1
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError,
-                ValueError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ValueError,
+        ) as exc:
             self.hangup_failures[type(exc).__name__] += 1
 
-    async def drive_calls(self) -> dict[str, float]:
+    async def drive_calls(self) -> dict[str, Any]:
         args = self.args
         self.callers = [
             Caller(
@@ -649,12 +687,25 @@ def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
         raise BenchError("--py-spy: py-spy not found (pip install py-spy, or set PY_SPY)")
     out = Path(args.py_spy)
     fmt_ = {".txt": "raw", ".json": "speedscope"}.get(out.suffix, "flamegraph")
-    cmd = [exe, "record", "--pid", str(pid), "--rate", "200",
-           "--native" if args.py_spy_native else "--nonblocking",
-           "--duration", str(math.ceil(args.duration + 1)), "--format", fmt_, "-o", str(out)]
+    cmd = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "200",
+        "--native" if args.py_spy_native else "--nonblocking",
+        "--duration",
+        str(math.ceil(args.duration + 1)),
+        "--format",
+        fmt_,
+        "-o",
+        str(out),
+    ]
     log("py-spy: " + " ".join(cmd))
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def finish_py_spy(proc: subprocess.Popen[bytes], out: str) -> None:
@@ -679,8 +730,11 @@ def bursts(times: list[float], start: float, end: float, gap: float) -> list[dic
         else:
             out.append({"first": t, "last": t, "count": 1})
     return [
-        {"at_s": round(b["first"] - start, 3), "spread_ms": round((b["last"] - b["first"]) * 1000, 1),
-         "count": b["count"]}
+        {
+            "at_s": round(b["first"] - start, 3),
+            "spread_ms": round((b["last"] - b["first"]) * 1000, 1),
+            "count": b["count"],
+        }
         for b in out
     ]
 
@@ -688,14 +742,24 @@ def bursts(times: list[float], start: float, end: float, gap: float) -> list[dic
 def make_sdp(size: int) -> str:
     """A plausible audio offer, padded with candidate lines to about ``size`` bytes."""
     lines = [
-        "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
-        "a=group:BUNDLE 0", "a=msid-semantic: WMS",
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS",
         "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-        "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
-        "a=ice-ufrag:Gx3k", "a=ice-pwd:7LzWm5oX0c6y2Kk8r1b9QvTq",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:Gx3k",
+        "a=ice-pwd:7LzWm5oX0c6y2Kk8r1b9QvTq",
         "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
-        "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux",
-        "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendrecv",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
     ]
     n = 0
     while sum(len(x) + 2 for x in lines) < size:
@@ -715,19 +779,27 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def evaluate(r: dict) -> dict[str, dict]:
     def check(ok: bool | None, target: str, value: object) -> dict:
-        return {"result": "n/a" if ok is None else ("PASS" if ok else "MISS"),
-                "target": target, "value": value}
+        return {
+            "result": "n/a" if ok is None else ("PASS" if ok else "MISS"),
+            "target": target,
+            "value": value,
+        }
 
     p99 = r["ring_ms"]["p99"]
     return {
-        "streams": check(r["streams_held"] >= TARGET_STREAMS, f">= {TARGET_STREAMS}",
-                         r["streams_held"]),
+        "streams": check(
+            r["streams_held"] >= TARGET_STREAMS, f">= {TARGET_STREAMS}", r["streams_held"]
+        ),
         "rss_per_stream": check(
             None if r["kib_per_stream"] is None else r["kib_per_stream"] <= TARGET_KIB_PER_STREAM,
-            f"<= {TARGET_KIB_PER_STREAM:g} KiB", r["kib_per_stream"]),
+            f"<= {TARGET_KIB_PER_STREAM:g} KiB",
+            r["kib_per_stream"],
+        ),
         "ring_p99": check(
             None if p99 is None or r["rate"] < TARGET_RATE else p99 <= TARGET_P99_MS,
-            f"<= {TARGET_P99_MS:g} ms at >= {TARGET_RATE:g} calls/s", p99),
+            f"<= {TARGET_P99_MS:g} ms at >= {TARGET_RATE:g} calls/s",
+            p99,
+        ),
         "lost_rings": check(r["succeeded"] > 0 and r["lost_rings"] == 0, "0", r["lost_rings"]),
     }
 
@@ -755,8 +827,12 @@ def print_report(r: dict) -> None:
         f"p99 {fmt(rm['p99'])}  max {fmt(rm['max'])}",
         f"  POST /v1/calls ms     p50 {fmt(pm['p50'])}  p99 {fmt(pm['p99'])}  max {fmt(pm['max'])}",
         f"  rings over {TARGET_P99_MS:g} ms       {r['rings_over_target']}"
-        + (f"  (sent between +{r['slow_rings'][0]['sent_at_s']:.2f} s and "
-           f"+{r['slow_rings'][-1]['sent_at_s']:.2f} s of the call phase)" if r["slow_rings"] else ""),
+        + (
+            f"  (sent between +{r['slow_rings'][0]['sent_at_s']:.2f} s and "
+            f"+{r['slow_rings'][-1]['sent_at_s']:.2f} s of the call phase)"
+            if r["slow_rings"]
+            else ""
+        ),
         f"  lost rings (>5 s)     {r['lost_rings']}   wrong callee {r['wrong_callee']}",
         f"  HTTP failures         {r['http_failures']}  (create {r['http_failure_kinds']}, "
         f"hangup {r['hangup_failure_kinds']})",
@@ -766,8 +842,13 @@ def print_report(r: dict) -> None:
         f"(of {r['machine']['cpus'] * 100} %)",
         f"  generator loop lag ms p99 {fmt(lg['p99'])}  max {fmt(lg['max'])}",
         "  heartbeat bursts      "
-        + (", ".join(f"+{b['at_s']:.2f} s: {b['count']} streams over {b['spread_ms']:.0f} ms"
-                     for b in r["heartbeat_bursts_in_call_phase"]) or "none in the call phase"),
+        + (
+            ", ".join(
+                f"+{b['at_s']:.2f} s: {b['count']} streams over {b['spread_ms']:.0f} ms"
+                for b in r["heartbeat_bursts_in_call_phase"]
+            )
+            or "none in the call phase"
+        ),
         f"  server RSS after calls {r['rss_after_calls_kib'] / 1024:.1f} MiB; "
         f"streams dropped {r['streams_dropped']}, heartbeats seen {r['heartbeats']}",
         "",
@@ -817,8 +898,10 @@ async def run(args: argparse.Namespace, server: Server, holder: list[Bench]) -> 
     rss_after = rss_kib(server.pid)
     held = sum(1 for s in bench.streams if s.open)
     per_stream = (rss_after - rss_before) / held if held else None
-    log(f"{held} streams held in {opened['open_s']:.1f} s; RSS {rss_after / 1024:.1f} MiB "
-        f"({fmt(per_stream)} KiB/stream)")
+    log(
+        f"{held} streams held in {opened['open_s']:.1f} s; RSS {rss_after / 1024:.1f} MiB "
+        f"({fmt(per_stream)} KiB/stream)"
+    )
     log(f"driving {args.rate:g} calls/s for {args.duration:g} s from {args.callers} callers")
     calls = await bench.drive_calls()
     rss_calls = rss_kib(server.pid)
@@ -886,26 +969,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench-signaling",
         description="Benchmark `callctl server`: idle event streams, RSS, ring latency (127.0.0.1 only).",
     )
-    ap.add_argument("--streams", type=int, default=5000, help="idle event streams, one per user (5000)")
+    ap.add_argument(
+        "--streams", type=int, default=5000, help="idle event streams, one per user (5000)"
+    )
     ap.add_argument("--rate", type=float, default=100.0, help="call set-ups per second (100)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of calls (20)")
     ap.add_argument("--callers", type=int, default=40, help="distinct caller identities (40)")
-    ap.add_argument("--conns-per-caller", type=int, default=4,
-                    help="keep-alive connections per caller at most (4)")
+    ap.add_argument(
+        "--conns-per-caller",
+        type=int,
+        default=4,
+        help="keep-alive connections per caller at most (4)",
+    )
     ap.add_argument("--heartbeat", type=float, default=15.0, help="server --heartbeat (15)")
     ap.add_argument("--sdp-bytes", type=int, default=2048, help="size of the offer SDP (2048)")
-    ap.add_argument("--connect-concurrency", type=int, default=200,
-                    help="streams being opened at once (200)")
+    ap.add_argument(
+        "--connect-concurrency", type=int, default=200, help="streams being opened at once (200)"
+    )
     ap.add_argument("--timeout", type=float, default=180.0, help="hard overall limit, s (180)")
     ap.add_argument("--seed", type=int, default=1, help="callee order shuffle seed (1)")
-    ap.add_argument("--pin", action="store_true",
-                    help="pin the server to CPU0 and the generator to CPU1")
+    ap.add_argument(
+        "--pin", action="store_true", help="pin the server to CPU0 and the generator to CPU1"
+    )
     ap.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the generator")
-    ap.add_argument("--py-spy", metavar="FILE",
-                    help="profile the server with py-spy during the call phase "
-                         "(.txt: collapsed stacks, .json: speedscope, else SVG flame graph)")
-    ap.add_argument("--py-spy-native", action="store_true",
-                    help="with --py-spy: include native frames (pauses the server while sampling)")
+    ap.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="profile the server with py-spy during the call phase "
+        "(.txt: collapsed stacks, .json: speedscope, else SVG flame graph)",
+    )
+    ap.add_argument(
+        "--py-spy-native",
+        action="store_true",
+        help="with --py-spy: include native frames (pauses the server while sampling)",
+    )
     ap.add_argument("--keep-tmp", action="store_true", help="keep the server's temp dir and logs")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = ap.parse_args(argv)
@@ -968,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
                     bench.close()
                 await asyncio.sleep(0)  # let the transports close
 
+        runner: Any
         if not args.no_uvloop:
             try:
                 import uvloop
@@ -986,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         code = 130
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         log(f"timeout: {str(exc) or f'hard limit of {args.timeout:g} s reached'}")
         code = 2
     except BenchError as exc:

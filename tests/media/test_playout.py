@@ -121,3 +121,13 @@ def test_late_frames_after_their_slot_are_dropped() -> None:
         now += FRAME_S
     buf.push(0, frame(0), now)  # frame 0 again, long after it played
     assert buf.stats.late == 1
+
+
+def test_timestamp_mapper_handles_reordering_and_wrap() -> None:
+    from callctl.media.playout import SerialTimestampMapper
+
+    m = SerialTimestampMapper()
+    start = 2**32 - 2 * FRAME  # two frames before the 32-bit wrap
+    seq = [start, start + FRAME, start + 3 * FRAME, start + 2 * FRAME, start + 4 * FRAME]
+    mapped = [m.map(ts & 0xFFFFFFFF) for ts in seq]
+    assert mapped == [0, FRAME, 3 * FRAME, 2 * FRAME, 4 * FRAME]

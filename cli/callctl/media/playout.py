@@ -7,9 +7,8 @@ near 280 ms for the rest of the call.  We replace it with a pass-through
 held) and own the playout here:
 
 - Frames are keyed by RTP timestamp (``pts``, 960 ticks per 20 ms frame).
-- The target delay follows the spread of recent transit times (how late the
-  latest packets are, relative to the earliest, over a 2 s window), plus a
-  small margin; it is clamped to [min_delay, max_delay].  When jitter stops,
+- The target delay follows the spread of recent transit times (the 95th
+  percentile over the earliest, in a 2 s window), plus a small margin; it is clamped to [min_delay, max_delay].  When jitter stops,
   the window forgets it within 2 s and the delay comes back down.
 - The playout clock calls ``pop`` every 20 ms.  A missing frame whose
   successors already arrived is concealed (the last frame, attenuated, then
@@ -92,8 +91,10 @@ class PlayoutBuffer:
         """Seconds of audio to keep buffered, from the recent transit-time spread."""
         if not self._transits:
             return self.min_delay
-        transits = [t for _, t in self._transits]
-        spread = max(transits) - min(transits)
+        transits = sorted(t for _, t in self._transits)
+        # 95th percentile over the earliest: one scheduling hiccup does not
+        # hold the delay up for the whole window; the rarer late ones are concealed
+        spread = transits[int(0.95 * (len(transits) - 1))] - transits[0]
         return min(self.max_delay, max(self.min_delay, spread + self.margin))
 
     @property
@@ -165,3 +166,29 @@ class PassThroughJitterBuffer:
             return False, None
         self._recent.append(packet.sequence_number)
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+class SerialTimestampMapper:
+    """RTP timestamps to a monotonic 64-bit scale, with RFC 1982 serial arithmetic.
+
+    aiortc's ``TimestampMapper`` takes any timestamp smaller than the last one
+    for a 32-bit wrap, so one reordered packet shifts every later timestamp by
+    2**32.  Here a step back of less than 2**31 is reordering, not a wrap.
+    Same interface: ``map(timestamp) -> int``, starting at 0.
+    """
+
+    def __init__(self) -> None:
+        self._origin: int | None = None
+        self._newest = 0  # the newest timestamp seen, extended to 64 bits
+
+    def map(self, timestamp: int) -> int:
+        if self._origin is None:
+            self._origin = self._newest = timestamp
+            return 0
+        step = (timestamp - self._newest) & 0xFFFFFFFF
+        if step >= 1 << 31:
+            step -= 1 << 32  # behind the newest: a reordered packet
+        extended = self._newest + step
+        if step > 0:
+            self._newest = extended
+        return extended - self._origin

@@ -107,7 +107,9 @@ def tune_aiortc() -> None:
       (opus/48000/2, as RFC 7587 requires), so any WebRTC peer decodes it.
     - The audio-level header extension computed with numpy (``dbov``).
     - Audio playout is ours (``media/playout.py``): aiortc's fixed audio jitter
-      buffer is replaced by a pass-through.  ``CALLCTL_STOCK_AUDIO=1`` keeps
+      buffer is replaced by a pass-through, and its timestamp mapper (which
+      takes a reordered packet for a wrap) by ``SerialTimestampMapper``.
+      ``CALLCTL_STOCK_AUDIO=1`` keeps
       aiortc's own buffer and writes frames straight to the sinks (for A/B
       measurements).
     """
@@ -142,7 +144,7 @@ def tune_aiortc() -> None:
     if not STOCK_AUDIO:
         import aiortc.rtcrtpreceiver
 
-        from callctl.media.playout import PassThroughJitterBuffer
+        from callctl.media.playout import PassThroughJitterBuffer, SerialTimestampMapper
 
         stock_buffer = aiortc.rtcrtpreceiver.JitterBuffer
 
@@ -152,6 +154,8 @@ def tune_aiortc() -> None:
             return PassThroughJitterBuffer(capacity, prefetch)
 
         aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer
+        # reordered packets now reach the decoder: map their timestamps correctly
+        aiortc.rtcrtpreceiver.TimestampMapper = SerialTimestampMapper
     _tuned = True
 
 

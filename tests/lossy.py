@@ -1,0 +1,109 @@
+"""A lossy link on loopback: a UDP relay between two real peer connections.
+
+Each side's SDP is rewritten (by the test's own signaling) so that its one
+host candidate points at the relay; the relay forwards every datagram to the
+real address after a random delay, or drops it.  Nothing leaves 127.0.0.1 and
+this machine's own addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from dataclasses import dataclass, field
+
+CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d) udp (\d+) (\d+\.\d+\.\d+\.\d+) (\d+) typ host(.*)$")
+
+
+@dataclass
+class Impairment:
+    loss: float = 0.0
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    #: (packets forwarded, dropped)
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+
+
+class _Face(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.on_datagram = lambda data, addr: None
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.on_datagram(data, addr)
+
+
+class LossyLink:
+    """``a`` and ``b`` are the two peers; ``to_a`` / ``to_b`` impair each direction."""
+
+    def __init__(self, to_a: Impairment | None = None, to_b: Impairment | None = None, seed: int = 7) -> None:
+        self.to_a = to_a or Impairment()
+        self.to_b = to_b or Impairment()
+        self.rng = random.Random(seed)
+        self.real: dict[str, tuple[str, int]] = {}
+        self.faces: dict[str, _Face] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def start(self) -> LossyLink:
+        loop = asyncio.get_running_loop()
+        for side in ("a", "b"):  # faces["a"] is what a talks to (it stands for b)
+            _, face = await loop.create_datagram_endpoint(_Face, local_addr=("127.0.0.1", 0))
+            self.faces[side] = face
+        self.faces["a"].on_datagram = lambda data, addr: self._forward(data, "b")
+        self.faces["b"].on_datagram = lambda data, addr: self._forward(data, "a")
+        return self
+
+    def _forward(self, data: bytes, to: str) -> None:
+        imp = self.to_a if to == "a" else self.to_b
+        if to not in self.real:
+            return
+        if self.rng.random() < imp.loss:
+            imp.counts[1] += 1
+            return
+        imp.counts[0] += 1
+        face = self.faces[to]  # a hears from its own face (standing for b), and vice versa
+        delay = imp.delay_s + self.rng.uniform(0, imp.jitter_s)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay, self._send, face, data, self.real[to])
+        self._timers.add(handle)
+
+    def _send(self, face: _Face, data: bytes, addr: tuple[str, int]) -> None:
+        if face.transport is not None:
+            face.transport.sendto(data, addr)
+
+    def rewrite(self, sdp: str, side: str) -> str:
+        """``side``'s SDP as the other side must see it: one candidate, at the relay."""
+        other = "b" if side == "a" else "a"
+        relay_port = self.faces[other].transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        out, kept = [], False
+        for line in sdp.splitlines():
+            m = CANDIDATE.match(line)
+            if m:
+                if kept:
+                    continue
+                kept = True
+                self.real[side] = (m.group(4), int(m.group(5)))
+                line = (f"a=candidate:{m.group(1)} {m.group(2)} udp {m.group(3)} 127.0.0.1 "
+                        f"{relay_port} typ host{m.group(6)}")
+            elif line.startswith("c=IN IP4 "):
+                line = "c=IN IP4 127.0.0.1"
+            elif line.startswith("m=audio "):
+                parts = line.split(" ")
+                parts[1] = str(relay_port)
+                line = " ".join(parts)
+            elif line.startswith("a=candidate:"):
+                continue  # IPv6 / other candidates: only the relayed one
+            out.append(line)
+        assert kept, "no IPv4 host candidate to relay"
+        return "\r\n".join(out) + "\r\n"
+
+    def close(self) -> None:
+        for h in self._timers:
+            h.cancel()
+        for face in self.faces.values():
+            if face.transport is not None:
+                face.transport.close()
