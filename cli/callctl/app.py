@@ -12,6 +12,7 @@ from callctl.commands import call as call_cmd
 from callctl.commands import control as control_cmd
 from callctl.commands import demo as demo_cmd
 from callctl.commands import devices as devices_cmd
+from callctl.commands import preview as preview_cmd
 from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import token as token_cmd
@@ -82,6 +83,7 @@ app.command("call", help=call_cmd.__doc__)(call_cmd.call)
 app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
 app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
 app.command("devices", help=devices_cmd.__doc__)(devices_cmd.devices)
+app.command("preview", help=preview_cmd.__doc__)(preview_cmd.preview)
 for _name in ("accept", "decline", "hangup", "mute", "unmute", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)

@@ -107,3 +107,24 @@ async def test_call_through_microphone_and_speaker(cli: Callctl, tmp_path: Path)
     assert len(loud) >= 20, len(loud)  # at least 2 s of sound
     hits = sum(abs(dominant_hz(w, 48000) - 440) < 5 for w in loud)
     assert hits / len(loud) > 0.8
+
+
+def test_preview_prints_the_microphone_level_and_loops_back(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    out = callctl(home, "preview", "--audio", "--mic", "kiosk_mic", "--loopback",
+                  "--speaker", "speaker", "--duration", "2.1")
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("level")]
+    assert len(lines) == 2
+    # the recorded tone has amplitude 8000: peak 20*log10(8000/32768) = -12.2 dBFS
+    assert all("peak -12." in line for line in lines), lines
+    played = np.frombuffer((tmp_path / "speaker.raw").read_bytes(), dtype="<i2")
+    assert abs(dominant_hz(played[-48000:], 48000) - MIC_HZ) < 3
+
+
+def test_preview_without_a_microphone_is_a_device_error(tmp_path: Path) -> None:
+    home = tmp_path / "empty"
+    home.mkdir()
+    (home / ".asoundrc").write_text("")
+    out = callctl(home, "preview", "--audio", "--mic", "usb")
+    assert out.returncode == 12 and "no microphone" in out.stderr

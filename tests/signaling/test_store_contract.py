@@ -105,12 +105,9 @@ async def test_live_events_reach_only_targeted_devices(store: Store) -> None:
     await store.publish("svc/bob", "not-desk", b"{}", except_device="desk")
 
     def drain(sub) -> list[str]:  # type: ignore[no-untyped-def]
-        out = []
-        while not sub.queue.empty():
-            item = sub.queue.get_nowait()
-            assert isinstance(item, StoredEvent)
-            out.append(item.name)
-        return out
+        items = sub.drain()
+        assert all(isinstance(item, StoredEvent) for item in items)
+        return [item.name for item in items]
 
     assert drain(phone) == ["all", "not-desk"]
     assert drain(desk) == ["all", "only-desk"]
@@ -126,8 +123,8 @@ async def test_a_full_subscription_is_closed_not_grown(store: Store) -> None:
     for i in range(SUBSCRIPTION_QUEUE + 10):
         await store.publish("svc/bob", "e", b"{}")
     assert sub.closed
-    assert sub.queue.qsize() <= SUBSCRIPTION_QUEUE
-    items = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert len(sub) <= SUBSCRIPTION_QUEUE
+    items = sub.drain()
     assert isinstance(items[-1], Close) and items[-1].reason == "overflow"
 
 
@@ -159,3 +156,13 @@ async def test_purge_drops_old_ended_calls_only(store: Store) -> None:
     await store.purge(time.time())
     assert await store.get_call("old") is None
     assert await store.get_call("live") is not None
+
+
+async def test_a_waiting_stream_wakes_on_the_next_event(store: Store) -> None:
+    sub = store.subscribe("svc/bob", "phone")
+    waiting = asyncio.ensure_future(sub.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await store.publish("svc/bob", "ring", b"{}")
+    item = await asyncio.wait_for(waiting, 5)
+    assert isinstance(item, StoredEvent) and item.name == "ring"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import Iterable
@@ -56,6 +57,8 @@ class Stream:
     device: str
     stream_id: str
     sub: Subscription
+    #: When this stream's next keep-alive is due (monotonic); phases are spread.
+    next_heartbeat: float = 0.0
 
 
 class Hub:
@@ -67,6 +70,8 @@ class Hub:
         #: When each device's last stream closed (monotonic), while it stays offline.
         self._offline_since: dict[tuple[str, str], float] = {}
         self._timers: set[asyncio.Task[None]] = set()
+        #: Ring timeouts of calls created on this node, cancelled once they stop ringing.
+        self._ring_timers: dict[str, asyncio.TimerHandle] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -82,6 +87,9 @@ class Hub:
 
     async def stop(self) -> None:
         await self.close_streams()
+        for timer in self._ring_timers.values():
+            timer.cancel()
+        self._ring_timers.clear()
         tasks = [t for t in (self._ticker, *self._timers) if t is not None]
         for task in tasks:
             task.cancel()
@@ -95,28 +103,41 @@ class Hub:
         return len(self._streams)
 
     async def _tick(self) -> None:
-        """Heartbeats, token expiry on open streams, and housekeeping."""
+        """Heartbeats (each stream on its own phase), token expiry, housekeeping.
+
+        Ticks every second and heartbeats the streams whose turn has come, so
+        thousands of idle streams never all get written in the same instant.
+        """
+        tick = min(1.0, self.config.heartbeat_s)
+        last_purge = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            now = time.time()
+            await asyncio.sleep(tick)
+            now, mono = time.time(), time.monotonic()
             for stream in list(self._streams.values()):
                 if stream.identity.expires_at + 30 < now:
                     stream.sub.close("token_expired")
-                else:
+                elif stream.next_heartbeat <= mono:
+                    stream.next_heartbeat = mono + self.config.heartbeat_s
                     stream.sub.offer(HEARTBEAT)
-            await self.store.purge(now)
+            if mono - last_purge >= 30:
+                last_purge = mono
+                await self.store.purge(now)
 
-    def _later(self, delay: float, coro_fn, *args) -> None:  # type: ignore[no-untyped-def]
+    def _later(self, delay: float, coro_fn, *args) -> asyncio.TimerHandle:  # type: ignore[no-untyped-def]
+        """Run ``coro_fn(*args)`` after ``delay``: a timer handle, not a sleeping task."""
+
         async def run() -> None:
-            await asyncio.sleep(delay)
             try:
                 await coro_fn(*args)
             except Exception:  # a timer must never take the server down
                 log.exception("timer failed")
 
-        task = asyncio.create_task(run())
-        self._timers.add(task)
-        task.add_done_callback(self._timers.discard)
+        def fire() -> None:
+            task = asyncio.ensure_future(run())
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+
+        return asyncio.get_running_loop().call_later(delay, fire)
 
     # ----------------------------------------------------------------- events
     async def _emit(
@@ -170,7 +191,10 @@ class Hub:
             previous.sub.close("replaced")
         # subscribe before reading the log, so nothing falls between the two
         sub = self.store.subscribe(user_key, device)
-        stream = Stream(identity, device, stream_id, sub)
+        stream = Stream(
+            identity, device, stream_id, sub,
+            time.monotonic() + random.uniform(0, self.config.heartbeat_s),
+        )
         self._streams[(user_key, device)] = stream
 
         cursor = await self.store.cursor(user_key)
@@ -338,10 +362,11 @@ class Hub:
         if updated is not None:
             call = updated
             await self._mark_rang(call)
-        self._later(timeout, self._ring_timeout, call.call_id)
+        self._ring_timers[call.call_id] = self._later(timeout, self._ring_timeout, call.call_id)
         return self.info(call)
 
     async def _ring_timeout(self, call_id: str) -> None:
+        self._ring_timers.pop(call_id, None)
         call = await self.store.get_call(call_id)
         if call is None or call.state != p.CallState.RINGING:
             return
@@ -354,12 +379,20 @@ class Hub:
         updated, applied = await self.store.update_call(
             call.call_id,
             expect,
-            {"state": p.CallState.ENDED, "reason": reason, "ended_by": by, "ended_at": time.time()},
+            # the SDPs are of no use once it ended: don't keep them for the retention time
+            {"state": p.CallState.ENDED, "reason": reason, "ended_by": by, "ended_at": time.time(),
+             "offer_sdp": "", "answer_sdp": None},
         )
         if applied and updated is not None:
+            self._cancel_ring_timer(call.call_id)
             await self._emit_ended(updated)
             return updated
         return None
+
+    def _cancel_ring_timer(self, call_id: str) -> None:
+        timer = self._ring_timers.pop(call_id, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _party_call(self, me: Identity, call_id: str) -> tuple[CallRecord, p.Party]:
         call = await self.store.get_call(call_id)
@@ -393,6 +426,7 @@ class Hub:
         )
         if not applied or updated is None:
             raise _state_error(updated or call)
+        self._cancel_ring_timer(call_id)
         await self._emit(
             updated.caller_key,
             p.CallAnswered(call_id=call_id, sdp=sdp),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import sys
@@ -216,8 +217,9 @@ class EventStreamResponse(Response):
                 first += _sse(event)
                 last_sent = event.id
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            self.backlog = []  # sent: don't hold it for the stream's lifetime
             while True:
-                item = await sub.queue.get()
+                item = await sub.get()
                 if isinstance(item, StoredEvent):
                     if last_sent is not None and not self.hub.store.is_after(item.id, last_sent):
                         continue  # already sent as part of the backlog
@@ -260,12 +262,19 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(500, p.ErrorCode.INTERNAL, "internal server error")
 
 
-def create_app(secret: bytes, store: Store | None = None, config: HubConfig | None = None) -> Starlette:
+def create_app(
+    secret: bytes, store: Store | None = None, config: HubConfig | None = None
+) -> EventStreamFirst:
     hub = Hub(store or MemoryStore(), config or HubConfig())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        # what start-up created lives as long as the process: keep it out of
+        # every later full collection (a full pass over thousands of open
+        # streams already takes long enough)
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -284,7 +293,27 @@ def create_app(secret: bytes, store: Store | None = None, config: HubConfig | No
     )
     app.state.secret = secret
     app.state.hub = hub
-    return app
+    return EventStreamFirst(app)
+
+
+class EventStreamFirst:
+    """``GET /v1/events`` straight to its endpoint; everything else through Starlette.
+
+    The long-lived streams skip the middleware and routing layers, which would
+    otherwise hold several coroutines and objects per open stream.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "GET":
+            scope["app"] = self.app
+            response = await events(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 # ------------------------------------------------------------------- runner
@@ -322,7 +351,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Starlette, sock: socket.socket, options: ServerOptions) -> None:
+def serve(app: EventStreamFirst, sock: socket.socket, options: ServerOptions) -> None:
     """Run until SIGINT/SIGTERM; open streams are closed first, then we exit."""
     import uvicorn
 

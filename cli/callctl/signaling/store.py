@@ -25,7 +25,6 @@ import asyncio
 import collections
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -105,34 +104,61 @@ HEARTBEAT = Heartbeat()
 QueueItem = StoredEvent | Heartbeat | Close
 
 
-@dataclass(eq=False)
 class Subscription:
-    """One open event stream's inbox: a bounded queue of what to send."""
+    """One open event stream's inbox: a bounded deque of what to send, one waiter.
 
-    user_key: str
-    device: str
-    queue: asyncio.Queue[QueueItem] = field(
-        default_factory=lambda: asyncio.Queue(SUBSCRIPTION_QUEUE)
-    )
-    closed: bool = False
+    Lighter than an asyncio.Queue (thousands of these stay open at once).
+    """
+
+    __slots__ = ("user_key", "device", "closed", "_items", "_waiter")
+
+    def __init__(self, user_key: str, device: str) -> None:
+        self.user_key = user_key
+        self.device = device
+        self.closed = False
+        self._items: collections.deque[QueueItem] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def offer(self, item: QueueItem) -> None:
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= SUBSCRIPTION_QUEUE:
             self.close("overflow")
+            return
+        self._items.append(item)
+        self._wake()
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.queue.put_nowait(Close(reason))
-        except asyncio.QueueFull:  # make room: the close matters more than the backlog
-            self.queue.get_nowait()
-            self.queue.put_nowait(Close(reason))
+        if len(self._items) >= SUBSCRIPTION_QUEUE:  # make room: the close matters more
+            self._items.popleft()
+        self._items.append(Close(reason))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> QueueItem:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def drain(self) -> list[QueueItem]:
+        """Everything waiting, at once (for tests and shutdown)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
 
 
 class Store(abc.ABC):

@@ -1,0 +1,116 @@
+"""Check a microphone: a live level meter (and optionally hear yourself)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from callctl.exitcodes import ExitCode
+from callctl.ui.console import fail
+
+
+def _dbfs(value: float) -> float:
+    return 20 * math.log10(value) if value > 1e-5 else -100.0
+
+
+def preview(
+    audio: Annotated[bool, typer.Option("--audio", help="Preview the microphone (the default).")] = True,
+    mic: Annotated[str | None, typer.Option(help="Microphone (name substring, or default).")] = None,
+    loopback: Annotated[bool, typer.Option("--loopback", help="Play the microphone on the speaker.")] = False,
+    speaker: Annotated[str | None, typer.Option(help="Speaker for --loopback.")] = None,
+    duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds.")] = None,
+) -> None:
+    from callctl.media.audio import DeviceError, level
+    from callctl.media.devices import MicSource, SpeakerSink
+
+    if not audio:
+        fail("nothing to preview: pass --audio", ExitCode.USAGE)
+    try:
+        source = MicSource(mic)
+        sink = SpeakerSink(speaker) if loopback else None
+    except DeviceError as exc:
+        fail(str(exc), ExitCode.DEVICE_ERROR)
+    print(f"callctl: microphone {source.device.name!r}"
+          + (f", playing on {sink.device.name!r}" if sink else "")
+          + ("; q or Ctrl-C ends" if sys.stdin.isatty() else "; Ctrl-C ends"), file=sys.stderr)
+    code = asyncio.run(_meter(source, sink, duration, level))
+    raise typer.Exit(int(code))
+
+
+async def _meter(source, sink, duration, level) -> int:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        interrupted = True
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    tty = sys.stdout.isatty()
+    restore = _keys(loop, stop) if sys.stdin.isatty() else None
+    start = time.monotonic()
+    frames = 0
+    peak = rms_sum = 0.0
+    count = 0
+    try:
+        while not stop.is_set():
+            frames += 1
+            due = start + frames * 0.02
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            pcm = source.read()
+            if sink is not None:
+                sink.write(pcm)
+            peak = max(peak, level(pcm))
+            rms_sum += float((pcm.astype("float64") ** 2).mean()) / 32768.0**2
+            count += 1
+            if tty and frames % 5 == 0:  # 10 updates a second
+                bar = "█" * min(40, int(max(0.0, _dbfs(peak) + 60) / 60 * 40))
+                sys.stdout.write(f"\r{_dbfs(peak):6.1f} dBFS |{bar:<40}|")
+                sys.stdout.flush()
+                peak = 0.0
+            elif not tty and frames % 50 == 0:  # a line a second
+                print(f"level peak {_dbfs(peak):.1f} dBFS rms {_dbfs(math.sqrt(rms_sum / count)):.1f} dBFS",
+                      flush=True)
+                peak, rms_sum, count = 0.0, 0.0, 0
+            if duration is not None and time.monotonic() - start >= duration:
+                break
+    finally:
+        if restore is not None:
+            restore()
+        if tty:
+            sys.stdout.write("\n")
+        source.close()
+        if sink is not None:
+            sink.close()
+    return ExitCode.INTERRUPTED if interrupted else 0
+
+
+def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    import os
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def key() -> None:
+        if os.read(fd, 1).lower() == b"q":
+            stop.set()
+
+    loop.add_reader(fd, key)
+
+    def restore() -> None:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    return restore
