@@ -249,3 +249,15 @@ async def test_events_tails_a_running_listener(cli: Callctl) -> None:
     assert [e["event"] for e in tail.events][:1] == ["call.incoming"]
     assert await bob.exit_code() == 0
     assert await tail.exit_code() == 0  # the feed ends when the listener exits
+
+
+async def test_levels_are_reported_while_connected_and_bitrate_is_configurable(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--once")
+    alice = await cli.call("alice", "bob", "--hangup-after", "2", "--bitrate", "16")
+    assert await alice.exit_code() == 0
+    levels = alice.named("media.level")
+    assert 2 <= len(levels) <= 5  # bounded: twice a second
+    assert all(0.2 < e["mic"] < 0.4 and 0.2 < e["remote"] < 0.4 for e in levels[1:]), levels
+    assert await bob.exit_code() == 0
+    code, _, err = await cli.run("alice", "call", "bob", "--audio-in", "tone", "--bitrate", "2")
+    assert code == 2 and "--bitrate" in err

@@ -35,6 +35,9 @@ def call(
     device: Annotated[
         str | None, typer.Option(envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")
     ] = None,
+    bitrate: Annotated[
+        int, typer.Option(envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")
+    ] = 32,
 ) -> None:
     from callctl.engine.session import CallPolicy, MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE, Media
@@ -45,7 +48,8 @@ def call(
     dev = device or _phone.default_device()
     if not ID_PATTERN_RE.match(dev):
         fail(f"bad device id {dev!r}", ExitCode.USAGE)
-    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record)
+    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
+                         bitrate_kbps=bitrate)
     _phone.check_media(media)
 
     async def body(phone: Any, interrupted: asyncio.Event) -> int:

@@ -34,6 +34,8 @@ log = logging.getLogger("callctl.engine")
 SIGNALING_GRACE_S = 5.0
 #: ICE + DTLS must complete within this after answer/accept.
 CONNECT_TIMEOUT_S = 15.0
+#: How often ``media.level`` events are emitted during a call.
+LEVEL_INTERVAL_S = 0.5
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -44,6 +46,8 @@ class MediaOptions:
     audio_out: str = "speaker"
     loop: bool = False
     record: Path | None = None
+    #: Opus bitrate we send, kbit/s.
+    bitrate_kbps: int = 32
 
 
 def check_media(opts: MediaOptions) -> None:
@@ -110,6 +114,7 @@ class CallSession:
         self._queue: asyncio.Queue[m.CallEvent] = asyncio.Queue()
         self._runner = asyncio.ensure_future(self._run())
         self.accepted_at: float | None = None
+        self._levels: asyncio.Future[None] | None = None
 
     # ----------------------------------------------------------- event input
     def feed(self, event: m.CallEvent) -> None:
@@ -159,11 +164,14 @@ class CallSession:
                 self.peer.start()
                 self.peer.muted = self.muted
             self._arm_call_timers()
+            self._levels = asyncio.ensure_future(self._report_levels())
         elif isinstance(action, m.Release):
             await self._release()
 
     def _new_peer(self) -> Any:
-        from callctl.media.rtc import AudioPeer, MediaCallbacks
+        from callctl.media.rtc import VOICE, AudioPeer, MediaCallbacks
+
+        VOICE.bitrate = self.media_opts.bitrate_kbps * 1000
 
         source, sinks = open_media(self.media_opts)
         return AudioPeer(
@@ -298,7 +306,20 @@ class CallSession:
             self._later(self.max_duration, m.Hangup(p.EndReason.MAX_DURATION))
 
     # --------------------------------------------------------------- release
+    async def _report_levels(self) -> None:
+        """``media.level`` twice a second: peak levels (0..1) of our mic and of the peer."""
+        while True:
+            await asyncio.sleep(LEVEL_INTERVAL_S)
+            if self.peer is not None and self.call.state == m.State.CONNECTED:
+                self.phone.emit("media.level", {
+                    "call_id": self.call.call_id,
+                    "mic": round(self.peer.sent.take_peak(), 3),
+                    "remote": round(self.peer.received.take_peak(), 3),
+                })
+
     async def _release(self) -> None:
+        if self._levels is not None:
+            self._levels.cancel()
         for timer in self._timers:
             timer.cancel()
         if self._create_task is not None and not self._create_task.done():

@@ -173,13 +173,24 @@ def _track_base() -> type:
 
 
 class Meter:
-    """Frames counted and the latest peak level of one direction."""
+    """Frames counted, the latest peak level, and the peak since last asked."""
 
-    __slots__ = ("frames", "level")
+    __slots__ = ("frames", "level", "_held")
 
     def __init__(self) -> None:
         self.frames = 0
         self.level = 0.0
+        self._held = 0.0
+
+    def note(self, value: float) -> None:
+        self.frames += 1
+        self.level = value
+        if value > self._held:
+            self._held = value
+
+    def take_peak(self) -> float:
+        peak, self._held = self._held, 0.0
+        return peak
 
 
 def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], bool]):  # type: ignore[no-untyped-def]
@@ -213,8 +224,7 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
             pcm = source.read()
             if muted():
                 pcm = SILENCE
-            meter.frames += 1
-            meter.level = level(pcm)
+            meter.note(level(pcm))
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = RATE
             frame.pts = self._pts
@@ -344,8 +354,7 @@ class AudioPeer:
                 self.playout.push(frame.pts, pcm, self._last_rx)
 
     def _play(self, pcm: np.ndarray) -> None:
-        self.received.frames += 1
-        self.received.level = level(pcm)
+        self.received.note(level(pcm))
         for sink in self.sinks:
             sink.write(pcm)
 
