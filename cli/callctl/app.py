@@ -84,7 +84,7 @@ app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
 app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
 app.command("devices", help=devices_cmd.__doc__)(devices_cmd.devices)
 app.command("preview", help=preview_cmd.__doc__)(preview_cmd.preview)
-for _name in ("accept", "decline", "hangup", "mute", "unmute", "status", "events"):
+for _name in ("accept", "decline", "hangup", "mute", "unmute", "video", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
 

@@ -60,6 +60,31 @@ def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
     return (lambda: issue_token(secret, user, service, 3600)), user, service
 
 
+VIDEO_IN_HELP = "Video source: camera[:/dev/videoN], testsrc, file:PATH."
+VIDEO_OUT_HELP = "Where the peer's video goes: terminal, null, file:PATH (.mkv .webm .mp4)."
+
+
+def video_options(media: Any, *, video_in: str | None, video_out: str | None, size: str,
+                  fps: float, paused: bool, camera_format: str | None, settings: Settings) -> None:
+    """Fill the MediaOptions' video fields from the command line (usage errors exit 2)."""
+    from callctl.media.audio import MediaError
+    from callctl.media.video import parse_size
+
+    try:
+        media.video_size = parse_size(size)
+    except MediaError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if camera_format is not None and camera_format.lower() not in ("mjpeg", "yuyv"):
+        fail("--camera-format takes mjpeg or yuyv", ExitCode.USAGE)
+    media.fps = fps
+    media.video_in = video_in
+    media.video_paused = paused
+    media.camera_format = camera_format.lower() if camera_format else None
+    if video_out is None:  # draw it when we own a terminal, otherwise drop it
+        video_out = "terminal" if sys.stdout.isatty() and not settings.json else "null"
+    media.video_out = video_out
+
+
 def check_media(media: Any) -> None:
     """Validate the call's source and sinks before any network traffic."""
     from callctl.engine.session import check_media as check
@@ -103,6 +128,10 @@ async def run_phone(
     token, user, service = identity(settings)
     preload()
     listeners, live = outputs(settings)
+    if live and getattr(media, "video_out", "null") == "terminal":
+        from callctl.ui.output import PlainOutput
+
+        listeners, live = [PlainOutput()], False  # the video owns the screen
     client = SignalingClient(settings.server, token, device=device)
     phone = Phone(client=client, media=media, policy=policy, user=user, device=device)
     phone.listeners.extend(listeners)

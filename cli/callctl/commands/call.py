@@ -38,6 +38,13 @@ def call(
     bitrate: Annotated[
         int, typer.Option(envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")
     ] = 32,
+    video: Annotated[bool, typer.Option("--video", help="A video call (sends --video-in, camera by default).")] = False,
+    video_in: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_IN", help=_phone.VIDEO_IN_HELP)] = None,
+    video_out: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_OUT", help=_phone.VIDEO_OUT_HELP)] = None,
+    video_size: Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")] = "640x480",
+    fps: Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")] = 15.0,
+    video_paused: Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")] = False,
+    camera_format: Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")] = None,
 ) -> None:
     from callctl.engine.session import CallPolicy, MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE, Media
@@ -50,10 +57,15 @@ def call(
         fail(f"bad device id {dev!r}", ExitCode.USAGE)
     media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                          bitrate_kbps=bitrate)
+    if video and video_in is None:
+        video_in = "camera"
+    _phone.video_options(media, video_in=video_in, video_out=video_out, size=video_size, fps=fps,
+                         paused=video_paused, camera_format=camera_format, settings=settings)
     _phone.check_media(media)
+    call_media = Media.VIDEO if video else Media.AUDIO
 
     async def body(phone: Any, interrupted: asyncio.Event) -> int:
-        session = phone.dial(peer, Media.AUDIO, ring_timeout=ring_timeout,
+        session = phone.dial(peer, call_media, ring_timeout=ring_timeout,
                              hangup_after=hangup_after, max_duration=max_duration)
         ended = asyncio.ensure_future(session.ended.wait())
         stop = asyncio.ensure_future(interrupted.wait())

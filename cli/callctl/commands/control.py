@@ -26,12 +26,13 @@ def _target(ctx: typer.Context, device: str | None) -> Any:
         fail(str(exc), ExitCode.USAGE)
 
 
-def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None) -> None:
+def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None,
+          arg: str | None = None) -> None:
     from callctl.engine.control import ControlError, request
 
     path = _target(ctx, device)
     try:
-        answer = request(path, cmd, call_id)
+        answer = request(path, cmd, call_id, arg=arg)
     except ControlError as exc:
         fail(str(exc), ExitCode.INTERNAL_ERROR)
     if ctx.obj.json:
@@ -44,9 +45,19 @@ def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None)
 
 
 def accept(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(help="Only this call.")] = None,
-           device: DeviceOpt = None) -> None:
+           device: DeviceOpt = None,
+           video_paused: Annotated[bool, typer.Option("--video-paused", help="Answer without sending video (resume later).")] = False) -> None:
     """Answer the ringing call of a running `listen`."""
-    _send(ctx, "accept", call_id, device)
+    _send(ctx, "accept", call_id, device, "video-paused" if video_paused else None)
+
+
+def video(ctx: typer.Context,
+          action: Annotated[str, typer.Argument(help="pause, resume, on or off.")],
+          device: DeviceOpt = None) -> None:
+    """Pause or resume our video, or turn video on/off in the current call."""
+    if action not in ("pause", "resume", "on", "off"):
+        fail(f"video takes pause, resume, on or off, not {action!r}", ExitCode.USAGE)
+    _send(ctx, "video", None, device, action)
 
 
 def decline(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(help="Only this call.")] = None,

@@ -41,6 +41,12 @@ def listen(
     bitrate: Annotated[
         int, typer.Option(envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")
     ] = 32,
+    video_in: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_IN", help=_phone.VIDEO_IN_HELP)] = None,
+    video_out: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_OUT", help=_phone.VIDEO_OUT_HELP)] = None,
+    video_size: Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")] = "640x480",
+    fps: Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")] = 15.0,
+    video_paused: Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")] = False,
+    camera_format: Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")] = None,
 ) -> None:
     from callctl.engine.session import CallPolicy, MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE
@@ -57,6 +63,8 @@ def listen(
         fail(f"bad device id {dev!r}", ExitCode.USAGE)
     media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                          bitrate_kbps=bitrate)
+    _phone.video_options(media, video_in=video_in, video_out=video_out, size=video_size, fps=fps,
+                         paused=video_paused, camera_format=camera_format, settings=settings)
     _phone.check_media(media)
     policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed)
     hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}

@@ -14,7 +14,9 @@ each answer is one JSON object on one line::
     ← {"ok": true}
     ← {"v": 1, "ts": 1795320220.1, "event": "call.incoming", ...}   (one line per event, until closed)
 
-Commands: status, accept, decline, hangup, mute, unmute, events.
+    → {"cmd": "video", "arg": "pause"}               (pause | resume | on | off)
+
+Commands: status, accept, decline, hangup, mute, unmute, video, events.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class ControlServer:
     def __init__(
         self,
         path: Path,
-        handle: Callable[[str, str | None], dict[str, Any]],
+        handle: Callable[[str, str | None, str | None], dict[str, Any]],
     ) -> None:
         self.path = path
         self.handle = handle
@@ -87,7 +89,10 @@ class ControlServer:
                     req = json.loads(line)
                     cmd = req["cmd"]
                     call_id = req.get("call_id")
-                    if not isinstance(cmd, str) or not (call_id is None or isinstance(call_id, str)):
+                    arg = req.get("arg")
+                    if not isinstance(cmd, str) or not all(
+                        v is None or isinstance(v, str) for v in (call_id, arg)
+                    ):
                         raise TypeError
                 except (ValueError, KeyError, TypeError, AttributeError):
                     await _send(writer, {"ok": False, "error": 'expected {"cmd": ..., "call_id": ...}'})
@@ -95,7 +100,7 @@ class ControlServer:
                 if cmd == "events":
                     await self._stream_events(writer)
                     return
-                await _send(writer, self.handle(cmd, call_id))
+                await _send(writer, self.handle(cmd, call_id, arg))
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
@@ -163,13 +168,14 @@ def find_socket(service: str | None, user: str | None, device: str | None) -> Pa
     return found[0][0]
 
 
-def request(path: Path, cmd: str, call_id: str | None = None, timeout: float = 10) -> dict[str, Any]:
+def request(path: Path, cmd: str, call_id: str | None = None, timeout: float = 10,
+            arg: str | None = None) -> dict[str, Any]:
     """Send one command and return the answer (blocking; for the short CLI commands)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
             s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd, "call_id": call_id}).encode() + b"\n")
+            s.sendall(json.dumps({"cmd": cmd, "call_id": call_id, "arg": arg}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)

@@ -48,16 +48,43 @@ class MediaOptions:
     record: Path | None = None
     #: Opus bitrate we send, kbit/s.
     bitrate_kbps: int = 32
+    #: Video: what we send when video is on, where the peer's video goes.
+    video_in: str | None = None
+    video_out: str = "null"
+    video_size: tuple[int, int] = (640, 480)
+    fps: float = 15.0
+    camera_format: str | None = None
+    #: Start with video negotiated but not sent (resume later).
+    video_paused: bool = False
+
+    @property
+    def video_format(self):  # type: ignore[no-untyped-def]
+        from callctl.media.video import VideoFormat
+
+        return VideoFormat(self.video_size[0], self.video_size[1], self.fps)
+
+    @property
+    def records_video(self) -> bool:
+        return self.record is not None and self.record.suffix.lower() in (".mkv", ".webm", ".mp4")
 
 
 def check_media(opts: MediaOptions) -> None:
     """Validate the call's media specs without opening anything (raises MediaError/DeviceError)."""
     from callctl.media.registry import open_sink, open_source
 
+    from callctl.media.registry import open_video_sink, open_video_source
+
     open_source(opts.audio_in, check_only=True)
     open_sink(opts.audio_out, check_only=True)
-    if opts.record is not None:
+    if opts.record is not None and opts.records_video:
+        from callctl.media.audio import FileSink
+
+        FileSink.check(opts.record, any_extension=True)
+    elif opts.record is not None:
         open_sink(f"file:{opts.record}", check_only=True)
+    if opts.video_in is not None:
+        open_video_source(opts.video_in, opts.video_format, check_only=True)
+    open_video_sink(opts.video_out, opts.video_format, check_only=True)
 
 
 @dataclass
@@ -85,12 +112,27 @@ def open_media(opts: MediaOptions):  # type: ignore[no-untyped-def]
     assert source is not None
     try:
         sinks = [open_sink(opts.audio_out)]
-        if opts.record is not None:
+        if opts.record is not None and not opts.records_video:
             sinks.append(open_sink(f"file:{opts.record}"))
     except Exception:
         source.close()
         raise
     return source, sinks
+
+
+class _VideoFace:
+    """A Recorder seen as a video sink."""
+
+    name = "record-video"
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+
+    def write(self, frame: Any) -> None:
+        self.recorder.write_video(frame)
+
+    def close(self) -> None:
+        pass  # the recorder is closed once, as an audio sink
 
 
 class CallSession:
@@ -108,6 +150,7 @@ class CallSession:
         self.ring_timeout: float | None = None
         self.muted = False
         self.peer_muted = False
+        self.peer_video: str | None = None
         self.prepared_by: str | None = None
         self._create_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -163,22 +206,51 @@ class CallSession:
             if self.peer is not None:
                 self.peer.start()
                 self.peer.muted = self.muted
+                if self.peer.video.source is not None and not self.peer.video.sending:
+                    # PlanetKit's initial video state "paused": the peer is told
+                    self._signal_video("paused")
             self._arm_call_timers()
             self._levels = asyncio.ensure_future(self._report_levels())
         elif isinstance(action, m.Release):
             await self._release()
 
+    def _video_source(self) -> Any:
+        from callctl.media.registry import open_video_source
+
+        opts = self.media_opts
+        return open_video_source(opts.video_in or "camera", opts.video_format,
+                                 camera_format=opts.camera_format)
+
     def _new_peer(self) -> Any:
-        from callctl.media.rtc import VOICE, AudioPeer, MediaCallbacks
+        from callctl.media.registry import open_video_sink
+        from callctl.media.rtc import VOICE, AudioPeer, MediaCallbacks, VideoSetup
+        from callctl.media.video import Recorder
 
-        VOICE.bitrate = self.media_opts.bitrate_kbps * 1000
-
-        source, sinks = open_media(self.media_opts)
+        opts = self.media_opts
+        VOICE.bitrate = opts.bitrate_kbps * 1000
+        source, sinks = open_media(opts)
+        video_call = self.call.media == p.Media.VIDEO
+        video = VideoSetup(
+            source=self._video_source() if video_call and opts.video_in else None,
+            sinks=[open_video_sink(opts.video_out, opts.video_format)],
+            fps=opts.fps,
+            sending=not opts.video_paused,
+        )
+        if opts.record is not None and opts.records_video:
+            recorder = Recorder(opts.record, audio=True, video=video_call,
+                                size=opts.video_size, fps=opts.fps)
+            sinks.append(recorder)
+            if video_call:
+                video.sinks.append(_VideoFace(recorder))
         return AudioPeer(
             self.phone.ice_servers,
             source,
             sinks,
-            MediaCallbacks(
+            video=video,
+            callbacks=MediaCallbacks(
+                on_first_video=lambda w, h: self.phone.emit(
+                    "video.flowing", {"call_id": self.call.call_id, "width": w, "height": h}
+                ),
                 on_up=lambda: self.feed(m.MediaUp()),
                 on_lost=self._media_lost,
                 on_first_frame=lambda: self.phone.emit(
@@ -357,6 +429,51 @@ class CallSession:
         elif kind in ("mute", "unmute"):
             self.peer_muted = kind == "mute"
             self.phone.emit(f"peer.{kind}d", {"call_id": self.call.call_id})
+        elif kind == "video":
+            state = event.data.get("state")
+            if state in ("paused", "resumed", "enabled", "disabled"):
+                self.peer_video = state
+                self.phone.emit(f"peer.video.{state}", {"call_id": self.call.call_id})
+
+    # ------------------------------------------------------------------ video
+    def _signal_video(self, state: str) -> None:
+        self.phone.emit(f"media.video.{state}", {"call_id": self.call.call_id})
+        if self.call.call_id:
+            asyncio.ensure_future(self._quietly(
+                self.phone.client.signal(self.call.call_id, "video", {"state": state})
+            ))
+
+    def video_command(self, what: str) -> dict[str, Any]:
+        """pause | resume | on | off, mid-call."""
+        from callctl.media.audio import DeviceError, MediaError
+
+        peer = self.peer
+        if peer is None or self.call.state not in (m.State.CONNECTING, m.State.CONNECTED):
+            return {"ok": False, "error": "video can only change during a call"}
+        has_video = peer.video.source is not None
+        if what in ("pause", "resume"):
+            if not has_video:
+                return {"ok": False, "error": "no video in this call: use 'video on'"}
+            peer.set_video_sending(what == "resume")
+            self._signal_video("paused" if what == "pause" else "resumed")
+        elif what == "on":
+            if has_video:
+                return {"ok": False, "error": "video is already on"}
+            try:
+                source = self._video_source()
+            except (MediaError, DeviceError) as exc:
+                return {"ok": False, "error": str(exc)}
+            peer.video.sending = True
+            peer.set_video_source(source)
+            self._signal_video("enabled")
+        elif what == "off":
+            if not has_video:
+                return {"ok": False, "error": "video is already off"}
+            peer.set_video_source(None)
+            self._signal_video("disabled")
+        else:
+            return {"ok": False, "error": "video takes pause, resume, on or off"}
+        return {"ok": True, "call": self.status()}
 
     async def _early_answer(self, sdp: str) -> None:
         try:
@@ -391,6 +508,14 @@ class CallSession:
         if self.peer is not None:
             out["frames_sent"] = self.peer.sent.frames
             out["frames_received"] = self.peer.received.frames
+            out["video"] = (
+                "off" if self.peer.video.source is None
+                else "sending" if self.peer.video.sending else "paused"
+            )
+            out["video_frames_sent"] = self.peer.video_sent.frames
+            out["video_frames_received"] = self.peer.video_received.frames
+            if self.peer_video is not None:
+                out["peer_video"] = self.peer_video
             out["level_out"] = round(self.peer.sent.level, 3)
             out["level_in"] = round(self.peer.received.level, 3)
             out["codec"] = "opus/48000"
@@ -571,7 +696,7 @@ class Phone:
         session.feed(m.Dial(peer, media))
         return session
 
-    def command(self, cmd: str, call_id: str | None = None) -> dict[str, Any]:
+    def command(self, cmd: str, call_id: str | None = None, arg: str | None = None) -> dict[str, Any]:
         """The control socket's commands; returns the JSON answer."""
         s = self.session
         if cmd == "status":
@@ -584,6 +709,10 @@ class Phone:
         event: m.CallEvent
         if cmd == "accept":
             event = m.Accept()
+            if arg == "video-paused":
+                s.media_opts.video_paused = True
+                if s.peer is not None:
+                    s.peer.video.sending = False
         elif cmd == "decline":
             event = m.Decline()
         elif cmd == "hangup":
@@ -591,6 +720,8 @@ class Phone:
         elif cmd in ("mute", "unmute"):
             s.set_muted(cmd == "mute")
             return {"ok": True, "call": s.status()}
+        elif cmd == "video":
+            return s.video_command(arg or "")
         else:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         if not s.call.can(type(event)):

@@ -192,9 +192,9 @@ class FileSink(AudioSink):
     """Writes frames to a file in a thread; finalized by ``close()`` whatever ended the call."""
 
     @staticmethod
-    def check(path: Path) -> None:
+    def check(path: Path, *, any_extension: bool = False) -> None:
         """Fail now, before dialing, not after the call connected."""
-        if path.suffix.lower() not in FILE_FORMATS:
+        if not any_extension and path.suffix.lower() not in FILE_FORMATS:
             raise MediaError(
                 f"cannot record to {path}: unknown extension (use one of "
                 f"{', '.join(sorted(FILE_FORMATS))})"
@@ -262,5 +262,8 @@ class FileSink(AudioSink):
                 container.mux(packet)
 
     def close(self) -> None:
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=5)
+        except queue.Full:
+            log.error("recording to %s is stuck; giving up on it", self.path)
         self._thread.join(timeout=10)

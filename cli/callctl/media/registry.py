@@ -78,3 +78,53 @@ def open_sink(spec: str, *, check_only: bool = False) -> AudioSink | None:
             return None
         return SpeakerSink(arg)
     raise MediaError(f"unknown audio sink {spec!r}; expected one of: {SINKS}")
+
+
+VIDEO_SOURCES = "camera[:/dev/videoN], testsrc, file:PATH"
+VIDEO_SINKS = "terminal, null, file:PATH (.mkv .webm .mp4)"
+
+
+def open_video_source(spec: str, fmt, *, camera_format: str | None = None,  # type: ignore[no-untyped-def]
+                      check_only: bool = False):
+    """The video source for ``spec`` (MediaError / DeviceError); nothing opened with check_only."""
+    from callctl.media.video import CameraSource, FileVideoSource, TestPattern, probe_video_file
+
+    kind, arg = _split(spec)
+    if kind == "testsrc" and not arg:
+        return None if check_only else TestPattern(fmt)
+    if kind == "file" and arg:
+        if check_only:
+            probe_video_file(Path(arg).expanduser())
+            return None
+        return FileVideoSource(Path(arg).expanduser(), fmt)
+    if kind == "camera":
+        device = arg or "/dev/video0"
+        if check_only:
+            import os
+
+            from callctl.media.video import cameras_text
+
+            if not os.path.exists(device):
+                from callctl.media.audio import DeviceError
+
+                raise DeviceError(f"no camera at {device}; cameras: {cameras_text()}")
+            return None
+        return CameraSource(device, fmt, camera_format)
+    raise MediaError(f"unknown video source {spec!r}; expected one of: {VIDEO_SOURCES}")
+
+
+def open_video_sink(spec: str, fmt, *, check_only: bool = False):  # type: ignore[no-untyped-def]
+    from callctl.media.video import VIDEO_FILES, FileVideoSink, NullVideoSink, TerminalSink
+
+    kind, arg = _split(spec)
+    if kind == "null" and not arg:
+        return NullVideoSink()
+    if kind == "terminal" and not arg:
+        return None if check_only else TerminalSink()
+    if kind == "file" and arg:
+        path = Path(arg).expanduser()
+        if path.suffix.lower() not in VIDEO_FILES:
+            raise MediaError(f"cannot write video to {path}: use one of {', '.join(sorted(VIDEO_FILES))}")
+        FileSink.check(path, any_extension=True)
+        return None if check_only else FileVideoSink(path, (fmt.width, fmt.height), fmt.fps)
+    raise MediaError(f"unknown video sink {spec!r}; expected one of: {VIDEO_SINKS}")

@@ -14,7 +14,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -235,11 +236,75 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
     return SourceTrack()
 
 
+def make_video_track(source: Any, fps: float, meter: Meter):  # type: ignore[no-untyped-def]
+    """An aiortc video track sending the source's newest frame ``fps`` times a second."""
+    from aiortc.mediastreams import MediaStreamError
+
+    base = _track_base()
+    clock = 90000
+    time_base = fractions.Fraction(1, clock)
+
+    class VideoTrack(base):  # type: ignore[misc,valid-type]
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._n = 0
+            self._start: float | None = None
+            self._black: Any = None
+
+        async def recv(self):  # type: ignore[no-untyped-def]
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now
+            else:
+                due = self._start + self._n / fps
+                if due > now:
+                    await asyncio.sleep(due - now)
+                else:  # the encoder was slow: skip the frames we missed, don't queue them
+                    self._n = int((now - self._start) * fps)
+            # the newest frame; the same one again if the source is slower than fps
+            # (re-stamping it is safe: the sender encodes it before asking again)
+            frame = source.latest()
+            if frame is None:
+                frame = self._black_frame()
+            frame.pts = int(self._n * clock / fps)
+            frame.time_base = time_base
+            self._n += 1
+            meter.note(1.0)
+            return frame
+
+        def _black_frame(self):  # type: ignore[no-untyped-def]
+            import av
+
+            fmt = source.fmt
+            frame = av.VideoFrame(fmt.width, fmt.height, "yuv420p")
+            for plane, value in zip(frame.planes, (16, 128, 128)):
+                plane.update(bytes([value]) * plane.buffer_size)
+            return frame
+
+    return VideoTrack()
+
+
 @dataclass
 class MediaCallbacks:
     on_up: Callable[[], None]
     on_lost: Callable[[str], None]
     on_first_frame: Callable[[], None] = lambda: None
+    on_first_video: Callable[[int, int], None] = lambda w, h: None
+
+
+@dataclass
+class VideoSetup:
+    """This side's video: what to send (if anything) and where the peer's goes."""
+
+    source: Any = None  # media.video.VideoSource, or None: receive only
+    sinks: list[Any] = field(default_factory=list)
+    fps: float = 15.0
+    #: Send from the start (False: negotiated but held, "initial video paused").
+    sending: bool = True
 
 
 class AudioPeer:
@@ -251,8 +316,13 @@ class AudioPeer:
         source: AudioSource,
         sinks: list[AudioSink],
         callbacks: MediaCallbacks,
+        video: VideoSetup | None = None,
     ) -> None:
         tune_aiortc()
+        self.video = video or VideoSetup()
+        self.video_sent = Meter()
+        self.video_received = Meter()
+        self._video_track: Any = None
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
         self.source = source
@@ -283,6 +353,9 @@ class AudioPeer:
     # ------------------------------------------------------------ negotiation
     async def create_offer(self) -> str:
         self.pc.addTransceiver("audio", direction="sendrecv")
+        # video is negotiated in every call, held until used: pause, resume and
+        # "video on" in an audio call are then a track swap, with no renegotiation
+        self.pc.addTransceiver("video", direction="sendrecv")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp  # type: ignore[no-any-return]
 
@@ -322,13 +395,62 @@ class AudioPeer:
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(track)
+        if self.video.source is not None and self.video.sending:
+            self.set_video_sending(True)
         self._spawn(self._watch_rtp())
         if not STOCK_AUDIO:
             self._spawn(self._playout_clock())
 
+    def set_video_source(self, source: Any) -> None:
+        """Use this video source from now on (None: stop sending video)."""
+        old = self.video.source
+        self.video.source = source
+        self._video_track = None
+        if old is not None and old is not source:
+            old.close()
+        if self.playing:
+            self.set_video_sending(source is not None and self.video.sending)
+
+    def set_video_sending(self, sending: bool) -> None:
+        """Pause or resume our video: the track is swapped, nothing is renegotiated."""
+        self.video.sending = sending
+        if not self.playing:
+            return
+        track = None
+        if sending and self.video.source is not None:
+            if self._video_track is None:
+                self._video_track = make_video_track(self.video.source, self.video.fps, self.video_sent)
+            track = self._video_track
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.sender.replaceTrack(track)
+
     def _on_track(self, track) -> None:  # type: ignore[no-untyped-def]
         if track.kind == "audio":
             self._spawn(self._pump(track))
+        elif track.kind == "video":
+            self._spawn(self._pump_video(track))
+
+    async def _pump_video(self, track) -> None:  # type: ignore[no-untyped-def]
+        from aiortc.mediastreams import MediaStreamError
+
+        first = True
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not self.playing:
+                continue
+            if first:
+                first = False
+                self.callbacks.on_first_video(frame.width, frame.height)
+            self.video_received.note(1.0)
+            for sink in self.video.sinks:
+                try:
+                    sink.write(frame)
+                except Exception as exc:  # a broken sink must not stop the call
+                    log.error("video sink %s: %s", getattr(sink, "name", sink), exc)
 
     async def _pump(self, track) -> None:  # type: ignore[no-untyped-def]
         """Read every remote frame (so nothing piles up while ringing); play once started."""
@@ -426,10 +548,12 @@ class AudioPeer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.source.close()
+        if self.video.source is not None:
+            self.video.source.close()
         await asyncio.to_thread(self._close_sinks)
 
     def _close_sinks(self) -> None:
-        for sink in self.sinks:
+        for sink in [*self.sinks, *self.video.sinks]:
             try:
                 sink.close()
             except Exception as exc:
