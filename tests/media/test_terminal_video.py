@@ -48,3 +48,26 @@ def test_terminal_sink_draws_a_known_frame_and_caps_its_rate() -> None:
     # the left half of the row is (near) white, the right half (near) black
     assert all(min(c) >= 240 for c in colours[:18]), colours[:18]
     assert all(max(c) <= 16 for c in colours[22:]), colours[22:]
+
+
+def test_preview_snapshot_saves_a_frame_and_terminal_preview_draws(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    snap = tmp_path / "aim.png"
+    out = subprocess.run([sys.executable, "-m", "callctl", "preview", "--camera", "testsrc",
+                          "--video-size", "320x240", "--snapshot", str(snap)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    with av.open(str(snap)) as c:
+        image = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    assert image.shape == (240, 320, 3)
+    assert image[120, 10].min() > 200 and image[120, 310].max() < 30  # white bar left, black right
+    drawn = subprocess.run([sys.executable, "-m", "callctl", "preview", "--video", "--camera", "testsrc",
+                            "--duration", "0.5"], capture_output=True, text=True, timeout=60,
+                           env={**__import__("os").environ, "COLUMNS": "40", "LINES": "12"})
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.count("▀") >= 40 * 10
+    missing = subprocess.run([sys.executable, "-m", "callctl", "preview", "--video", "--camera",
+                              "/dev/video7"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 12 and "no camera at /dev/video7" in missing.stderr

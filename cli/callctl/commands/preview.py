@@ -1,4 +1,4 @@
-"""Check a microphone: a live level meter (and optionally hear yourself)."""
+"""Check a microphone (level meter) or a camera (in the terminal, or one snapshot)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +21,13 @@ def _dbfs(value: float) -> float:
 
 
 def preview(
-    audio: Annotated[bool, typer.Option("--audio", help="Preview the microphone (the default).")] = True,
+    audio: Annotated[bool, typer.Option("--audio", help="Preview the microphone (the default).")] = False,
+    video: Annotated[bool, typer.Option("--video", help="Preview the camera in the terminal.")] = False,
+    camera: Annotated[str, typer.Option(help="Camera device, or testsrc / file:PATH.")] = "/dev/video0",
+    snapshot: Annotated[Path | None, typer.Option(help="Save one camera frame to this image file and exit.")] = None,
+    video_size: Annotated[str, typer.Option(help="Camera size WIDTHxHEIGHT.")] = "640x480",
+    fps: Annotated[float, typer.Option(min=1, max=60, help="Camera frame rate.")] = 15.0,
+    camera_format: Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")] = None,
     mic: Annotated[str | None, typer.Option(help="Microphone (name substring, or default).")] = None,
     loopback: Annotated[bool, typer.Option("--loopback", help="Play the microphone on the speaker.")] = False,
     speaker: Annotated[str | None, typer.Option(help="Speaker for --loopback.")] = None,
@@ -29,8 +36,10 @@ def preview(
     from callctl.media.audio import DeviceError, level
     from callctl.media.devices import MicSource, SpeakerSink
 
-    if not audio:
-        fail("nothing to preview: pass --audio", ExitCode.USAGE)
+    if video or snapshot is not None:
+        raise typer.Exit(_video_preview(camera, snapshot, video_size, fps, camera_format, duration))
+    if not audio and not video:
+        audio = True
     try:
         source = MicSource(mic)
         sink = SpeakerSink(speaker) if loopback else None
@@ -114,3 +123,56 @@ def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event):  # type: ignore
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
     return restore
+
+
+def _video_preview(camera: str, snapshot: Path | None, size: str, fps: float,
+                   camera_format: str | None, duration: float | None) -> int:
+    """Draw the camera in the terminal, or save one frame (how a kiosk's camera gets aimed)."""
+    from callctl.media.audio import DeviceError, MediaError
+    from callctl.media.registry import open_video_source
+    from callctl.media.video import TerminalSink, VideoFormat, parse_size
+
+    try:
+        w, h = parse_size(size)
+        spec = camera if camera in ("testsrc",) or camera.startswith(("file:", "camera")) else f"camera:{camera}"
+        source = open_video_source(spec, VideoFormat(w, h, fps), camera_format=camera_format)
+    except MediaError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    except DeviceError as exc:
+        fail(str(exc), ExitCode.DEVICE_ERROR)
+    try:
+        if snapshot is not None:
+            frame = None
+            deadline = time.monotonic() + 10
+            while frame is None and time.monotonic() < deadline:
+                frame = source.latest()
+                if frame is None:
+                    time.sleep(0.05)
+            if frame is None:
+                fail(f"no frame from {camera} within 10 s", ExitCode.DEVICE_ERROR)
+            from callctl.media.video import save_image
+
+            try:
+                save_image(frame, snapshot)
+            except MediaError as exc:
+                fail(str(exc), ExitCode.USAGE)
+            except Exception as exc:  # av's errors for unwritable paths and the like
+                fail(f"cannot write {snapshot}: {exc}", ExitCode.USAGE)
+            print(f"callctl: saved a {frame.width}x{frame.height} frame to {snapshot}", file=sys.stderr)
+            return 0
+        sink = TerminalSink(max_fps=min(fps, 10))
+        sys.stdout.write("\x1b[2J")
+        start = time.monotonic()
+        try:
+            while duration is None or time.monotonic() - start < duration:
+                frame = source.latest()
+                if frame is not None:
+                    sink.write(frame)
+                time.sleep(1 / fps)
+        except KeyboardInterrupt:
+            return ExitCode.INTERRUPTED
+        finally:
+            sys.stdout.write("\x1b[0m\n")
+        return 0
+    finally:
+        source.close()

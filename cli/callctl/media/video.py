@@ -484,3 +484,22 @@ class TerminalSink(VideoSink):
         self.out.write("\x1b[H" + render_ansi(rgb))
         self.out.flush()
         self.rendered += 1
+
+
+def save_image(frame: Any, path: Path) -> None:
+    """One frame to a PNG or JPEG file, by extension (encoded with av: no imaging library)."""
+    import av
+
+    codec, pix_fmt = {".png": ("png", "rgb24"), ".jpg": ("mjpeg", "yuvj420p"),
+                      ".jpeg": ("mjpeg", "yuvj420p")}.get(path.suffix.lower(), (None, None))
+    if codec is None:
+        raise MediaError(f"cannot save {path}: use .png or .jpg")
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, pix_fmt
+        image = frame.reformat(format=pix_fmt)
+        image.pts = 0
+        for packet in stream.encode(image):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
