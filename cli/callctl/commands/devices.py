@@ -27,7 +27,9 @@ def devices(
             print("  none")
     print("Cameras:")
     for c in found["cameras"]:
-        formats = f"  [{', '.join(c['formats'])}]" if c["formats"] else ""
+        formats = "".join(
+            f"\n      {f['format']}: {' '.join(f['sizes']) or '?'}" for f in c["formats"]
+        )
         print(f"  {c['path']}  {c['name']}{formats}")
     if not found["cameras"]:
         print("  none")

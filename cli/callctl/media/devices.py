@@ -291,7 +291,8 @@ class SpeakerSink(AudioSink):
 class Camera:
     path: str
     name: str
-    formats: list[str] = field(default_factory=list)
+    #: [{"format": "MJPG", "sizes": ["1280x720", "640x480", ...]}, ...]
+    formats: list[dict[str, Any]] = field(default_factory=list)
 
 
 def cameras() -> list[Camera]:
@@ -307,26 +308,44 @@ def cameras() -> list[Camera]:
     return found
 
 
-def _v4l2_formats(dev: Path) -> list[str]:
-    """Pixel formats via VIDIOC_ENUM_FMT; empty when the node cannot be opened."""
+def _v4l2_formats(dev: Path) -> list[dict[str, Any]]:
+    """Pixel formats (VIDIOC_ENUM_FMT) and their discrete sizes (VIDIOC_ENUM_FRAMESIZES).
+
+    Empty when the node cannot be opened (busy, no permission, not a camera).
+    """
     import fcntl
     import struct
 
-    vidioc_enum_fmt = 0xC0405602  # _IOWR('V', 2, struct v4l2_fmtdesc), 64 bytes
-    formats = []
+    enum_fmt = 0xC0405602  # _IOWR('V', 2, struct v4l2_fmtdesc): 64 bytes
+    enum_framesizes = 0xC02C564A  # _IOWR('V', 74, struct v4l2_frmsizeenum): 44 bytes
+    formats: list[dict[str, Any]] = []
     try:
         fd = os.open(dev, os.O_RDWR | os.O_NONBLOCK)
     except OSError:
         return formats
     try:
         for index in range(32):
-            buf = bytearray(struct.pack("II", index, 1) + bytes(56))
+            desc = bytearray(struct.pack("II", index, 1) + bytes(56))  # type 1: video capture
             try:
-                fcntl.ioctl(fd, vidioc_enum_fmt, buf)
+                fcntl.ioctl(fd, enum_fmt, desc)
             except OSError:
                 break
-            fourcc = bytes(buf[44:48]).decode(errors="replace")
-            formats.append(fourcc)
+            pixelformat = struct.unpack_from("I", desc, 44)[0]
+            sizes = []
+            for size_index in range(64):
+                query = bytearray(struct.pack("III", size_index, pixelformat, 0) + bytes(32))
+                try:
+                    fcntl.ioctl(fd, enum_framesizes, query)
+                except OSError:
+                    break
+                kind, width, height = struct.unpack_from("III", query, 8)
+                if kind != 1:  # stepwise/continuous: report the range's maximum
+                    width = struct.unpack_from("I", query, 16)[0]  # max_width
+                    height = struct.unpack_from("I", query, 28)[0]  # max_height
+                sizes.append(f"{width}x{height}")
+                if kind != 1:
+                    break
+            formats.append({"format": bytes(desc[44:48]).decode(errors="replace"), "sizes": sizes})
     finally:
         os.close(fd)
     return formats
