@@ -34,6 +34,8 @@ log = logging.getLogger("callctl.engine")
 SIGNALING_GRACE_S = 5.0
 #: ICE + DTLS must complete within this after answer/accept.
 CONNECT_TIMEOUT_S = 15.0
+#: After the peer closes the media path, how long its signalled hangup may take to arrive.
+PEER_CLOSE_GRACE_S = 1.0
 #: How often ``media.level`` events are emitted during a call.
 LEVEL_INTERVAL_S = 0.5
 
@@ -261,6 +263,11 @@ class CallSession:
 
     def _media_lost(self, why: str) -> None:
         log.info("media lost: %s", why)
+        if self.peer is not None and self.peer.closed_by_peer:
+            # a peer that hangs up may close the media path a moment before its
+            # hangup reaches us through the server: let the hangup win
+            self._later(PEER_CLOSE_GRACE_S, m.Failed(p.EndReason.NETWORK_LOST))
+            return
         self.feed(m.Failed(p.EndReason.NETWORK_LOST))
 
     async def _create(self, action: m.CreateCall) -> None:

@@ -514,6 +514,11 @@ class AudioPeer:
         elif state in ("failed", "closed") and not self._closing:
             self.callbacks.on_lost(f"media path {state}")
 
+    @property
+    def closed_by_peer(self) -> bool:
+        """The peer closed the connection (as opposed to it failing)."""
+        return self.pc.connectionState == "closed" and not self._closing
+
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)

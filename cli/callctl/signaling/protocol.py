@@ -137,6 +137,10 @@ class HangupCall(Request):
     reason: EndReason = EndReason.HANGUP
 
 
+class CreateTicket(Request):
+    """``POST /v1/stream-tickets`` takes an empty body."""
+
+
 class SignalCall(Request):
     """An in-call message relayed verbatim to the other party."""
 
@@ -164,6 +168,13 @@ class CallInfo(msgspec.Struct, omit_defaults=True):
     #: The callee's answer SDP, once answered.
     answer_sdp: str | None = None
     ice_servers: list[IceServer] = []
+
+
+class StreamTicket(msgspec.Struct):
+    """A single-use pass for ``GET /v1/events?ticket=...`` (browsers' EventSource)."""
+
+    ticket: str
+    expires_in: float
 
 
 class Health(msgspec.Struct):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from callctl.signaling import protocol as p
@@ -159,9 +161,38 @@ async def call_action(request: Request) -> Response:
     raise HubError(404, p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
 
 
+TICKET_TTL_S = 30.0
+
+
+@endpoint
+async def stream_ticket(request: Request) -> Response:
+    """Trade the bearer token for a short-lived, single-use stream ticket.
+
+    EventSource cannot send an Authorization header, and a long-lived token
+    must not travel in a URL (it would end up in logs and histories).
+    """
+    me = _identity(request)
+    await _body(request, p.CreateTicket)
+    ticket = secrets.token_urlsafe(24)
+    identity = msgspec.json.encode([me.user, me.service, me.expires_at])
+    await _hub(request).store.put_ticket(ticket, identity, TICKET_TTL_S)
+    return JSONResponse(p.StreamTicket(ticket=ticket, expires_in=TICKET_TTL_S), status_code=201)
+
+
+async def _stream_identity(request: Request) -> Identity:
+    ticket = request.query_params.get("ticket")
+    if ticket is None or request.headers.get("authorization"):
+        return _identity(request)
+    value = await _hub(request).store.take_ticket(ticket)
+    if value is None:
+        raise HubError(401, p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
+    user, service, expires_at = msgspec.json.decode(value)
+    return Identity(user=user, service=service, expires_at=expires_at)
+
+
 @endpoint
 async def events(request: Request) -> Response:
-    me = _identity(request)
+    me = await _stream_identity(request)
     device = _device(request.query_params.get("device"))
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     stream, backlog, registered = await _hub(request).open_stream(me, device, last_id)
@@ -244,6 +275,23 @@ class EventStreamResponse(Response):
             await self.hub.close_stream(self.stream)
 
 
+# ---------------------------------------------------------------- softphone
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+#: The page loads nothing from elsewhere: it works offline on a LAN.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'none'"
+)
+
+
+async def softphone(request: Request) -> Response:
+    html = (WEB_DIR / "index.html").read_bytes()
+    return Response(html, media_type="text/html; charset=utf-8",
+                    headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache",
+                             "Referrer-Policy": "no-referrer"})
+
+
 # ---------------------------------------------------------------------- app
 
 
@@ -284,6 +332,9 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/v1/events", events, methods=["GET"]),
+            Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
+            Route("/", softphone, methods=["GET"]),
+            Mount("/web", app=StaticFiles(directory=str(WEB_DIR)), name="web"),
             Route("/v1/calls", create_call, methods=["POST"]),
             Route("/v1/calls/{call_id}", get_call, methods=["GET"]),
             Route("/v1/calls/{call_id}/{action}", call_action, methods=["POST"]),

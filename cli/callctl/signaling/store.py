@@ -234,6 +234,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def devices_online(self, user_key: str) -> set[str]: ...
 
+    # -- stream tickets (browsers: EventSource cannot send an Authorization header)
+    @abc.abstractmethod
+    async def put_ticket(self, ticket: str, value: bytes, ttl_s: float) -> None: ...
+
+    @abc.abstractmethod
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The ticket's value, once: it is gone afterwards (and after its TTL)."""
+
     # -- rate limits
     @abc.abstractmethod
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
@@ -261,6 +269,7 @@ class MemoryStore(Store):
         self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._devices: dict[str, dict[str, str]] = collections.defaultdict(dict)
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._tickets: dict[str, tuple[bytes, float]] = {}
 
     # -- calls
     async def create_call(self, call: CallRecord) -> None:
@@ -387,6 +396,16 @@ class MemoryStore(Store):
     async def devices_online(self, user_key: str) -> set[str]:
         return set(self._devices.get(user_key, ()))
 
+    # -- stream tickets
+    async def put_ticket(self, ticket: str, value: bytes, ttl_s: float) -> None:
+        self._tickets[ticket] = (value, time.monotonic() + ttl_s)
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        found = self._tickets.pop(ticket, None)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
     # -- rate limits
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
         now = time.monotonic()
@@ -412,5 +431,6 @@ class MemoryStore(Store):
         ]:
             del self._logs[key]
             del self._log_touched[key]
+        self._tickets = {k: v for k, v in self._tickets.items() if v[1] >= mono}
         # a full bucket is the same as no bucket
         self._buckets = {k: v for k, v in self._buckets.items() if mono - v[1] < 600}

@@ -1,0 +1,544 @@
+// callctl softphone: the same /v1 API as the CLI, in a page (no build step, no CDN).
+"use strict";
+
+const REASONS = {
+  hangup: "the call was hung up",
+  declined: "the call was declined",
+  busy: "busy: they are in another call",
+  no_answer: "no answer",
+  cancelled: "the caller hung up before it was answered",
+  unavailable: "not available (unknown user, or not online)",
+  answered_elsewhere: "answered on another device",
+  network_lost: "the connection was lost",
+  server_unreachable: "the server could not be reached",
+  auth_failed: "not allowed: the token was refused",
+  device_error: "a microphone or camera could not be opened",
+  max_duration: "the call reached its maximum length",
+  internal_error: "something went wrong",
+};
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const state = {
+  token: null,
+  me: null,
+  device: null,
+  iceServers: [],
+  events: null,
+  lastEventId: null,
+  online: false,
+  backoff: 250,
+  call: null,
+  lastEnd: null,       // {reason, source} of the last call, for tests and the message line
+  log: [],             // event names seen, for tests
+};
+
+// ------------------------------------------------------------------ helpers
+
+function deviceId() {
+  let id = localStorage.getItem("callctl.device");
+  if (!id) {
+    id = "web-" + Math.random().toString(36).slice(2, 10);
+    localStorage.setItem("callctl.device", id);
+  }
+  return id;
+}
+
+function say(text, error = false) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = error ? "error" : "";
+}
+
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part));
+  } catch (e) {
+    return null;
+  }
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: {
+      "Authorization": "Bearer " + state.token,
+      "X-Callctl-Device": state.device,
+      "Content-Type": "application/json",
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await res.json(); } catch (e) { /* empty */ }
+  if (!res.ok) {
+    const err = new Error((data && data.message) || ("HTTP " + res.status));
+    err.status = res.status;
+    err.code = data && data.error;
+    throw err;
+  }
+  return data;
+}
+
+// ----------------------------------------------------------- sign-in, stream
+
+async function signIn(token) {
+  token = token.trim();
+  const c = claims(token);
+  if (!c || !c.sub) {
+    say("That is not a callctl access token.", true);
+    return;
+  }
+  state.token = token;
+  state.device = deviceId();
+  try {
+    await connect();
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) {
+      localStorage.removeItem("callctl.token");
+      state.token = null;
+      say("Sign-in refused: " + e.message, true);
+      return;
+    }
+    say("Cannot reach the server; retrying…", true);
+    scheduleReconnect();
+  }
+  localStorage.setItem("callctl.token", token);
+  $("signin").hidden = true;
+  $("phone").hidden = false;
+}
+
+function signOut() {
+  if (state.call) hangup();
+  if (state.events) state.events.close();
+  state.events = null;
+  state.token = null;
+  localStorage.removeItem("callctl.token");
+  $("signin").hidden = false;
+  $("phone").hidden = true;
+  $("identity").textContent = "not signed in";
+  setOnline(false);
+}
+
+function setOnline(on) {
+  state.online = on;
+  const b = $("connection");
+  b.textContent = on ? "online" : "offline";
+  b.className = "badge " + (on ? "on" : "off");
+}
+
+// EventSource cannot send an Authorization header: trade the token for a
+// single-use ticket, and resume with the last event id we saw.
+async function connect() {
+  const { ticket } = await api("POST", "/v1/stream-tickets", {});
+  const params = new URLSearchParams({ ticket, device: state.device });
+  if (state.lastEventId) params.set("last_event_id", state.lastEventId);
+  const es = new EventSource("/v1/events?" + params.toString());
+  state.events = es;
+  const on = (name, handler) => es.addEventListener(name, (e) => {
+    if (e.lastEventId) state.lastEventId = e.lastEventId;
+    state.log.push(name);
+    handler(JSON.parse(e.data));
+  });
+  on("registered", (ev) => {
+    state.me = ev;
+    state.iceServers = (ev.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+    if (!state.lastEventId && ev.cursor) state.lastEventId = ev.cursor;
+    state.backoff = 250;
+    $("identity").textContent = ev.user + (ev.service !== "default" ? " @ " + ev.service : "");
+    setOnline(true);
+    if (!state.call) say("");
+  });
+  on("call.incoming", onIncoming);
+  on("call.ringing", (ev) => forCall(ev, (c) => setCallState(c, "ringing")));
+  on("call.answered", (ev) => forCall(ev, onAnswered));
+  on("call.ended", (ev) => forCall(ev, (c) => endCall(c, ev.reason, ev.by === "server" ? "server" : "remote")));
+  on("call.signal", (ev) => forCall(ev, (c) => onSignal(c, ev)));
+  on("stream.closing", (ev) => {
+    if (ev.reason === "token_expired") {
+      es.close();
+      say("Your token expired: sign in again.", true);
+      signOut();
+    }
+  });
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED || es !== state.events) return reconnect(es);
+    // the browser retries by itself with the same (used) ticket: take over
+    reconnect(es);
+  };
+}
+
+function reconnect(es) {
+  es.close();
+  if (state.events !== es || !state.token) return;
+  state.events = null;
+  setOnline(false);
+  scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  const delay = state.backoff;
+  state.backoff = Math.min(5000, state.backoff * 2);
+  setTimeout(async () => {
+    if (!state.token || state.events) return;
+    try {
+      await connect();
+    } catch (e) {
+      if (e.status === 401) {
+        say("Sign-in refused: " + e.message, true);
+        signOut();
+        return;
+      }
+      scheduleReconnect();
+    }
+  }, delay);
+}
+
+function forCall(ev, fn) {
+  if (state.call && state.call.id === ev.call_id) fn(state.call);
+}
+
+// --------------------------------------------------------------------- media
+
+function newPeerConnection(call) {
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  pc.ontrack = (e) => {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    if (e.track.kind === "audio") {
+      $("remote-audio").srcObject = stream;
+      meter(stream, "peer-level", call);
+      call.remoteAudio = stream;
+    } else {
+      const v = $("remote-video");
+      v.srcObject = new MediaStream([e.track]);
+    }
+  };
+  pc.onconnectionstatechange = () => {
+    const s = pc.connectionState;
+    if (s === "connected") {
+      call.mediaUp = true;
+      maybeConnected(call);
+    } else if (s === "failed") {
+      endCall(call, "network_lost", "local", true);
+    } else if (s === "disconnected") {
+      // a peer that vanished: give ICE 5 s to come back
+      setTimeout(() => { if (pc.connectionState === "disconnected") endCall(call, "network_lost", "local", true); }, 5000);
+    }
+  };
+  return pc;
+}
+
+async function localMedia(video) {
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true, video: video ? { width: 640, height: 480 } : false });
+  } catch (e) {
+    throw Object.assign(new Error("microphone/camera: " + e.message), { reason: "device_error" });
+  }
+}
+
+// non-trickle ICE: the server relays whole SDPs, so gather first
+async function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return;
+  await Promise.race([
+    new Promise((resolve) => pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    })),
+    sleep(3000),
+  ]);
+}
+
+function meter(stream, id, call) {
+  try {
+    const ctx = call.audioContext || (call.audioContext = new AudioContext());
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 8192;
+    ctx.createMediaStreamSource(stream).connect(analyser);
+    if (id === "peer-level") call.remoteAnalyser = analyser;
+    const buf = new Float32Array(analyser.fftSize);
+    const tick = () => {
+      if (state.call !== call) return;
+      analyser.getFloatTimeDomainData(buf);
+      let peak = 0;
+      for (const v of buf) peak = Math.max(peak, Math.abs(v));
+      $(id).value = peak;
+      requestAnimationFrame(tick);
+    };
+    tick();
+  } catch (e) { /* meters are a nicety */ }
+}
+
+// the dominant frequency of what we hear from the peer (used by the tests)
+function remoteDominantHz() {
+  const call = state.call;
+  if (!call || !call.remoteAnalyser) return null;
+  const a = call.remoteAnalyser;
+  const bins = new Float32Array(a.frequencyBinCount);
+  a.getFloatFrequencyData(bins);
+  let best = 0;
+  for (let i = 1; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+  return best * a.context.sampleRate / a.fftSize;
+}
+
+// ---------------------------------------------------------------------- calls
+
+function newCall(fields) {
+  return Object.assign({
+    id: null, peer: null, role: null, media: "audio", pc: null, local: null,
+    state: "idle", answered: false, mediaUp: false, connectedAt: null,
+    muted: false, videoSending: false, prepared: null, peerFlags: {},
+  }, fields);
+}
+
+function setCallState(call, s) {
+  call.state = s;
+  $("call-state").textContent = s;
+}
+
+function showCall(call) {
+  $("ringing").hidden = true;
+  $("incall").hidden = false;
+  $("call-peer").textContent = call.peer;
+  $("local-video").srcObject = call.local;
+  updateButtons(call);
+}
+
+function updateButtons(call) {
+  $("mute").textContent = call.muted ? "Unmute" : "Mute";
+  const hasVideo = call.local && call.local.getVideoTracks().length > 0;
+  $("video-toggle").textContent = !hasVideo ? "Start video" : call.videoSending ? "Pause video" : "Resume video";
+}
+
+async function placeCall(peer, video) {
+  if (state.call) return;
+  const call = newCall({ peer, role: "caller", media: video ? "video" : "audio" });
+  state.call = call;
+  showCall(call);
+  setCallState(call, "calling");
+  say("Calling " + peer + "…");
+  try {
+    call.local = await localMedia(video);
+    showCall(call);
+    const pc = call.pc = newPeerConnection(call);
+    pc.addTransceiver(call.local.getAudioTracks()[0], { direction: "sendrecv", streams: [call.local] });
+    // video is negotiated in every call (as callctl does): pause, resume and
+    // "video on" are then a track swap, with no renegotiation
+    const vt = call.local.getVideoTracks()[0];
+    call.videoTransceiver = vt
+      ? pc.addTransceiver(vt, { direction: "sendrecv", streams: [call.local] })
+      : pc.addTransceiver("video", { direction: "sendrecv" });
+    call.videoSending = !!vt;
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const info = await api("POST", "/v1/calls", { to: peer, media: call.media, sdp: pc.localDescription.sdp });
+    call.id = info.call_id;
+    if (info.state === "ended") endCall(call, info.reason, "server");
+  } catch (e) {
+    endCall(call, e.reason || (e.status === 401 ? "auth_failed" : "internal_error"), "local", false, e.message);
+  }
+}
+
+async function onAnswered(call, ev) {
+  call.answered = true;
+  setCallState(call, "connecting");
+  if (call.prepared !== ev.sdp) {
+    try {
+      await call.pc.setRemoteDescription({ type: "answer", sdp: ev.sdp });
+    } catch (e) {
+      return endCall(call, "internal_error", "local", true, e.message);
+    }
+  }
+  maybeConnected(call);
+}
+
+function onIncoming(ev) {
+  if (state.call) {  // one call at a time: the caller hears busy
+    api("POST", `/v1/calls/${ev.call_id}/decline`, { busy: true }).catch(() => {});
+    return;
+  }
+  if (ev.ring_expires_at * 1000 < Date.now()) return;
+  const call = newCall({ id: ev.call_id, peer: ev.caller, role: "callee", media: ev.media, offer: ev.sdp });
+  state.call = call;
+  setCallState(call, "ringing");
+  $("ring-from").textContent = ev.caller;
+  $("ring-media").textContent = ev.media;
+  $("ringing").hidden = false;
+  say("Incoming " + ev.media + " call from " + ev.caller);
+}
+
+async function accept() {
+  const call = state.call;
+  if (!call || call.role !== "callee" || call.state !== "ringing") return;
+  setCallState(call, "connecting");
+  showCall(call);
+  try {
+    call.local = await localMedia(call.media === "video");
+    showCall(call);
+    const pc = call.pc = newPeerConnection(call);
+    await pc.setRemoteDescription({ type: "offer", sdp: call.offer });
+    for (const t of pc.getTransceivers()) {
+      t.direction = "sendrecv";
+      const kind = t.receiver.track.kind;
+      const track = kind === "audio" ? call.local.getAudioTracks()[0] : call.local.getVideoTracks()[0];
+      if (track) {
+        await t.sender.replaceTrack(track);
+        t.sender.setStreams && t.sender.setStreams(call.local);
+      }
+      if (kind === "video") call.videoTransceiver = t;
+    }
+    call.videoSending = call.local.getVideoTracks().length > 0;
+    await pc.setLocalDescription(await pc.createAnswer());
+    await gathered(pc);
+    await api("POST", `/v1/calls/${call.id}/answer`, { sdp: pc.localDescription.sdp });
+    call.answered = true;
+    maybeConnected(call);
+  } catch (e) {
+    if (e.code === "already_answered") return endCall(call, "answered_elsewhere", "remote");
+    if (e.code === "call_ended") return endCall(call, "cancelled", "remote");
+    endCall(call, e.reason || "internal_error", "local", true, e.message);
+  }
+}
+
+async function decline() {
+  const call = state.call;
+  if (!call || call.state !== "ringing" || call.role !== "callee") return;
+  api("POST", `/v1/calls/${call.id}/decline`, {}).catch(() => {});
+  endCall(call, "declined", "local");
+}
+
+function maybeConnected(call) {
+  if (call.answered && call.mediaUp && !call.connectedAt) {
+    call.connectedAt = Date.now();
+    setCallState(call, "connected");
+    say("Connected to " + call.peer);
+    const tick = () => {
+      if (state.call !== call) return;
+      const s = Math.floor((Date.now() - call.connectedAt) / 1000);
+      $("timer").textContent = String(Math.floor(s / 60)).padStart(2, "0") + ":" + String(s % 60).padStart(2, "0");
+      setTimeout(tick, 500);
+    };
+    tick();
+    if (call.local) meter(call.local, "mic-level", call);
+  }
+}
+
+function onSignal(call, ev) {
+  if (ev.kind === "prepare" && call.role === "caller" && !call.answered && !call.prepared) {
+    // a callctl callee prepares while ringing: start ICE/DTLS right away
+    call.prepared = ev.data.sdp;
+    call.pc.setRemoteDescription({ type: "answer", sdp: ev.data.sdp }).catch(() => { call.prepared = null; });
+  } else if (ev.kind === "mute" || ev.kind === "unmute") {
+    call.peerFlags.muted = ev.kind === "mute";
+  } else if (ev.kind === "video") {
+    call.peerFlags.video = ev.data.state;
+  }
+  const f = [];
+  if (call.peerFlags.muted) f.push(call.peer + " muted");
+  if (call.peerFlags.video) f.push(call.peer + "'s video " + call.peerFlags.video);
+  $("peer-flags").textContent = f.join(" · ");
+}
+
+function signal(kind, data) {
+  const call = state.call;
+  if (call && call.id) api("POST", `/v1/calls/${call.id}/signal`, { kind, data }).catch(() => {});
+}
+
+function toggleMute() {
+  const call = state.call;
+  if (!call || !call.local) return;
+  call.muted = !call.muted;
+  call.local.getAudioTracks().forEach((t) => { t.enabled = !call.muted; });
+  signal(call.muted ? "mute" : "unmute", { audio: true });
+  updateButtons(call);
+}
+
+async function toggleVideo() {
+  const call = state.call;
+  if (!call || !call.pc || !call.videoTransceiver) return;
+  let track = call.local.getVideoTracks()[0];
+  if (!track) {  // an audio call: turn video on
+    try {
+      const cam = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+      track = cam.getVideoTracks()[0];
+      call.local.addTrack(track);
+      $("local-video").srcObject = call.local;
+    } catch (e) {
+      return say("Camera: " + e.message, true);
+    }
+    await call.videoTransceiver.sender.replaceTrack(track);
+    call.videoSending = true;
+    signal("video", { state: "enabled" });
+  } else if (call.videoSending) {
+    await call.videoTransceiver.sender.replaceTrack(null);
+    call.videoSending = false;
+    signal("video", { state: "paused" });
+  } else {
+    await call.videoTransceiver.sender.replaceTrack(track);
+    call.videoSending = true;
+    signal("video", { state: "resumed" });
+  }
+  updateButtons(call);
+}
+
+async function hangup() {
+  const call = state.call;
+  if (!call) return;
+  // tell the server before closing the media path, so the peer hears "hangup"
+  // rather than seeing the connection drop first
+  if (call.id) await Promise.race([api("POST", `/v1/calls/${call.id}/hangup`, {}).catch(() => {}), sleep(2000)]);
+  const reason = call.connectedAt ? "hangup" : call.role === "caller" ? "cancelled" : "declined";
+  endCall(call, reason, "local");
+}
+
+function endCall(call, reason, source, tellServer = false, detail = "") {
+  if (state.call !== call || call.state === "ended") return;
+  setCallState(call, "ended");
+  if (tellServer && call.id) {
+    const r = ["network_lost", "device_error", "internal_error"].includes(reason) ? reason : "hangup";
+    api("POST", `/v1/calls/${call.id}/hangup`, { reason: r }).catch(() => {});
+  }
+  if (call.pc) call.pc.close();
+  if (call.local) call.local.getTracks().forEach((t) => t.stop());
+  if (call.audioContext) call.audioContext.close().catch(() => {});
+  state.lastEnd = { reason, source, call_id: call.id };
+  state.call = null;
+  $("incall").hidden = true;
+  $("ringing").hidden = true;
+  $("remote-video").srcObject = null;
+  $("remote-audio").srcObject = null;
+  const who = source === "local" ? "" : source === "remote" ? " (by " + call.peer + ")" : " (by the server)";
+  say("Call ended: " + (REASONS[reason] || reason) + who + (detail ? " — " + detail : ""), reason === "auth_failed" || reason === "internal_error" || reason === "device_error");
+}
+
+// ----------------------------------------------------------------------- UI
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("signin-button").addEventListener("click", () => signIn($("token").value));
+  $("signout").addEventListener("click", signOut);
+  $("dial").addEventListener("submit", (e) => {
+    e.preventDefault();
+    placeCall($("peer").value.trim(), $("with-video").checked);
+  });
+  $("accept").addEventListener("click", accept);
+  $("decline").addEventListener("click", decline);
+  $("hangup").addEventListener("click", hangup);
+  $("mute").addEventListener("click", toggleMute);
+  $("video-toggle").addEventListener("click", toggleVideo);
+  const saved = localStorage.getItem("callctl.token");
+  if (saved) signIn(saved);
+});
+
+// what the tests (and curious people in the console) can read
+window.callctl = {
+  state,
+  remoteDominantHz,
+  async stats() {
+    const call = state.call;
+    if (!call || !call.pc) return null;
+    const out = {};
+    (await call.pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp") out["in_" + s.kind] = { packets: s.packetsReceived, frames: s.framesDecoded, width: s.frameWidth, height: s.frameHeight, energy: s.totalAudioEnergy };
+      if (s.type === "outbound-rtp") out["out_" + s.kind] = { packets: s.packetsSent, frames: s.framesEncoded };
+    });
+    return out;
+  },
+};
