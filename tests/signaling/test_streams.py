@@ -128,3 +128,31 @@ async def test_health(server: ServerProcess, events: list[Events]) -> None:
     async with server.client("x") as c:
         health = await c.health()
     assert health.status == "ok" and health.streams == 1
+
+
+async def test_a_stream_ticket_opens_one_stream_once(server: ServerProcess) -> None:
+    token = server.token("webuser")
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        refused = await http.post("/v1/stream-tickets")
+        assert refused.status_code == 401
+        made = await http.post("/v1/stream-tickets", headers={"Authorization": f"Bearer {token}"})
+        assert made.status_code == 201 and made.json()["expires_in"] == 30.0
+        ticket = made.json()["ticket"]
+        assert len(ticket) >= 24
+        async with http.stream("GET", f"/v1/events?ticket={ticket}&device=web-1") as resp:
+            assert resp.status_code == 200
+            text = ""
+            async for chunk in resp.aiter_text():
+                text += chunk
+                if "registered" in text and text.endswith("\n\n"):
+                    break
+        assert '"user":"webuser"' in text and '"device":"web-1"' in text
+        again = await http.get(f"/v1/events?ticket={ticket}")
+        assert (again.status_code, again.json()["error"]) == (401, "unauthorized")
+        forged = await http.get("/v1/events?ticket=not-a-ticket")
+        assert forged.status_code == 401
+        page = await http.get("/")
+        assert page.status_code == 200 and "callctl softphone" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        script = await http.get("/web/app.js")
+        assert script.status_code == 200 and "stream-tickets" in script.text
