@@ -42,7 +42,10 @@ parsed; what we compare with:
   (VmRSS at the end of the call window).
 
 The runs are interleaved (baresip, callctl auto, callctl accept; repeat) so
-that drifting background load hits both sides alike.
+that drifting background load hits both sides alike.  Before them, one
+unmeasured ring-and-accept call fills the children's bytecode cache
+(PYTHONPYCACHEPREFIX in the temp dir; PYTHONDONTWRITEBYTECODE is dropped), as
+an installed package has it.
 
 Children run in their own process groups and are killed on exit, error,
 timeout or Ctrl-C.  Exit status: 0 every target met, 1 a target missed, 2 the
@@ -421,6 +424,8 @@ class Callctl:
                 "start_to_registered_ms": (ev["registered"]["ts"] - caller.t_spawn) * 1e3,
                 "dial_to_media_ms": (flowing["ts"] - ev["call.outgoing"]["ts"]) * 1e3,
                 "setup_ms": float(con["setup_ms"]),
+                "dial_to_answer_ms": (ev["call.connecting"]["ts"] - ev["call.outgoing"]["ts"]) * 1e3,
+                "answer_to_connected_ms": (con["ts"] - ev["call.connecting"]["ts"]) * 1e3,
                 "connected_to_media_ms": (flowing["ts"] - con["ts"]) * 1e3,
                 "cpu_pct_caller": 100 * (c1[0] - window["c0"][0]) / span,
                 "cpu_pct_callee": 100 * (c1[1] - window["c0"][1]) / span,
@@ -438,7 +443,7 @@ class Callctl:
 
     def run_accept(self, i: int) -> dict[str, float]:
         """Listener rings; `callctl accept` after RING_S s; accept -> first audio at the caller."""
-        rundir = self.tmp / f"run{i}-accept"
+        rundir = self.tmp / (f"run{i}-accept" if i >= 0 else "warm-up")
         env = self.env(rundir)
         callee = self.listen(rundir, env, auto=False)
         caller = None
@@ -460,12 +465,14 @@ class Callctl:
             flowing = caller.wait_event("media.flowing", 10)
             c_con = caller.wait_event("call.connected", 10)
             e_flow = callee.wait_event("media.flowing", 10)
+            e_con = callee.wait_event("call.connected", 10)
             caller.wait_event("call.ended", 20)
             caller.wait_exit(10)
             return {
                 "accept_to_media_ms": (flowing["ts"] - connecting["ts"]) * 1e3,
                 "accept_to_callee_media_ms": (e_flow["ts"] - connecting["ts"]) * 1e3,
                 "accept_to_caller_connected_ms": (c_con["ts"] - connecting["ts"]) * 1e3,
+                "accept_to_callee_connected_ms": (e_con["ts"] - connecting["ts"]) * 1e3,
                 "accept_cmd_ms": (connecting["ts"] - acc.t_spawn) * 1e3,
             }
         finally:
@@ -584,12 +591,18 @@ def build_rows(auto: list[dict], acc: list[dict], bare: list[dict]) -> list[dict
         "first_rtp_ms_A", "ms", info=True)
     row("setup", "2. dial -> connected (ICE+DTLS), ms", auto, "setup_ms", "dtls_ms_A", "ms",
         f"<= {TARGET_SETUP_MS:g} ms", abs_le(TARGET_SETUP_MS))
+    row("dial_to_answer", "   dial -> answer at caller (signaling), ms", auto, "dial_to_answer_ms",
+        None, "ms", info=True)
+    row("answer_to_connected", "   answer -> connected (rest of ICE+DTLS), ms", auto,
+        "answer_to_connected_ms", None, "ms", info=True)
     row("connected_to_media", "   connected -> first remote audio, ms", auto, "connected_to_media_ms",
         None, "ms", info=True)
     row("accept_to_media", "3. accept -> first audio at caller, ms", acc, "accept_to_media_ms", None,
         "ms", f"<= {TARGET_ACCEPT_MS:g} ms", abs_le(TARGET_ACCEPT_MS))
     row("accept_to_caller_connected", "   accept -> caller connected, ms", acc,
         "accept_to_caller_connected_ms", None, "ms", info=True)
+    row("accept_to_callee_connected", "   accept -> callee connected (answer POST), ms", acc,
+        "accept_to_callee_connected_ms", None, "ms", info=True)
     row("accept_to_callee_media", "   accept -> first audio at callee, ms", acc,
         "accept_to_callee_media_ms", None, "ms", info=True)
     row("accept_cmd", "   `callctl accept` spawn -> accepted, ms", acc, "accept_cmd_ms", None, "ms",
@@ -652,9 +665,11 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
     }
     with contextlib.suppress(Exception):
-        info["revision"] = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "cli"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        info["revision"] = rev + (" (cli/ modified)" if changed else "")
     with contextlib.suppress(Exception):
         out = subprocess.run(
             [str(REPO / ".venv" / "bin" / "python"), "-c",
@@ -730,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
         log("warming the bytecode cache")
         cc.warm_up()
         cc.start_server()
+        log("warm-up call (not measured): fills the bytecode cache for every module a call, "
+            "a listener and `callctl accept` import")
+        cc.run_accept(-1)
         bs = None if args.no_baresip else Baresip(tmp, args)
         auto: list[dict] = []
         acc: list[dict] = []
@@ -794,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     except BenchError as exc:
         log(f"error: {exc}")
+        if cc is not None and cc.server is not None and cc.server.p.poll() is not None:
+            log(f"the callctl server had exited with status {cc.server.p.returncode}"
+                f"{cc.server.stderr_tail()}")
         code = 2
     finally:
         signal.alarm(0)

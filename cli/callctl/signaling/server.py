@@ -334,6 +334,7 @@ def create_app(
             Route("/v1/events", events, methods=["GET"]),
             Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
             Route("/", softphone, methods=["GET"]),
+            Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
             Mount("/web", app=StaticFiles(directory=str(WEB_DIR)), name="web"),
             Route("/v1/calls", create_call, methods=["POST"]),
             Route("/v1/calls/{call_id}", get_call, methods=["GET"]),

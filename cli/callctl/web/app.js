@@ -150,7 +150,7 @@ async function connect() {
     if (!state.call) say("");
   });
   on("call.incoming", onIncoming);
-  on("call.ringing", (ev) => forCall(ev, (c) => setCallState(c, "ringing")));
+  on("call.ringing", (ev) => forCall(ev, (c) => { if (c.state === "calling") setCallState(c, "ringing"); }));
   on("call.answered", (ev) => forCall(ev, onAnswered));
   on("call.ended", (ev) => forCall(ev, (c) => endCall(c, ev.reason, ev.by === "server" ? "server" : "remote")));
   on("call.signal", (ev) => forCall(ev, (c) => onSignal(c, ev)));
@@ -338,6 +338,7 @@ async function placeCall(peer, video) {
 }
 
 async function onAnswered(call, ev) {
+  if (call.answered) return;  // a replayed event after a reconnect: already handled
   call.answered = true;
   setCallState(call, "connecting");
   if (call.prepared !== ev.sdp) {
