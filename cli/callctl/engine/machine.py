@@ -312,12 +312,14 @@ def _ring(c: Call, e: Ring, now: float) -> list[Action]:  # type: ignore[misc]
 def _accept(c: Call, e: Accept, now: float) -> list[Action]:  # type: ignore[misc]
     c.state = State.CONNECTING
     c.started_at = now  # the callee's set-up time runs from accept
-    return [SendAnswer(), Notify("call.connecting", c._ids())]
+    # media starts with the accept, not after the server confirms the answer:
+    # the caller plays nothing until it is answered, so nothing leaks early
+    return [SendAnswer(), StartMedia(), Notify("call.connecting", c._ids())]
 
 
 def _answer_sent(c: Call, e: AnswerSent, now: float) -> list[Action]:  # type: ignore[misc]
     c.accepted = True
-    return [StartMedia(), *c._connect_if_ready(now)]
+    return c._connect_if_ready(now)
 
 
 def _decline(c: Call, e: Decline, now: float) -> list[Action]:  # type: ignore[misc]

@@ -194,8 +194,14 @@ class Meter:
         return peak
 
 
-def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], bool]):  # type: ignore[no-untyped-def]
-    """An aiortc audio track pulling 20 ms frames from ``source``, paced by the clock."""
+def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], bool],  # type: ignore[no-untyped-def]
+                      gate: asyncio.Event | None = None):
+    """An aiortc audio track pulling 20 ms frames from ``source``, paced by the clock.
+
+    With a ``gate``, the first ``recv()`` waits until the gate opens: the track
+    can be attached when the offer/answer is made, and the first frame leaves
+    the moment the call starts (aiortc polls a track-less sender only every 20 ms).
+    """
     import av
     from aiortc.mediastreams import MediaStreamError
 
@@ -213,6 +219,8 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
         async def recv(self):  # type: ignore[no-untyped-def]
             if self.readyState != "live":
                 raise MediaStreamError
+            if gate is not None and not gate.is_set():
+                await gate.wait()
             now = time.monotonic()
             if self._start is None:
                 self._start = now
@@ -331,6 +339,7 @@ class AudioPeer:
         self.sent = Meter()
         self.received = Meter()
         self.playout = PlayoutBuffer()
+        self._started = asyncio.Event()
         self.muted = False
         self.playing = False
         self.first_remote_frame_at: float | None = None
@@ -351,8 +360,12 @@ class AudioPeer:
         self.pc.on("track", self._on_track)
 
     # ------------------------------------------------------------ negotiation
+    def _audio_track(self):  # type: ignore[no-untyped-def]
+        """Our source as a track, held behind the start gate until ``start()``."""
+        return make_source_track(self.source, self.sent, lambda: self.muted, self._started)
+
     async def create_offer(self) -> str:
-        self.pc.addTransceiver("audio", direction="sendrecv")
+        self.pc.addTransceiver(self._audio_track(), direction="sendrecv")
         # video is negotiated in every call, held until used: pause, resume and
         # "video on" in an audio call are then a track swap, with no renegotiation
         self.pc.addTransceiver("video", direction="sendrecv")
@@ -381,6 +394,8 @@ class AudioPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
             transceiver.direction = "sendrecv"
+            if transceiver.kind == "audio":
+                transceiver.sender.replaceTrack(self._audio_track())
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp  # type: ignore[no-any-return]
 
@@ -391,10 +406,7 @@ class AudioPeer:
             return
         self.playing = True
         self._last_rx = time.monotonic()
-        track = make_source_track(self.source, self.sent, lambda: self.muted)
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.sender.replaceTrack(track)
+        self._started.set()  # the audio track, attached at offer/answer, starts sending
         if self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
         self._spawn(self._watch_rtp())
