@@ -18,11 +18,19 @@ import asyncio
 import collections
 import random
 import ssl
+import sys
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
+# httpx imports its own command-line client (click, rich, pygments: ~85 ms and
+# ~8 MiB at every start) whenever click is installed; callctl never uses it.
+# An empty module in its place makes httpx fall back to its no-CLI stub.
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
+
+import httpx  # noqa: E402
 import msgspec
 from httpx_sse import SSEError, aconnect_sse
 
