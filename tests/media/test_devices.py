@@ -128,3 +128,50 @@ def test_preview_without_a_microphone_is_a_device_error(tmp_path: Path) -> None:
     (home / ".asoundrc").write_text("")
     out = callctl(home, "preview", "--audio", "--mic", "usb")
     assert out.returncode == 12 and "no microphone" in out.stderr
+
+
+DEVICE_LOSS_SCRIPT = r"""
+import asyncio, sys, time
+sys.path.insert(0, sys.argv[1])
+from callctl.media.audio import NullSink, ToneSource
+from callctl.media.devices import MicSource
+from callctl.media.rtc import AudioPeer, MediaCallbacks
+
+async def main():
+    events = []
+    up = [asyncio.Event(), asyncio.Event()]
+    mic = MicSource("kiosk_mic")
+    far = NullSink()
+    a = AudioPeer([], mic, [NullSink()], MediaCallbacks(
+        on_up=up[0].set, on_lost=lambda why: None, on_device=lambda e, f: events.append((e, f))))
+    b = AudioPeer([], ToneSource(440), [far], MediaCallbacks(on_up=up[1].set, on_lost=lambda why: None))
+    await a.apply_answer(await b.create_answer(await a.create_offer()))
+    await asyncio.wait_for(asyncio.gather(up[0].wait(), up[1].wait()), 10)
+    a.start(); b.start()
+    await asyncio.sleep(1.0)
+    mic._stream.stop_stream()          # the device stops delivering, as when unplugged
+    lost_at = time.monotonic()
+    while not any(e == "device.lost" for e, _ in events):
+        assert time.monotonic() - lost_at < 5, events
+        await asyncio.sleep(0.1)
+    frames_while_lost = far.frames
+    while not any(e == "device.restored" for e, _ in events):
+        assert time.monotonic() - lost_at < 10, events
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert far.frames > frames_while_lost + 20          # the call went on all along
+    assert mic.counters.callbacks > 0 and not mic.stalled()
+    assert a.received.frames > 100
+    await a.close(); await b.close()
+    print("EVENTS", [(e, f["kind"], f["device"]) for e, f in events])
+
+asyncio.run(main())
+"""
+
+
+def test_an_unplugged_microphone_goes_silent_is_reported_and_reopened(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    out = subprocess.run([sys.executable, "-c", DEVICE_LOSS_SCRIPT, str(Path(__file__).parents[2] / "cli")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "EVENTS [('device.lost', 'mic', 'Kiosk_Mic'), ('device.restored', 'mic', 'Kiosk_Mic')]" in out.stdout

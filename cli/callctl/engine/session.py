@@ -250,6 +250,9 @@ class CallSession:
             sinks,
             video=video,
             callbacks=MediaCallbacks(
+                on_device=lambda event, fields: self.phone.emit(
+                    event, {"call_id": self.call.call_id, **fields}
+                ),
                 on_first_video=lambda w, h: self.phone.emit(
                     "video.flowing", {"call_id": self.call.call_id, "width": w, "height": h}
                 ),

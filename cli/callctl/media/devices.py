@@ -179,33 +179,72 @@ class _Pacer:
             time.sleep(ahead)
 
 
-class MicSource(AudioSource):
-    """A microphone: PortAudio pushes, the call pulls 20 ms frames."""
+class _DeviceStream:
+    """What microphones and speakers share: opening, stall detection, reopening."""
+
+    kind = "input"
+    noun = "microphone"
+    #: A device whose callbacks stop for this long is taken as lost (unplugged).
+    STALL_S = 1.0
 
     def __init__(self, name: str | None) -> None:
+        self._wanted = name
+        self.counters = DeviceCounters()
+        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
+        self._stream: Any = None
+        self._open()
+
+    def _open(self) -> None:
         import pyaudio
 
         pa = portaudio()
-        self.device = pick(name, "input")
-        self.name = f"mic:{self.device.name}"
-        self.rate, self.channels = _stream_format(pa, self.device, "input")
-        self.counters = DeviceCounters()
-        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
+        self.device = pick(self._wanted, self.kind)
+        self.name = f"{'mic' if self.kind == 'input' else 'speaker'}:{self.device.name}"
+        self.rate, self.channels = _stream_format(pa, self.device, self.kind)
         self._pacer = _Pacer()
-        block = self.rate // 50
+        self.last_callback = time.monotonic()
+        index_key = "input_device_index" if self.kind == "input" else "output_device_index"
         with quiet_stderr():
             try:
                 self._stream = pa.open(
-                    rate=self.rate, channels=self.channels, format=pyaudio.paInt16, input=True,
-                    input_device_index=self.device.index, frames_per_buffer=block,
-                    stream_callback=self._callback,
+                    rate=self.rate, channels=self.channels, format=pyaudio.paInt16,
+                    frames_per_buffer=self.rate // 50, stream_callback=self._callback,
+                    **{self.kind: True, index_key: self.device.index},
                 )
             except OSError as exc:
-                raise DeviceError(f"cannot open microphone {self.device.name!r}: {exc}") from None
+                raise DeviceError(f"cannot open {self.noun} {self.device.name!r}: {exc}") from None
+
+    def stalled(self) -> bool:
+        """No callback for STALL_S: the device stopped delivering (unplugged?)."""
+        return time.monotonic() - self.last_callback > self.STALL_S
+
+    def reopen(self) -> None:
+        """Close the stalled stream and open the device again (DeviceError if still gone)."""
+        self._close_stream()
+        self._frames.clear()
+        self._open()
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception), quiet_stderr():
+                stream.stop_stream()
+                stream.close()
+
+    def close(self) -> None:
+        self._close_stream()
+
+    def _callback(self, data: Any, frames: int, info: Any, status: int) -> Any:
+        raise NotImplementedError
+
+
+class MicSource(_DeviceStream, AudioSource):
+    """A microphone: PortAudio pushes, the call pulls 20 ms frames."""
 
     def _callback(self, data: bytes, frames: int, info: Any, status: int) -> tuple[None, int]:
         import pyaudio
 
+        self.last_callback = time.monotonic()
         self.counters.callbacks += 1
         if status & pyaudio.paInputOverflow:
             self.counters.overflows += 1
@@ -226,36 +265,16 @@ class MicSource(AudioSource):
             self.counters.underflows += 1
             return SILENCE
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception), quiet_stderr():
-            self._stream.stop_stream()
-            self._stream.close()
 
-
-class SpeakerSink(AudioSink):
+class SpeakerSink(_DeviceStream, AudioSink):
     """A speaker: the call pushes 20 ms frames, PortAudio pulls them."""
 
-    def __init__(self, name: str | None) -> None:
-        import pyaudio
+    kind = "output"
+    noun = "speaker"
 
-        pa = portaudio()
-        self.device = pick(name, "output")
-        self.name = f"speaker:{self.device.name}"
-        self.rate, self.channels = _stream_format(pa, self.device, "output")
-        self.counters = DeviceCounters()
+    def __init__(self, name: str | None) -> None:
         self.frames = 0
-        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
-        self._pacer = _Pacer()
-        self._block = self.rate // 50
-        with quiet_stderr():
-            try:
-                self._stream = pa.open(
-                    rate=self.rate, channels=self.channels, format=pyaudio.paInt16, output=True,
-                    output_device_index=self.device.index, frames_per_buffer=self._block,
-                    stream_callback=self._callback,
-                )
-            except OSError as exc:
-                raise DeviceError(f"cannot open speaker {self.device.name!r}: {exc}") from None
+        super().__init__(name)
 
     def write(self, pcm: np.ndarray) -> None:
         if len(self._frames) == self._frames.maxlen:
@@ -266,6 +285,7 @@ class SpeakerSink(AudioSink):
     def _callback(self, data: None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
         import pyaudio
 
+        self.last_callback = time.monotonic()
         self.counters.callbacks += 1
         try:
             pcm = self._frames.popleft()
@@ -277,11 +297,6 @@ class SpeakerSink(AudioSink):
             pcm = np.repeat(pcm, 2)
         self._pacer.wait(frames, self.rate)
         return pcm.tobytes(), pyaudio.paContinue
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception), quiet_stderr():
-            self._stream.stop_stream()
-            self._stream.close()
 
 
 # ------------------------------------------------------------------- cameras

@@ -302,6 +302,8 @@ class MediaCallbacks:
     on_lost: Callable[[str], None]
     on_first_frame: Callable[[], None] = lambda: None
     on_first_video: Callable[[int, int], None] = lambda w, h: None
+    #: ("device.lost" | "device.restored", {"device": name, "kind": "mic"|"speaker"})
+    on_device: Callable[[str, dict[str, str]], None] = lambda event, fields: None
 
 
 @dataclass
@@ -410,6 +412,7 @@ class AudioPeer:
         if self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
         self._spawn(self._watch_rtp())
+        self._spawn(self._watch_devices())
         if not STOCK_AUDIO:
             self._spawn(self._playout_clock())
 
@@ -515,6 +518,39 @@ class AudioPeer:
             if self._up and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S:
                 self.callbacks.on_lost(f"no media from the peer for {MEDIA_SILENCE_TIMEOUT_S:g} s")
                 return
+
+    async def _watch_devices(self) -> None:
+        """A microphone or speaker that stops (unplugged) does not end the call.
+
+        It goes silent, ``device.lost`` is reported, and it is reopened every
+        2 s until that works (``device.restored``).
+        """
+        devices = [d for d in (self.source, *self.sinks) if hasattr(d, "stalled")]
+        if not devices:
+            return
+        lost: dict[Any, float] = {}
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for device in devices:
+                fields = {"device": device.device.name,
+                          "kind": "mic" if device is self.source else "speaker"}
+                if device not in lost:
+                    if device.stalled():
+                        lost[device] = 0.0
+                        log.warning("%s stopped delivering: lost", device.name)
+                        self.callbacks.on_device("device.lost", fields)
+                    continue
+                if now - lost[device] < 2.0:
+                    continue
+                lost[device] = now
+                try:  # opening a device blocks: not on the event loop
+                    await asyncio.wait_for(asyncio.to_thread(device.reopen), 5)
+                except Exception as exc:
+                    log.info("%s still gone: %s", device.name, exc)
+                    continue
+                del lost[device]
+                self.callbacks.on_device("device.restored", fields)
 
     def _state_changed(self) -> None:
         state = self.pc.connectionState

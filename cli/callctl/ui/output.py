@@ -32,6 +32,8 @@ PLAIN_EVENTS = {
     "media.unmuted": lambda r: "microphone unmuted",
     "peer.muted": lambda r: "peer muted",
     "peer.unmuted": lambda r: "peer unmuted",
+    "device.lost": lambda r: f"{r['kind']} {r['device']!r} stopped (unplugged?): silent until it is back",
+    "device.restored": lambda r: f"{r['kind']} {r['device']!r} is back",
     "error": lambda r: f"error: {r['message']}",
 }
 
