@@ -205,6 +205,9 @@ function newPeerConnection(call) {
   pc.ontrack = (e) => {
     const stream = e.streams[0] || new MediaStream([e.track]);
     if (e.track.kind === "audio") {
+      // the first packet from the peer unmutes the remote track
+      const first = () => { if (!call.timeline.firstAudio) call.timeline.firstAudio = Date.now(); };
+      if (!e.track.muted) first(); else e.track.addEventListener("unmute", first, { once: true });
       $("remote-audio").srcObject = stream;
       meter(stream, "peer-level", call);
       call.remoteAudio = stream;
@@ -236,13 +239,18 @@ async function localMedia(video) {
   }
 }
 
-// non-trickle ICE: the server relays whole SDPs, so gather first
+// non-trickle ICE: the server relays whole SDPs, so gather first. Host
+// candidates come within milliseconds of each other, while "complete" can take
+// much longer (every interface is tried): send 60 ms after the first one.
 async function gathered(pc) {
   if (pc.iceGatheringState === "complete") return;
   await Promise.race([
     new Promise((resolve) => pc.addEventListener("icegatheringstatechange", () => {
       if (pc.iceGatheringState === "complete") resolve();
     })),
+    new Promise((resolve) => pc.addEventListener("icecandidate", (e) => {
+      if (e.candidate) setTimeout(resolve, 60);
+    }, { once: true })),
     sleep(3000),
   ]);
 }
@@ -286,6 +294,8 @@ function newCall(fields) {
     id: null, peer: null, role: null, media: "audio", pc: null, local: null,
     state: "idle", answered: false, mediaUp: false, connectedAt: null,
     muted: false, videoSending: false, prepared: null, peerFlags: {},
+    // wall-clock ms of the call's milestones (shown to tests and benchmarks)
+    timeline: { start: Date.now(), connected: null, firstAudio: null },
   }, fields);
 }
 
@@ -317,6 +327,7 @@ async function placeCall(peer, video) {
   say("Calling " + peer + "…");
   try {
     call.local = await localMedia(video);
+    call.timeline.media = Date.now();
     showCall(call);
     const pc = call.pc = newPeerConnection(call);
     pc.addTransceiver(call.local.getAudioTracks()[0], { direction: "sendrecv", streams: [call.local] });
@@ -329,7 +340,9 @@ async function placeCall(peer, video) {
     call.videoSending = !!vt;
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
+    call.timeline.gathered = Date.now();
     const info = await api("POST", "/v1/calls", { to: peer, media: call.media, sdp: pc.localDescription.sdp });
+    call.timeline.created = Date.now();
     call.id = info.call_id;
     if (info.state === "ended") endCall(call, info.reason, "server");
   } catch (e) {
@@ -340,6 +353,7 @@ async function placeCall(peer, video) {
 async function onAnswered(call, ev) {
   if (call.answered) return;  // a replayed event after a reconnect: already handled
   call.answered = true;
+  call.timeline.answered = Date.now();
   setCallState(call, "connecting");
   if (call.prepared !== ev.sdp) {
     try {
@@ -369,6 +383,7 @@ function onIncoming(ev) {
 async function accept() {
   const call = state.call;
   if (!call || call.role !== "callee" || call.state !== "ringing") return;
+  call.timeline.start = Date.now();  // the callee's set-up runs from accept
   setCallState(call, "connecting");
   showCall(call);
   try {
@@ -409,6 +424,7 @@ async function decline() {
 function maybeConnected(call) {
   if (call.answered && call.mediaUp && !call.connectedAt) {
     call.connectedAt = Date.now();
+    call.timeline.connected = call.connectedAt;
     setCallState(call, "connected");
     say("Connected to " + call.peer);
     const tick = () => {
@@ -500,7 +516,7 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
   if (call.pc) call.pc.close();
   if (call.local) call.local.getTracks().forEach((t) => t.stop());
   if (call.audioContext) call.audioContext.close().catch(() => {});
-  state.lastEnd = { reason, source, call_id: call.id };
+  state.lastEnd = { reason, source, call_id: call.id, timeline: call.timeline };
   state.call = null;
   $("incall").hidden = true;
   $("ringing").hidden = true;
