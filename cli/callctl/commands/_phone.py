@@ -10,7 +10,9 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from callctl.config import Settings
 from callctl.exitcodes import ExitCode
@@ -60,8 +62,25 @@ def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
     return (lambda: issue_token(secret, user, service, 3600)), user, service
 
 
-VIDEO_IN_HELP = "Video source: camera[:/dev/videoN], testsrc, file:PATH."
-VIDEO_OUT_HELP = "Where the peer's video goes: terminal, null, file:PATH (.mkv .webm .mp4)."
+# ------------------------------------------------ options `call` and `listen` share
+
+AudioIn = Annotated[str, typer.Option(
+    envvar="CALLCTL_AUDIO_IN", help="Audio source: mic[:NAME], tone[:HZ], silence, file:PATH.")]
+AudioOut = Annotated[str, typer.Option(
+    envvar="CALLCTL_AUDIO_OUT", help="Audio sink: speaker[:NAME], null, file:PATH.")]
+Loop = Annotated[bool, typer.Option("--loop", help="Repeat a file: source.")]
+Device = Annotated[str | None, typer.Option(
+    envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")]
+Bitrate = Annotated[int, typer.Option(
+    envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")]
+VideoIn = Annotated[str | None, typer.Option(
+    envvar="CALLCTL_VIDEO_IN", help="Video source: camera[:/dev/videoN], testsrc, file:PATH.")]
+VideoOut = Annotated[str | None, typer.Option(
+    envvar="CALLCTL_VIDEO_OUT", help="Where the peer's video goes: terminal, null, file:PATH (.mkv .webm .mp4).")]
+VideoSize = Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")]
+Fps = Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")]
+VideoPaused = Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")]
+CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
 def video_options(media: Any, *, video_in: str | None, video_out: str | None, size: str,

@@ -12,16 +12,14 @@ from callctl.commands import _phone
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
-AUDIO_IN_HELP = "Audio source: tone[:HZ], silence, file:PATH, mic[:NAME]."
-AUDIO_OUT_HELP = "Audio sink: null, file:PATH, speaker[:NAME]."
 
 
 def call(
     ctx: typer.Context,
     peer: Annotated[str, typer.Argument(help="The user to call.")],
-    audio_in: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_IN", help=AUDIO_IN_HELP)] = "mic",
-    audio_out: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_OUT", help=AUDIO_OUT_HELP)] = "speaker",
-    loop: Annotated[bool, typer.Option("--loop", help="Repeat a file: source.")] = False,
+    audio_in: _phone.AudioIn = "mic",
+    audio_out: _phone.AudioOut = "speaker",
+    loop: _phone.Loop = False,
     ring_timeout: Annotated[
         float | None, typer.Option(min=1, max=3600, help="Give up after ringing this many seconds (no_answer).")
     ] = None,
@@ -32,19 +30,15 @@ def call(
         float | None, typer.Option(min=0.1, help="End the call after this many seconds (max_duration, exit 13).")
     ] = None,
     record: Annotated[Path | None, typer.Option(help="Record the peer's audio to this file (.wav, .ogg, .flac, ...).")] = None,
-    device: Annotated[
-        str | None, typer.Option(envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")
-    ] = None,
-    bitrate: Annotated[
-        int, typer.Option(envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")
-    ] = 32,
+    device: _phone.Device = None,
+    bitrate: _phone.Bitrate = 32,
     video: Annotated[bool, typer.Option("--video", help="A video call (sends --video-in, camera by default).")] = False,
-    video_in: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_IN", help=_phone.VIDEO_IN_HELP)] = None,
-    video_out: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_OUT", help=_phone.VIDEO_OUT_HELP)] = None,
-    video_size: Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")] = "640x480",
-    fps: Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")] = 15.0,
-    video_paused: Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")] = False,
-    camera_format: Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")] = None,
+    video_in: _phone.VideoIn = None,
+    video_out: _phone.VideoOut = None,
+    video_size: _phone.VideoSize = "640x480",
+    fps: _phone.Fps = 15.0,
+    video_paused: _phone.VideoPaused = False,
+    camera_format: _phone.CameraFormat = None,
 ) -> None:
     from callctl.engine.session import CallPolicy, MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE, Media

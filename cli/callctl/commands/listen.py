@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from callctl.commands import _phone
-from callctl.commands.call import AUDIO_IN_HELP, AUDIO_OUT_HELP
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
@@ -31,22 +30,18 @@ def listen(
     on_ring: Annotated[str | None, typer.Option(help="Shell command run when a call rings.")] = None,
     on_connect: Annotated[str | None, typer.Option(help="Shell command run when a call connects.")] = None,
     on_end: Annotated[str | None, typer.Option(help="Shell command run when a call ends.")] = None,
-    audio_in: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_IN", help=AUDIO_IN_HELP)] = "mic",
-    audio_out: Annotated[str, typer.Option(envvar="CALLCTL_AUDIO_OUT", help=AUDIO_OUT_HELP)] = "speaker",
-    loop: Annotated[bool, typer.Option("--loop", help="Repeat a file: source.")] = False,
+    audio_in: _phone.AudioIn = "mic",
+    audio_out: _phone.AudioOut = "speaker",
+    loop: _phone.Loop = False,
     record: Annotated[Path | None, typer.Option(help="Record each call's peer audio to this file (overwritten per call).")] = None,
-    device: Annotated[
-        str | None, typer.Option(envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")
-    ] = None,
-    bitrate: Annotated[
-        int, typer.Option(envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")
-    ] = 32,
-    video_in: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_IN", help=_phone.VIDEO_IN_HELP)] = None,
-    video_out: Annotated[str | None, typer.Option(envvar="CALLCTL_VIDEO_OUT", help=_phone.VIDEO_OUT_HELP)] = None,
-    video_size: Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")] = "640x480",
-    fps: Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")] = 15.0,
-    video_paused: Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")] = False,
-    camera_format: Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")] = None,
+    device: _phone.Device = None,
+    bitrate: _phone.Bitrate = 32,
+    video_in: _phone.VideoIn = None,
+    video_out: _phone.VideoOut = None,
+    video_size: _phone.VideoSize = "640x480",
+    fps: _phone.Fps = 15.0,
+    video_paused: _phone.VideoPaused = False,
+    camera_format: _phone.CameraFormat = None,
 ) -> None:
     from callctl.engine.session import CallPolicy, MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE

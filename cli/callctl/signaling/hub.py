@@ -209,13 +209,7 @@ class Hub:
                 continue
             if last_id and not self.store.is_after(call.ring_event_id, last_id):
                 continue  # the client has seen this ring already
-            ring = p.CallIncoming(
-                call_id=call.call_id,
-                caller=call.caller,
-                media=call.media,
-                sdp=call.offer_sdp,
-                ring_expires_at=call.ring_expires_at,
-            )
+            ring = _ring_event(call)
             backlog.append(StoredEvent(call.ring_event_id, "call.incoming", p.encode(ring)))
         registered = p.Registered(
             user=identity.user,
@@ -346,13 +340,7 @@ class Hub:
         await self.store.create_call(call)
         log.info("call %s %s -> %s created media=%s", call.call_id[:8], call.caller, call.callee,
                  call.media.value)
-        ring = p.CallIncoming(
-            call_id=call.call_id,
-            caller=call.caller,
-            media=call.media,
-            sdp=call.offer_sdp,
-            ring_expires_at=call.ring_expires_at,
-        )
+        ring = _ring_event(call)
         # the ring goes into the callee's log even when no device is online:
         # a device that connects (or resumes) before the timeout still rings
         ring_id = await self._emit(call.callee_key, ring)
@@ -510,6 +498,16 @@ class Hub:
 
     def streams(self) -> Iterable[Stream]:
         return self._streams.values()
+
+
+def _ring_event(call: CallRecord) -> p.CallIncoming:
+    return p.CallIncoming(
+        call_id=call.call_id,
+        caller=call.caller,
+        media=call.media,
+        sdp=call.offer_sdp,
+        ring_expires_at=call.ring_expires_at,
+    )
 
 
 def _state_error(call: CallRecord) -> HubError:
