@@ -160,6 +160,41 @@ def tune_aiortc() -> None:
     _tuned = True
 
 
+class FramePacer:
+    """Paces frame n to ``start + n * period`` on the monotonic clock.
+
+    ``tick()`` sleeps until the next frame is due and returns its index.  When
+    the caller fell behind (the loop stalled, an encoder was slow) by more
+    than ``max_lag``, it does not burst to catch up: with ``skip`` the missed
+    frames are skipped (video: the index jumps); otherwise the clock is
+    re-anchored and the index just continues (audio: timestamps stay
+    contiguous).
+    """
+
+    def __init__(self, period: float, *, max_lag: float = 0.2, skip: bool = False) -> None:
+        self.period = period
+        self.max_lag = max_lag
+        self.skip = skip
+        self._start: float | None = None
+        self._n = -1
+
+    async def tick(self) -> int:
+        self._n += 1
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+            return self._n
+        due = self._start + self._n * self.period
+        if due > now:
+            await asyncio.sleep(due - now)
+        elif now - due > self.max_lag:
+            if self.skip:
+                self._n = int((now - self._start) / self.period)
+            else:
+                self._start = now - self._n * self.period
+        return self._n
+
+
 def preload() -> None:
     """Import aiortc now (~0.4 s), not in the middle of dialing."""
     import aiortc  # noqa: F401
@@ -213,32 +248,22 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
 
         def __init__(self) -> None:
             super().__init__()
-            self._pts = 0
-            self._start: float | None = None
+            self._pacer = FramePacer(FRAME_S)
 
         async def recv(self):  # type: ignore[no-untyped-def]
             if self.readyState != "live":
                 raise MediaStreamError
             if gate is not None and not gate.is_set():
                 await gate.wait()
-            now = time.monotonic()
-            if self._start is None:
-                self._start = now
-            else:
-                due = self._start + self._pts / RATE
-                if due > now:
-                    await asyncio.sleep(due - now)
-                elif now - due > 0.2:  # we fell far behind (suspended?): don't burst
-                    self._start = now - self._pts / RATE
+            n = await self._pacer.tick()
             pcm = source.read()
             if muted():
                 pcm = SILENCE
             meter.note(level(pcm))
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = RATE
-            frame.pts = self._pts
+            frame.pts = n * FRAME
             frame.time_base = time_base
-            self._pts += FRAME
             return frame
 
     return SourceTrack()
@@ -257,30 +282,20 @@ def make_video_track(source: Any, fps: float, meter: Meter):  # type: ignore[no-
 
         def __init__(self) -> None:
             super().__init__()
-            self._n = 0
-            self._start: float | None = None
-            self._black: Any = None
+            # a slow encoder skips the frames it missed instead of queueing them
+            self._pacer = FramePacer(1.0 / fps, max_lag=0.0, skip=True)
 
         async def recv(self):  # type: ignore[no-untyped-def]
             if self.readyState != "live":
                 raise MediaStreamError
-            now = time.monotonic()
-            if self._start is None:
-                self._start = now
-            else:
-                due = self._start + self._n / fps
-                if due > now:
-                    await asyncio.sleep(due - now)
-                else:  # the encoder was slow: skip the frames we missed, don't queue them
-                    self._n = int((now - self._start) * fps)
+            n = await self._pacer.tick()
             # the newest frame; the same one again if the source is slower than fps
             # (re-stamping it is safe: the sender encodes it before asking again)
             frame = source.latest()
             if frame is None:
                 frame = self._black_frame()
-            frame.pts = int(self._n * clock / fps)
+            frame.pts = int(n * clock / fps)
             frame.time_base = time_base
-            self._n += 1
             meter.note(1.0)
             return frame
 
@@ -497,16 +512,9 @@ class AudioPeer:
 
     async def _playout_clock(self) -> None:
         """Every 20 ms: the next frame from the playout buffer to the sinks."""
-        start = time.monotonic()
-        ticks = 0
+        pacer = FramePacer(FRAME_S)  # after a stalled loop: no catch-up burst
         while True:
-            ticks += 1
-            due = start + ticks * FRAME_S
-            now = time.monotonic()
-            if due > now:
-                await asyncio.sleep(due - now)
-            elif now - due > 0.2:  # the loop was stalled: don't play catch-up
-                start, ticks = now, 0
+            await pacer.tick()
             pcm, kind = self.playout.pop(time.monotonic())
             if kind != "wait":
                 self._play(pcm)
