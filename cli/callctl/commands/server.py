@@ -66,8 +66,9 @@ def server(
 
     from callctl.signaling import protocol as p
     from callctl.signaling.auth import SecretError, load_or_create_secret
-    from callctl.signaling.hub import HubConfig
-    from callctl.signaling.server import ListenError, ServerOptions, bind, configure_logging, create_app, serve
+    from callctl.server.app import create_app
+    from callctl.server.hub import HubConfig
+    from callctl.server.runner import ListenError, ServerOptions, bind, configure_logging, serve
 
     try:
         secret = load_or_create_secret(secret_file or default_secret_file())
@@ -94,4 +95,6 @@ def server(
     )
     configure_logging(log_level)
     app = create_app(secret, config=config)
-    serve(app, sock, ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level.lower()))
+    options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                            log_level=log_level.lower())
+    serve(app, sock, options, announce=lambda url: print(f"callctl server listening on {url}", flush=True))

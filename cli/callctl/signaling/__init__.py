@@ -1,1 +1,1 @@
-"""Signaling: the wire protocol, the server (app + store) and the client."""
+"""Signaling: the wire protocol (one definition of every message), access tokens, and the client."""

@@ -37,7 +37,6 @@ from httpx_sse import SSEError, aconnect_sse
 from callctl.signaling import protocol as p
 
 T = TypeVar("T")
-DEVICE_HEADER = "X-Callctl-Device"
 
 
 class SignalingError(Exception):
@@ -161,7 +160,7 @@ class SignalingClient:
             base_url=self.server,
             verify=verify,
             timeout=httpx.Timeout(timeout),
-            headers={DEVICE_HEADER: device},
+            headers={p.DEVICE_HEADER: device},
             follow_redirects=False,
         )
 

@@ -22,6 +22,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$"
 ID_PATTERN_RE = re.compile(ID_PATTERN)
 Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
+#: The request header that names the sending device (HTTP headers are case-insensitive).
+DEVICE_HEADER = "X-Callctl-Device"
+
 #: An SDP blob is capped at 64 KiB; real offers are 1-5 KiB.
 MAX_SDP_BYTES = 64 * 1024
 Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SDP_BYTES)]
@@ -71,6 +74,17 @@ HANGUP_REASONS = frozenset(
 )
 
 
+def hangup_reason(reason: EndReason, *, ringing: bool, by_caller: bool) -> EndReason:
+    """How a party's hangup ends a call (the rule both the server and the client keep).
+
+    Before an answer, a plain hangup is the caller cancelling or the callee
+    declining; any other reason (max_duration, device_error, ...) stands.
+    """
+    if ringing and reason is EndReason.HANGUP:
+        return EndReason.CANCELLED if by_caller else EndReason.DECLINED
+    return reason
+
+
 class Party(str, enum.Enum):
     """Who did something to a call, seen from the server."""
 
@@ -80,22 +94,42 @@ class Party(str, enum.Enum):
 
 
 class ErrorCode(str, enum.Enum):
-    """Stable error codes of ``{"error": code, "message": text}`` bodies."""
+    """Stable error codes of ``{"error": code, "message": text}`` bodies (statuses: ``STATUS``)."""
 
-    MALFORMED = "malformed"  # 400: body is not JSON
-    INVALID = "invalid"  # 422: JSON of the wrong shape, bad ids, unknown fields
-    TOO_LARGE = "too_large"  # 413: body over MAX_BODY_BYTES
-    UNAUTHORIZED = "unauthorized"  # 401: token missing, expired, forged
-    FORBIDDEN = "forbidden"  # 403: valid token, not allowed
-    NOT_FOUND = "not_found"  # 404: no such call (or route)
-    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
-    CALL_ENDED = "call_ended"  # 409: the call is over
-    ALREADY_ANSWERED = "already_answered"  # 409: another device answered first
-    WRONG_STATE = "wrong_state"  # 409: e.g. decline of a connected call
-    TOO_MANY_DEVICES = "too_many_devices"  # 409: the user's device cap is reached
-    RATE_LIMITED = "rate_limited"  # 429: slow down, see Retry-After
-    UNAVAILABLE = "unavailable"  # 503: server shutting down
-    INTERNAL = "internal"  # 500: a bug
+    MALFORMED = "malformed"  # body is not JSON
+    INVALID = "invalid"  # JSON of the wrong shape, bad ids, unknown fields
+    TOO_LARGE = "too_large"  # body over MAX_BODY_BYTES
+    UNAUTHORIZED = "unauthorized"  # token missing, expired, forged
+    FORBIDDEN = "forbidden"  # valid token, not allowed
+    NOT_FOUND = "not_found"  # no such call (or route)
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CALL_ENDED = "call_ended"  # the call is over
+    ALREADY_ANSWERED = "already_answered"  # another device answered first
+    WRONG_STATE = "wrong_state"  # e.g. decline of a connected call
+    TOO_MANY_DEVICES = "too_many_devices"  # the user's device cap is reached
+    RATE_LIMITED = "rate_limited"  # slow down, see Retry-After
+    UNAVAILABLE = "unavailable"  # server shutting down
+    INTERNAL = "internal"  # a bug
+
+
+#: The HTTP status of each error code: the one place they are paired.
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.MALFORMED: 400,
+    ErrorCode.INVALID: 422,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CALL_ENDED: 409,
+    ErrorCode.ALREADY_ANSWERED: 409,
+    ErrorCode.WRONG_STATE: 409,
+    ErrorCode.TOO_MANY_DEVICES: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+assert set(STATUS) == set(ErrorCode), "every error code has a status"
 
 
 class Error(msgspec.Struct, forbid_unknown_fields=True):

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from callctl.signaling.protocol import CallState, EndReason, Media, Party
-from callctl.signaling.store import (
+from callctl.server.store import (
     SUBSCRIPTION_QUEUE,
     CallRecord,
     Close,

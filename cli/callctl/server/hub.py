@@ -18,22 +18,10 @@ from dataclasses import dataclass
 
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity
-from callctl.signaling.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subscription
+from callctl.server.errors import Refused
+from callctl.server.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subscription
 
 log = logging.getLogger("callctl.server")
-
-
-class HubError(Exception):
-    """A request the hub refuses; maps to one HTTP status and error code."""
-
-    def __init__(
-        self, status: int, code: p.ErrorCode, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(slots=True)
@@ -173,16 +161,14 @@ class Hub:
     ) -> tuple[Stream, list[StoredEvent], p.Registered]:
         """Register a device and return what to send first (replay + pending rings)."""
         if self.closing:
-            raise HubError(503, p.ErrorCode.UNAVAILABLE, "server is shutting down")
+            raise Refused(p.ErrorCode.UNAVAILABLE, "server is shutting down")
         user_key = identity.key
         stream_id = secrets.token_hex(8)
         online = await self.store.register_device(
             user_key, device, stream_id, self.config.max_devices
         )
         if online is None:
-            raise HubError(
-                409,
-                p.ErrorCode.TOO_MANY_DEVICES,
+            raise Refused(p.ErrorCode.TOO_MANY_DEVICES,
                 f"user already has {self.config.max_devices} devices online",
             )
         self._offline_since.pop((user_key, device), None)
@@ -295,15 +281,13 @@ class Hub:
 
     async def create_call(self, me: Identity, device: str, req: p.CreateCall) -> p.CallInfo:
         if req.to == me.user:
-            raise HubError(422, p.ErrorCode.INVALID, "a user cannot call itself")
+            raise Refused(p.ErrorCode.INVALID, "a user cannot call itself")
         wait = await self.store.take_token(
             f"calls:{me.key}", self.config.calls_per_minute / 60.0, self.config.call_burst
         )
         if wait > 0:
             retry = max(1, int(wait + 0.999))
-            raise HubError(
-                429,
-                p.ErrorCode.RATE_LIMITED,
+            raise Refused(p.ErrorCode.RATE_LIMITED,
                 f"too many new calls; retry in {retry} s",
                 {"Retry-After": str(retry)},
             )
@@ -324,7 +308,7 @@ class Hub:
             caller_device=device,
         )
         if await self.store.connected_call_of(me.key) is not None:
-            raise HubError(409, p.ErrorCode.WRONG_STATE, "you are already in a call; hang it up first")
+            raise Refused(p.ErrorCode.WRONG_STATE, "you are already in a call; hang it up first")
         if await self.store.connected_call_of(call.callee_key) is not None:
             call.state = p.CallState.ENDED
             call.reason, call.ended_by, call.ended_at = p.EndReason.BUSY, p.Party.SERVER, now
@@ -385,12 +369,12 @@ class Hub:
     async def _party_call(self, me: Identity, call_id: str) -> tuple[CallRecord, p.Party]:
         call = await self.store.get_call(call_id)
         if call is None:
-            raise HubError(404, p.ErrorCode.NOT_FOUND, "no such call")
+            raise Refused(p.ErrorCode.NOT_FOUND, "no such call")
         if call.service == me.service and me.user == call.caller:
             return call, p.Party.CALLER
         if call.service == me.service and me.user == call.callee:
             return call, p.Party.CALLEE
-        raise HubError(403, p.ErrorCode.FORBIDDEN, "not a party to this call")
+        raise Refused(p.ErrorCode.FORBIDDEN, "not a party to this call")
 
     async def get_call(self, me: Identity, call_id: str) -> p.CallInfo:
         call, _ = await self._party_call(me, call_id)
@@ -399,9 +383,9 @@ class Hub:
     async def answer(self, me: Identity, device: str, call_id: str, sdp: str) -> p.CallInfo:
         call, role = await self._party_call(me, call_id)
         if role is not p.Party.CALLEE:
-            raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may answer")
+            raise Refused(p.ErrorCode.FORBIDDEN, "only the callee may answer")
         if call.state == p.CallState.RINGING and await self.store.connected_call_of(me.key):
-            raise HubError(409, p.ErrorCode.WRONG_STATE, "you are already in another call")
+            raise Refused(p.ErrorCode.WRONG_STATE, "you are already in another call")
         updated, applied = await self.store.update_call(
             call_id,
             p.CallState.RINGING,
@@ -433,13 +417,13 @@ class Hub:
     async def decline(self, me: Identity, call_id: str, busy: bool = False) -> p.CallInfo:
         call, role = await self._party_call(me, call_id)
         if role is not p.Party.CALLEE:
-            raise HubError(403, p.ErrorCode.FORBIDDEN, "only the callee may decline")
+            raise Refused(p.ErrorCode.FORBIDDEN, "only the callee may decline")
         reason = p.EndReason.BUSY if busy else p.EndReason.DECLINED
         ended = await self._end(call, p.CallState.RINGING, reason, p.Party.CALLEE)
         if ended is None:
             latest = await self.store.get_call(call_id) or call
             if latest.state == p.CallState.CONNECTED:
-                raise HubError(409, p.ErrorCode.WRONG_STATE, "the call is connected: hang up instead")
+                raise Refused(p.ErrorCode.WRONG_STATE, "the call is connected: hang up instead")
             raise _state_error(latest)
         return self.info(ended)
 
@@ -448,20 +432,14 @@ class Hub:
     ) -> p.CallInfo:
         call, role = await self._party_call(me, call_id)
         if reason not in p.HANGUP_REASONS:
-            raise HubError(
-                422,
-                p.ErrorCode.INVALID,
+            raise Refused(p.ErrorCode.INVALID,
                 f"hangup reason must be one of {sorted(r.value for r in p.HANGUP_REASONS)}",
             )
         for _ in range(3):  # the state may move under us (answer racing a cancel)
             if call.state == p.CallState.ENDED:
                 return self.info(call)  # idempotent: report how it ended
-            if call.state == p.CallState.RINGING:
-                why = p.EndReason.CANCELLED if role is p.Party.CALLER else p.EndReason.DECLINED
-                if reason is not p.EndReason.HANGUP:
-                    why = reason
-            else:
-                why = reason
+            why = p.hangup_reason(reason, ringing=call.state == p.CallState.RINGING,
+                                  by_caller=role is p.Party.CALLER)
             ended = await self._end(call, call.state, why, role)
             if ended is not None:
                 return self.info(ended)
@@ -469,7 +447,7 @@ class Hub:
             if latest is None:
                 break
             call = latest
-        raise HubError(409, p.ErrorCode.WRONG_STATE, "call changed state; try again")
+        raise Refused(p.ErrorCode.WRONG_STATE, "call changed state; try again")
 
     async def signal(
         self, me: Identity, device: str, call_id: str, req: p.SignalCall
@@ -482,7 +460,7 @@ class Hub:
             await self._emit(call.callee_key, event, only_device=call.callee_device)
         else:
             if call.callee_device is not None and device != call.callee_device:
-                raise HubError(403, p.ErrorCode.FORBIDDEN, "another device has this call")
+                raise Refused(p.ErrorCode.FORBIDDEN, "another device has this call")
             await self._emit(call.caller_key, event, only_device=call.caller_device)
         return self.info(call)
 
@@ -510,10 +488,10 @@ def _ring_event(call: CallRecord) -> p.CallIncoming:
     )
 
 
-def _state_error(call: CallRecord) -> HubError:
+def _state_error(call: CallRecord) -> Refused:
     if call.state == p.CallState.CONNECTED:
-        return HubError(409, p.ErrorCode.ALREADY_ANSWERED, "the call was already answered")
+        return Refused(p.ErrorCode.ALREADY_ANSWERED, "the call was already answered")
     if call.state == p.CallState.ENDED:
         reason = call.reason.value if call.reason else "unknown"
-        return HubError(409, p.ErrorCode.CALL_ENDED, f"the call has ended ({reason})")
-    return HubError(409, p.ErrorCode.WRONG_STATE, f"the call is {call.state.value}")
+        return Refused(p.ErrorCode.CALL_ENDED, f"the call has ended ({reason})")
+    return Refused(p.ErrorCode.WRONG_STATE, f"the call is {call.state.value}")

@@ -11,10 +11,7 @@ import contextlib
 import gc
 import logging
 import secrets
-import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,12 +26,12 @@ from starlette.types import Receive, Scope, Send
 
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity, TokenError, verify_token
-from callctl.signaling.hub import Hub, HubConfig, HubError, Stream
-from callctl.signaling.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
+from callctl.server.errors import Refused
+from callctl.server.hub import Hub, HubConfig, Stream
+from callctl.server.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
 
 log = logging.getLogger("callctl.server")
 T = TypeVar("T")
-DEVICE_HEADER = "x-callctl-device"
 DEFAULT_DEVICE = "default"
 
 
@@ -46,9 +43,10 @@ class JSONResponse(Response):
 
 
 def error_response(
-    status: int, code: p.ErrorCode, message: str, headers: dict[str, str] | None = None
+    code: p.ErrorCode, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    return JSONResponse(p.Error(error=code, message=message), status_code=status, headers=headers)
+    return JSONResponse(p.Error(error=code, message=message), status_code=p.STATUS[code],
+                        headers=headers)
 
 
 # ------------------------------------------------------------------ helpers
@@ -58,55 +56,55 @@ def _identity(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HubError(401, p.ErrorCode.UNAUTHORIZED, "missing bearer token")
+        raise Refused(p.ErrorCode.UNAUTHORIZED, "missing bearer token")
     try:
         return verify_token(request.app.state.secret, token.strip())
     except TokenError as exc:
-        raise HubError(401, p.ErrorCode.UNAUTHORIZED, str(exc)) from None
+        raise Refused(p.ErrorCode.UNAUTHORIZED, str(exc)) from None
 
 
 def _device(value: str | None) -> str:
     device = value or DEFAULT_DEVICE
     if not p.ID_PATTERN_RE.match(device):
-        raise HubError(422, p.ErrorCode.INVALID, "bad device id: letters, digits and . _ @ + -")
+        raise Refused(p.ErrorCode.INVALID, "bad device id: letters, digits and . _ @ + -")
     return device
 
 
 async def _body(request: Request, kind: type[T]) -> T:
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
-        raise HubError(400, p.ErrorCode.MALFORMED, "bad Content-Length")
+        raise Refused(p.ErrorCode.MALFORMED, "bad Content-Length")
     if length is not None and int(length) > p.MAX_BODY_BYTES:
-        raise HubError(413, p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
+        raise Refused(p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > p.MAX_BODY_BYTES:
-            raise HubError(413, p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
+            raise Refused(p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
     if not body.strip():
         body = bytearray(b"{}")
     try:
         return msgspec.json.decode(bytes(body), type=kind)
     except msgspec.ValidationError as exc:
-        raise HubError(422, p.ErrorCode.INVALID, str(exc)) from None
+        raise Refused(p.ErrorCode.INVALID, str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise HubError(400, p.ErrorCode.MALFORMED, f"body is not JSON: {exc}") from None
+        raise Refused(p.ErrorCode.MALFORMED, f"body is not JSON: {exc}") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 def endpoint(fn: Handler) -> Handler:
-    """Turn HubErrors into JSON error responses."""
+    """Turn Refuseds into JSON error responses."""
 
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
-        except HubError as exc:
+        except Refused as exc:
             headers = dict(exc.headers)
-            if exc.status == 401:
+            if exc.code is p.ErrorCode.UNAUTHORIZED:
                 headers["WWW-Authenticate"] = 'Bearer realm="callctl"'
-            return error_response(exc.status, exc.code, exc.message, headers)
+            return error_response(exc.code, exc.message, headers)
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -127,7 +125,7 @@ async def healthz(request: Request) -> Response:
 @endpoint
 async def create_call(request: Request) -> Response:
     me = _identity(request)
-    device = _device(request.headers.get(DEVICE_HEADER))
+    device = _device(request.headers.get(p.DEVICE_HEADER))
     req = await _body(request, p.CreateCall)
     info = await _hub(request).create_call(me, device, req)
     return JSONResponse(info, status_code=201, headers={"Location": f"/v1/calls/{info.call_id}"})
@@ -142,7 +140,7 @@ async def get_call(request: Request) -> Response:
 @endpoint
 async def call_action(request: Request) -> Response:
     me = _identity(request)
-    device = _device(request.headers.get(DEVICE_HEADER))
+    device = _device(request.headers.get(p.DEVICE_HEADER))
     call_id: str = request.path_params["call_id"]
     action: str = request.path_params["action"]
     hub = _hub(request)
@@ -158,7 +156,7 @@ async def call_action(request: Request) -> Response:
     if action == "signal":
         signal = await _body(request, p.SignalCall)
         return JSONResponse(await hub.signal(me, device, call_id, signal))
-    raise HubError(404, p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
+    raise Refused(p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
 
 
 TICKET_TTL_S = 30.0
@@ -185,7 +183,7 @@ async def _stream_identity(request: Request) -> Identity:
         return _identity(request)
     value = await _hub(request).store.take_ticket(ticket)
     if value is None:
-        raise HubError(401, p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
+        raise Refused(p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
     user, service, expires_at = msgspec.json.decode(value)
     return Identity(user=user, service=service, expires_at=expires_at)
 
@@ -298,16 +296,16 @@ async def softphone(request: Request) -> Response:
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(405, p.ErrorCode.METHOD_NOT_ALLOWED, "method not allowed",
+        return error_response(p.ErrorCode.METHOD_NOT_ALLOWED, "method not allowed",
                               dict(exc.headers or {}))
     if exc.status_code == 404:
-        return error_response(404, p.ErrorCode.NOT_FOUND, "no such endpoint")
-    return error_response(exc.status_code, p.ErrorCode.INVALID, str(exc.detail))
+        return error_response(p.ErrorCode.NOT_FOUND, "no such endpoint")
+    return error_response(p.ErrorCode.INVALID, str(exc.detail))
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
     log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
-    return error_response(500, p.ErrorCode.INTERNAL, "internal server error")
+    return error_response(p.ErrorCode.INTERNAL, "internal server error")
 
 
 def create_app(
@@ -366,92 +364,3 @@ class EventStreamFirst:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-# ------------------------------------------------------------------- runner
-
-
-@dataclass
-class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    log_level: str = "info"
-
-
-class ListenError(Exception):
-    pass
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves: one clear error, and port 0 works."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ListenError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve(app: EventStreamFirst, sock: socket.socket, options: ServerOptions) -> None:
-    """Run until SIGINT/SIGTERM; open streams are closed first, then we exit."""
-    import uvicorn
-
-    hub: Hub = app.state.hub
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            await hub.close_streams()
-            await super().shutdown(sockets)
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            # a clean stop on SIGTERM/SIGINT exits 0: don't re-raise the signal
-            self._captured_signals.clear()
-
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        log_level=options.log_level,
-        access_log=options.log_level == "debug",
-        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
-        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
-        timeout_graceful_shutdown=3,
-        loop=loop,
-        http="httptools",
-        ws="none",
-        lifespan="on",
-        server_header=False,
-    )
-    scheme = "https" if options.tls_cert else "http"
-    host, port = sock.getsockname()[:2]
-    print(f"callctl server listening on {scheme}://{_url_host(host)}:{port}", flush=True)
-    Server(config).run(sockets=[sock])
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
