@@ -55,6 +55,26 @@ FLOWS = [
      [*CALLEE_START, m.Decline(busy=True)], m.State.ENDED, R.BUSY, m.Source.LOCAL),
     ("hangup while ringing is a decline", m.Role.CALLEE,
      [*CALLEE_START, m.Hangup()], m.State.ENDED, R.DECLINED, m.Source.LOCAL),
+    ("media lost (an event, not a reason)", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp(), m.MediaLost()], m.State.ENDED,
+     R.NETWORK_LOST, m.Source.LOCAL),
+    ("media never came up", m.Role.CALLER,
+     [*CALLER_START, m.Answered("a"), m.ConnectTimeout()], m.State.ENDED, R.NETWORK_LOST, m.Source.LOCAL),
+    ("server lost while ringing", m.Role.CALLER,
+     [*CALLER_START, m.Ringing(), m.SignalingLost()], m.State.ENDED,
+     R.SERVER_UNREACHABLE, m.Source.LOCAL),
+    ("server lost while connecting", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.SignalingLost()], m.State.ENDED,
+     R.SERVER_UNREACHABLE, m.Source.LOCAL),
+    ("another device answered first", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerRefused(already_answered=True)], m.State.ENDED,
+     R.ANSWERED_ELSEWHERE, m.Source.REMOTE),
+    ("answer refused: the call was cancelled meanwhile", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerRefused(already_answered=False)], m.State.ENDED,
+     R.CANCELLED, m.Source.REMOTE),
+    ("answer refused: the server ended it", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerRefused(False, R.NO_ANSWER, by_server=True)], m.State.ENDED,
+     R.NO_ANSWER, m.Source.SERVER),
     ("answered elsewhere", m.Role.CALLEE,
      [*CALLEE_START, m.RemoteEnded(R.ANSWERED_ELSEWHERE)], m.State.ENDED,
      R.ANSWERED_ELSEWHERE, m.Source.REMOTE),
@@ -83,7 +103,7 @@ def test_flows(name: str, role: m.Role, events: list[m.CallEvent], state: m.Stat
 def test_caller_actions_in_order() -> None:
     _, actions = run(m.Role.CALLER, [*CALLER_START, m.Ringing(), m.Answered("ans"), m.MediaUp()])
     kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
-    assert kinds == ["CreateCall", "ApplyAnswer", "StartMedia"]
+    assert kinds == ["CreateCall", "ApplyAnswer", "ArmConnectTimeout", "StartMedia"]
     assert notified(actions) == ["call.outgoing", "call.created", "call.ringback",
                                  "call.connecting", "call.connected"]
 
@@ -91,7 +111,7 @@ def test_caller_actions_in_order() -> None:
 def test_callee_prepares_on_ring_and_answers_on_accept() -> None:
     _, actions = run(m.Role.CALLEE, [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp()])
     kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
-    assert kinds == ["Prepare", "SendAnswer", "StartMedia"]
+    assert kinds == ["Prepare", "SendAnswer", "ArmConnectTimeout", "StartMedia"]
 
 
 def test_connected_duration_and_setup_time() -> None:
@@ -132,3 +152,66 @@ def test_every_reachable_state_can_end() -> None:
         if state not in (m.State.IDLE, m.State.ENDED):
             assert m.Call(role, state=state).can(m.RemoteEnded)
             assert m.Call(role, state=state).can(m.Hangup)
+
+
+def non_notify(actions: list[m.Action]) -> list[m.Action]:
+    return [a for a in actions if not isinstance(a, m.Notify)]
+
+
+@pytest.mark.parametrize(
+    "name,events,negotiation",
+    [
+        ("no preparation: the answer is applied", [m.Answered("A")], m.ApplyAnswer("A")),
+        ("the device that prepared answered", [m.Prepared("A", "kiosk"), m.Answered("A")],
+         m.ApplyAnswer("A")),
+        ("another device answered: re-offer", [m.Prepared("A", "kiosk"), m.Answered("B")], m.Reoffer()),
+    ],
+)
+def test_the_machine_decides_when_to_reoffer(name: str, events: list[m.CallEvent],
+                                             negotiation: m.Action) -> None:
+    _, actions = run(m.Role.CALLER, [*CALLER_START, *events])
+    assert negotiation in non_notify(actions)
+    assert (m.ApplyAnswer in map(type, actions)) != (m.Reoffer in map(type, actions))
+
+
+def test_only_the_first_prepared_answer_is_applied_early() -> None:
+    call, actions = run(m.Role.CALLER, [*CALLER_START, m.Prepared("A", "kiosk"), m.Prepared("B", "phone")])
+    assert non_notify(actions)[-1] == m.ApplyEarlyAnswer("A")
+    assert [type(a) for a in non_notify(actions)].count(m.ApplyEarlyAnswer) == 1
+    assert (call.early_answer, call.prepared_by) == ("A", "kiosk")
+
+
+@pytest.mark.parametrize(
+    "events,start",
+    [
+        ([], False),  # still ringing: the new peer waits for accept
+        ([m.Accept()], True),  # media already runs: the new peer starts at once
+        ([m.Accept(), m.AnswerSent(), m.MediaUp()], True),
+    ],
+)
+def test_callee_answers_a_reoffer_and_starts_media_only_once_accepted(
+    events: list[m.CallEvent], start: bool
+) -> None:
+    call, actions = run(m.Role.CALLEE, [*CALLEE_START, *events, m.Reoffered("O2")])
+    assert actions[-1] == m.AnswerReoffer("O2", start=start)
+
+
+def test_peer_mute_and_video_are_tracked_and_notified() -> None:
+    call, actions = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp(), m.PeerMuted(True),
+                                        m.PeerVideo("paused"), m.PeerVideo("sideways")])
+    assert (call.peer_muted, call.peer_video) == (True, "paused")
+    assert notified(actions)[-2:] == ["peer.muted", "peer.video.paused"]
+
+
+def test_a_connected_call_outlives_the_server() -> None:
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp()])
+    with pytest.raises(m.RemoteProtocolError):
+        call.handle(m.SignalingLost(), 9.0)
+    assert call.state == m.State.CONNECTED
+
+
+def test_the_documented_transition_table_is_the_code() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CALLS.md").read_text()
+    assert m.describe() in doc

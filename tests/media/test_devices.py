@@ -135,16 +135,16 @@ import asyncio, sys, time
 sys.path.insert(0, sys.argv[1])
 from callctl.media.audio import NullSink, ToneSource
 from callctl.media.devices import MicSource
-from callctl.media.rtc import AudioPeer, MediaCallbacks
+from callctl.media.peer import MediaCallbacks, PeerConnection
 
 async def main():
     events = []
     up = [asyncio.Event(), asyncio.Event()]
     mic = MicSource("kiosk_mic")
     far = NullSink()
-    a = AudioPeer([], mic, [NullSink()], MediaCallbacks(
+    a = PeerConnection([], mic, [NullSink()], MediaCallbacks(
         on_up=up[0].set, on_lost=lambda why: None, on_device=lambda e, f: events.append((e, f))))
-    b = AudioPeer([], ToneSource(440), [far], MediaCallbacks(on_up=up[1].set, on_lost=lambda why: None))
+    b = PeerConnection([], ToneSource(440), [far], MediaCallbacks(on_up=up[1].set, on_lost=lambda why: None))
     await a.apply_answer(await b.create_answer(await a.create_offer()))
     await asyncio.wait_for(asyncio.gather(up[0].wait(), up[1].wait()), 10)
     a.start(); b.start()

@@ -1,6 +1,6 @@
 """A call through a lossy, jittery link still yields the tone at the far sink.
 
-Two real aiortc peer connections (our AudioPeer), real Opus, real RTP, a UDP
+Two real aiortc peer connections (our PeerConnection), real Opus, real RTP, a UDP
 relay on loopback that drops 5 % of the packets and delays them by 0-20 ms.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from callctl.media.audio import FileSink, NullSink, ToneSource
-from callctl.media.rtc import AudioPeer, MediaCallbacks
+from callctl.media.peer import MediaCallbacks, PeerConnection
 from tests.audio import read_mono, tone_fraction
 from tests.lossy import Impairment, LossyLink
 
@@ -20,8 +20,8 @@ from tests.lossy import Impairment, LossyLink
 async def connected_pair(link: LossyLink, a_source, a_sinks, b_source, b_sinks):  # type: ignore[no-untyped-def]
     up = {"a": asyncio.Event(), "b": asyncio.Event()}
 
-    def peer(side: str, source, sinks) -> AudioPeer:  # type: ignore[no-untyped-def]
-        return AudioPeer([], source, sinks, MediaCallbacks(on_up=up[side].set, on_lost=lambda why: None))
+    def peer(side: str, source, sinks) -> PeerConnection:  # type: ignore[no-untyped-def]
+        return PeerConnection([], source, sinks, MediaCallbacks(on_up=up[side].set, on_lost=lambda why: None))
 
     a, b = peer("a", a_source, a_sinks), peer("b", b_source, b_sinks)
     offer = await a.create_offer()

@@ -7,7 +7,7 @@ import io
 import av
 import numpy as np
 
-from callctl.media.video import TerminalSink, fit, half_blocks, render_ansi
+from callctl.ui.terminal_video import TerminalSink, fit, half_blocks, render_ansi
 
 
 def test_half_blocks_pair_the_top_and_bottom_pixel_of_each_cell() -> None:

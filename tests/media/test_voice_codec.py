@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from callctl.media import rtc
+from callctl.media import adjust, voice
+from callctl.media.errors import UnsupportedStack
 from callctl.media.audio import FRAME, RATE, ToneSource
 
 
@@ -26,11 +27,11 @@ def frames(n: int, layout: str = "mono") -> list[av.AudioFrame]:
 
 
 def test_voice_encoder_is_mono_at_voice_bitrate_and_decodes_to_the_tone() -> None:
-    rtc.tune_aiortc()
+    adjust.tune_aiortc()
     from aiortc.codecs.opus import OpusDecoder
     from aiortc.jitterbuffer import JitterFrame
 
-    encoder = rtc.voice_encoder()
+    encoder = voice.voice_encoder()
     packets: list[bytes] = []
     for f in frames(150):  # 3 s
         payloads, _ = encoder.encode(f)
@@ -55,6 +56,39 @@ def test_fast_audio_level_matches_the_definition(layout: str) -> None:
     for f in frames(3, layout):
         pcm = f.to_ndarray().astype(np.float64).reshape(-1)
         expected = round(-10 * np.log10(np.mean(pcm**2) / 32767.0**2))
-        assert abs(rtc.dbov(f) - expected) <= 1
+        assert abs(voice.dbov(f) - expected) <= 1
     silent = av.AudioFrame.from_ndarray(np.zeros((1, FRAME), np.int16), format="s16", layout="mono")
-    assert rtc.dbov(silent) == 127
+    assert voice.dbov(silent) == 127
+
+
+def _bitrate_kbps(settings: voice.VoiceSettings | None) -> float:
+    encoder = voice.voice_encoder(settings)
+    size = 0
+    for f in frames(150):  # 3 s
+        payloads, _ = encoder.encode(f)
+        size += sum(len(p) for p in payloads)
+    return size * 8 / 3 / 1000
+
+
+def test_each_call_encodes_at_its_own_bitrate_through_the_context() -> None:
+    adjust.tune_aiortc()
+    with voice.voice_settings(voice.VoiceSettings(bitrate=12000)):
+        low = _bitrate_kbps(None)  # what aiortc's get_encoder hook gets inside a call's context
+    high = _bitrate_kbps(voice.VoiceSettings(bitrate=64000))
+    assert low < 20 < 40 < high
+    assert voice.current_voice() == voice.VoiceSettings()  # the context was restored
+
+
+def test_the_installed_aiortc_is_the_verified_one() -> None:
+    adjust.check_versions()  # raises UnsupportedStack otherwise
+
+
+@pytest.mark.parametrize("versions", [
+    {"aiortc": (1, 17, 0), "aioice": (0, 13, 0)},
+    {"aiortc": (1, 9, 2), "aioice": (0, 13, 0)},
+    {"aiortc": (1, 16, 0), "aioice": (0, 10, 1)},
+])
+def test_an_unverified_aiortc_is_refused_in_one_line(versions: dict[str, tuple[int, ...]]) -> None:
+    with pytest.raises(UnsupportedStack) as info:
+        adjust.verify_versions(versions)
+    assert "\n" not in str(info.value) and "verified with aiortc 1.16.x, aioice 0.13.x" in str(info.value)

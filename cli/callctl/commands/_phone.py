@@ -8,9 +8,9 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,10 @@ from callctl.config import Settings
 from callctl.exitcodes import ExitCode
 from callctl.paths import default_secret_file
 from callctl.ui.console import fail
+
+if TYPE_CHECKING:
+    from callctl.engine.phone import CallPolicy, Phone
+    from callctl.media.assembly import MediaOptions
 
 #: How long `call` waits for the server before giving up with server_unreachable.
 REGISTER_TIMEOUT_S = 5.0
@@ -83,32 +87,39 @@ VideoPaused = Annotated[bool, typer.Option("--video-paused", help="Negotiate vid
 CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
-def video_options(media: Any, *, video_in: str | None, video_out: str | None, size: str,
-                  fps: float, paused: bool, camera_format: str | None, settings: Settings) -> None:
-    """Fill the MediaOptions' video fields from the command line (usage errors exit 2)."""
-    from callctl.media.audio import MediaError
-    from callctl.media.video import parse_size
+def device_and_media(settings: Settings, device: str | None, media: MediaOptions, *,
+                     video_out: str | None, size: str, camera_format: str | None,
+                     ) -> tuple[str, MediaOptions]:
+    """This device's id and the call's media, checked before any network traffic (exits on errors)."""
+    from callctl.media.errors import MediaError
+    from callctl.media.video_sources import parse_size
+    from callctl.signaling.protocol import ID_PATTERN_RE
 
+    dev = device or default_device()
+    if not ID_PATTERN_RE.match(dev):
+        fail(f"bad device id {dev!r}", ExitCode.USAGE)
     try:
         media.video_size = parse_size(size)
     except MediaError as exc:
         fail(str(exc), ExitCode.USAGE)
     if camera_format is not None and camera_format.lower() not in ("mjpeg", "yuyv"):
         fail("--camera-format takes mjpeg or yuyv", ExitCode.USAGE)
-    media.fps = fps
-    media.video_in = video_in
-    media.video_paused = paused
     media.camera_format = camera_format.lower() if camera_format else None
     if video_out is None:  # draw it when we own a terminal, otherwise drop it
         video_out = "terminal" if sys.stdout.isatty() and not settings.json else "null"
     media.video_out = video_out
+    check_media(media)
+    return dev, media
 
 
-def check_media(media: Any) -> None:
+def check_media(media: MediaOptions) -> None:
     """Validate the call's source and sinks before any network traffic."""
-    from callctl.engine.session import check_media as check
-    from callctl.media.audio import DeviceError, MediaError
+    from callctl.media.assembly import check
+    from callctl.media.errors import DeviceError, MediaError
+    from callctl.media.registry import VIDEO_SINKS
+    from callctl.ui.terminal_video import TERMINAL
 
+    VIDEO_SINKS.register(TERMINAL)
     try:
         check(media)
     except MediaError as exc:
@@ -131,21 +142,26 @@ def outputs(settings: Settings) -> tuple[list[Any], bool]:
 async def run_phone(
     settings: Settings,
     device: str,
-    media: Any,
-    policy: Any,
-    body: Callable[[Any, asyncio.Event], Awaitable[int]],
+    media: MediaOptions,
+    policy: CallPolicy,
+    body: Callable[[Phone, asyncio.Event], Awaitable[int]],
     *,
     wait_registered: bool,
 ) -> int:
     """Bring a Phone online with its control socket and output, run ``body``, clean up."""
+    from callctl.engine.commands import Request, run_command
     from callctl.engine.control import ControlError, ControlServer, socket_path
-    from callctl.engine.session import Phone
+    from callctl.engine.phone import Phone
+    from callctl.media.adjust import preload
+    from callctl.media.errors import UnsupportedStack
     from callctl.signaling.client import SignalingClient
 
-    from callctl.media.rtc import preload
-
     token, user, service = identity(settings)
-    preload()
+    try:
+        preload()
+    except UnsupportedStack as exc:
+        print(f"callctl: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
     listeners, live = outputs(settings)
     if live and getattr(media, "video_out", "null") == "terminal":
         from callctl.ui.output import PlainOutput
@@ -154,7 +170,7 @@ async def run_phone(
     client = SignalingClient(settings.server, token, device=device)
     phone = Phone(client=client, media=media, policy=policy, user=user, device=device)
     phone.listeners.extend(listeners)
-    control = ControlServer(socket_path(service, user, device), phone.command)
+    control = ControlServer(socket_path(service, user, device), lambda req: run_command(phone, req))
     try:
         await control.start()
     except (ControlError, OSError) as exc:
@@ -176,13 +192,13 @@ async def run_phone(
             if cmd == "toggle-mute":
                 s = phone.session
                 cmd = "unmute" if s is not None and s.muted else "mute"
-            phone.command(cmd)
+            run_command(phone, Request(cmd))
 
         async def stats() -> Any:
             s = phone.session
             return await s.peer.stats() if s is not None and s.peer is not None else {}
 
-        view = LiveView(lambda: phone.command("status"), key, stats)
+        view = LiveView(lambda: run_command(phone, Request("status")), key, stats)
         phone.listeners.append(view)
         view.start()
     phone.start()
@@ -201,7 +217,7 @@ async def run_phone(
         await control.close()
 
 
-async def _registered(phone: Any, interrupted: asyncio.Event) -> int | None:
+async def _registered(phone: Phone, interrupted: asyncio.Event) -> int | None:
     waits = [asyncio.ensure_future(e.wait()) for e in (phone.registered, phone.stopped, interrupted)]
     try:
         await asyncio.wait(waits, timeout=REGISTER_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
@@ -216,14 +232,16 @@ async def _registered(phone: Any, interrupted: asyncio.Event) -> int | None:
 
     if isinstance(phone.fatal, AuthFailed):
         return ExitCode.AUTH_FAILED
-    phone.emit("call.ended", {"call_id": None, "peer": None, "reason": "server_unreachable",
-                              "source": "local", "duration_s": 0.0})
+    from callctl.engine.events import Ev
+
+    phone.emit(Ev.CALL_ENDED, {"call_id": None, "peer": None, "reason": "server_unreachable",
+                               "source": "local", "duration_s": 0.0})
     print(f"callctl: cannot reach the server at {phone.client.server}", file=sys.stderr)
     return ExitCode.SERVER_UNREACHABLE
 
 
-def run(coro: Awaitable[int]) -> None:
+def run(coro: Coroutine[Any, Any, int]) -> None:
     import typer
 
-    code = asyncio.run(coro)  # type: ignore[arg-type]
+    code = asyncio.run(coro)
     raise typer.Exit(int(code))

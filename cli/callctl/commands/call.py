@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,8 @@ from callctl.commands import _phone
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
+if TYPE_CHECKING:
+    from callctl.engine.phone import Phone
 
 
 def call(
@@ -40,27 +42,27 @@ def call(
     video_paused: _phone.VideoPaused = False,
     camera_format: _phone.CameraFormat = None,
 ) -> None:
-    from callctl.engine.session import CallPolicy, MediaOptions
+    from callctl.engine.phone import CallPolicy
+    from callctl.engine.session import CallLimits
+    from callctl.media.assembly import MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE, Media
 
     settings = ctx.obj
     if not ID_PATTERN_RE.match(peer):
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
-    dev = device or _phone.default_device()
-    if not ID_PATTERN_RE.match(dev):
-        fail(f"bad device id {dev!r}", ExitCode.USAGE)
-    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
-                         bitrate_kbps=bitrate)
     if video and video_in is None:
         video_in = "camera"
-    _phone.video_options(media, video_in=video_in, video_out=video_out, size=video_size, fps=fps,
-                         paused=video_paused, camera_format=camera_format, settings=settings)
-    _phone.check_media(media)
+    dev, media = _phone.device_and_media(
+        settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
+                                       bitrate_kbps=bitrate, video_in=video_in, fps=fps,
+                                       video_paused=video_paused),
+        video_out=video_out, size=video_size, camera_format=camera_format)
     call_media = Media.VIDEO if video else Media.AUDIO
 
-    async def body(phone: Any, interrupted: asyncio.Event) -> int:
-        session = phone.dial(peer, call_media, ring_timeout=ring_timeout,
-                             hangup_after=hangup_after, max_duration=max_duration)
+    limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
+
+    async def body(phone: Phone, interrupted: asyncio.Event) -> int:
+        session = phone.dial(peer, call_media, limits)
         ended = asyncio.ensure_future(session.ended.wait())
         stop = asyncio.ensure_future(interrupted.wait())
         await asyncio.wait([ended, stop], return_when=asyncio.FIRST_COMPLETED)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from callctl.commands import _phone
+from callctl.engine.events import Ev
 from callctl.exitcodes import ExitCode, for_reason
 
 
@@ -39,8 +40,11 @@ def _start_server(folder: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 async def _demo(settings: Any, duration: float) -> int:
-    from callctl.engine.session import CallPolicy, MediaOptions, Phone
-    from callctl.media.rtc import preload
+    from callctl.engine.commands import Request, run_command
+    from callctl.engine.phone import CallPolicy, Phone
+    from callctl.engine.session import CallLimits
+    from callctl.media.adjust import preload
+    from callctl.media.assembly import MediaOptions
     from callctl.signaling.auth import issue_token, read_secret
     from callctl.signaling.client import SignalingClient
     from callctl.signaling.protocol import Media
@@ -63,7 +67,7 @@ async def _demo(settings: Any, duration: float) -> int:
 
             def note(who: str) -> Any:
                 def listener(event: str, record: dict[str, Any]) -> None:
-                    if event == "call.connected" and who == "alice":
+                    if event == Ev.CALL_CONNECTED and who == "alice":
                         setup["ms"] = record["setup_ms"]
                 return listener
 
@@ -71,10 +75,10 @@ async def _demo(settings: Any, duration: float) -> int:
             if settings.json:
                 alice.listeners.append(JsonOutput())
             elif sys.stdout.isatty():
-                view = LiveView(lambda: alice.command("status"), lambda cmd: None,
+                view = LiveView(lambda: run_command(alice, Request("status")), lambda cmd: None,
                                 lambda: alice.session.peer.stats() if alice.session and alice.session.peer else _none())
                 alice.listeners.append(view)
-                bob.listeners.append(lambda e, r: view(e, {**r, "peer": r.get("peer")}) if e == "call.incoming" else None)
+                bob.listeners.append(lambda e, r: view(e, {**r, "peer": r.get("peer")}) if e == Ev.CALL_INCOMING else None)
             else:
                 alice.listeners.append(_prefixed("alice", PlainOutput()))
                 bob.listeners.append(_prefixed("bob", PlainOutput()))
@@ -85,8 +89,7 @@ async def _demo(settings: Any, duration: float) -> int:
             if view is not None:
                 view.start()
             started = time.monotonic()
-            session = alice.dial("bob", Media.AUDIO, ring_timeout=10, hangup_after=duration,
-                                 max_duration=None)
+            session = alice.dial("bob", Media.AUDIO, CallLimits(ring_timeout=10, hangup_after=duration))
             try:
                 await session.ended.wait()
                 await asyncio.wait_for(bob.call_ended.wait(), 5)
@@ -120,7 +123,8 @@ async def _demo(settings: Any, duration: float) -> int:
             if server.stdout:
                 server.stdout.close()
     if settings.json:
-        JsonOutput()("demo.summary", {"v": 1, "ts": round(time.time(), 3), "event": "demo.summary", **summary})
+        JsonOutput()(Ev.DEMO_SUMMARY, {"v": 1, "ts": round(time.time(), 3), "event": Ev.DEMO_SUMMARY.value,
+                                       **summary})
     else:
         print(
             f"\ncall ended: {summary['reason']}\n"
@@ -145,6 +149,6 @@ async def _none() -> dict[str, float]:
 
 def _prefixed(who: str, out: Any) -> Any:
     def listener(event: str, record: dict[str, Any]) -> None:
-        if event in ("call.ended", "call.connected", "call.incoming", "call.outgoing", "registered"):
+        if event in (Ev.CALL_ENDED, Ev.CALL_CONNECTED, Ev.CALL_INCOMING, Ev.CALL_OUTGOING, Ev.REGISTERED):
             out(event, record)
     return listener

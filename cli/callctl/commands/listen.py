@@ -6,15 +6,19 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from callctl.commands import _phone
+from callctl.engine.events import Ev
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
-HOOK_EVENTS = {"call.incoming": "ring", "call.connected": "connect", "call.ended": "end"}
+if TYPE_CHECKING:
+    from callctl.engine.phone import Phone
+
+HOOK_EVENTS: dict[str, str] = {Ev.CALL_INCOMING: "ring", Ev.CALL_CONNECTED: "connect", Ev.CALL_ENDED: "end"}
 
 
 def listen(
@@ -43,7 +47,8 @@ def listen(
     video_paused: _phone.VideoPaused = False,
     camera_format: _phone.CameraFormat = None,
 ) -> None:
-    from callctl.engine.session import CallPolicy, MediaOptions
+    from callctl.engine.phone import CallPolicy
+    from callctl.media.assembly import MediaOptions
     from callctl.signaling.protocol import ID_PATTERN_RE
 
     settings = ctx.obj
@@ -53,18 +58,15 @@ def listen(
         bad = [u for u in allowed if not ID_PATTERN_RE.match(u)]
         if bad or not allowed:
             fail(f"bad --allow list {allow!r}", ExitCode.USAGE)
-    dev = device or _phone.default_device()
-    if not ID_PATTERN_RE.match(dev):
-        fail(f"bad device id {dev!r}", ExitCode.USAGE)
-    media = MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
-                         bitrate_kbps=bitrate)
-    _phone.video_options(media, video_in=video_in, video_out=video_out, size=video_size, fps=fps,
-                         paused=video_paused, camera_format=camera_format, settings=settings)
-    _phone.check_media(media)
+    dev, media = _phone.device_and_media(
+        settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
+                                       bitrate_kbps=bitrate, video_in=video_in, fps=fps,
+                                       video_paused=video_paused),
+        video_out=video_out, size=video_size, camera_format=camera_format)
     policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed)
     hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}
 
-    async def body(phone: Any, interrupted: asyncio.Event) -> int:
+    async def body(phone: Phone, interrupted: asyncio.Event) -> int:
         running: set[asyncio.Task[None]] = set()
 
         def hook(event: str, record: dict[str, Any]) -> None:

@@ -8,12 +8,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from callctl.exitcodes import ExitCode
 from callctl.ui.console import fail
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from callctl.media.devices import MicSource, SpeakerSink
 
 
 def _dbfs(value: float) -> float:
@@ -33,7 +39,8 @@ def preview(
     speaker: Annotated[str | None, typer.Option(help="Speaker for --loopback.")] = None,
     duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds.")] = None,
 ) -> None:
-    from callctl.media.audio import DeviceError, level
+    from callctl.media.audio import level
+    from callctl.media.errors import DeviceError
     from callctl.media.devices import MicSource, SpeakerSink
 
     if video or snapshot is not None:
@@ -52,7 +59,8 @@ def preview(
     raise typer.Exit(int(code))
 
 
-async def _meter(source, sink, duration, level) -> int:  # type: ignore[no-untyped-def]
+async def _meter(source: MicSource, sink: SpeakerSink | None, duration: float | None,
+                 level: Callable[[np.ndarray], float]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupted = False
@@ -103,7 +111,7 @@ async def _meter(source, sink, duration, level) -> int:  # type: ignore[no-untyp
     return ExitCode.INTERRUPTED if interrupted else 0
 
 
-def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
     import os
     import termios
     import tty
@@ -128,14 +136,15 @@ def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event):  # type: ignore
 def _video_preview(camera: str, snapshot: Path | None, size: str, fps: float,
                    camera_format: str | None, duration: float | None) -> int:
     """Draw the camera in the terminal, or save one frame (how a kiosk's camera gets aimed)."""
-    from callctl.media.audio import DeviceError, MediaError
-    from callctl.media.registry import open_video_source
-    from callctl.media.video import TerminalSink, VideoFormat, parse_size
+    from callctl.media.errors import DeviceError, MediaError
+    from callctl.media.registry import VIDEO_SOURCES, OpenParams
+    from callctl.media.video_sources import VideoFormat, parse_size
+    from callctl.ui.terminal_video import TerminalSink
 
     try:
         w, h = parse_size(size)
         spec = camera if camera in ("testsrc",) or camera.startswith(("file:", "camera")) else f"camera:{camera}"
-        source = open_video_source(spec, VideoFormat(w, h, fps), camera_format=camera_format)
+        source = VIDEO_SOURCES.open(spec, OpenParams(video=VideoFormat(w, h, fps), camera_format=camera_format))
     except MediaError as exc:
         fail(str(exc), ExitCode.USAGE)
     except DeviceError as exc:
@@ -150,7 +159,7 @@ def _video_preview(camera: str, snapshot: Path | None, size: str, fps: float,
                     time.sleep(0.05)
             if frame is None:
                 fail(f"no frame from {camera} within 10 s", ExitCode.DEVICE_ERROR)
-            from callctl.media.video import save_image
+            from callctl.media.video_sinks import save_image
 
             try:
                 save_image(frame, snapshot)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from callctl.engine.commands import Request
 from callctl.paths import runtime_dir
 
 MAX_LINE = 4096
@@ -47,7 +48,7 @@ class ControlServer:
     def __init__(
         self,
         path: Path,
-        handle: Callable[[str, str | None, str | None], dict[str, Any]],
+        handle: Callable[[Request], dict[str, Any]],
     ) -> None:
         self.path = path
         self.handle = handle
@@ -100,7 +101,7 @@ class ControlServer:
                 if cmd == "events":
                     await self._stream_events(writer)
                     return
-                await _send(writer, self.handle(cmd, call_id, arg))
+                await _send(writer, self.handle(Request(cmd, call_id, arg)))
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:

@@ -12,7 +12,13 @@ the actions lives in ``session.py``.
 
 Callee preparation: the media path may come up while still ringing
 (``MediaUp`` in outgoing/incoming only sets ``media_up``), so that answering
-moves straight to connected.
+moves straight to connected.  The caller applies a prepared answer early
+(``Prepared``); if a *different* device then answers, the answer differs
+from the prepared one and the caller negotiates afresh (``Reoffer``).
+
+Every end reason is decided here, from an event; the one exception is
+``Failed(reason)``, whose reason comes from ``reasons.reason_for`` (a request
+or a device that raised).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from callctl.signaling.protocol import EndReason, Media
+from typing import Any
+
+from callctl.engine.events import VIDEO_STATES, Ev
+from callctl.signaling.protocol import EndReason, Media, hangup_reason
 
 
 class Role(str, enum.Enum):
@@ -141,9 +150,64 @@ class ConnectTimeout:
     """ICE/DTLS did not complete in time after answer/accept (only counts while connecting)."""
 
 
+@dataclass(frozen=True, slots=True)
+class MediaLost:
+    """The media path failed, or the peer stopped sending."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignalingLost:
+    """The server stayed unreachable for the grace time before the call connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRefused:
+    """The server refused our answer: another device was first, or the call ended meanwhile."""
+
+    already_answered: bool
+    #: How the call ended, when the server could tell us.
+    reason: EndReason | None = None
+    by_server: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Caller: a device of the callee prepared its answer while ringing."""
+
+    sdp: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reoffered:
+    """Callee: the caller negotiates afresh (another device had prepared)."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reanswered:
+    """Caller: the callee's answer to our re-offer."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMuted:
+    muted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerVideo:
+    """The peer's video changed: paused, resumed, enabled or disabled."""
+
+    state: str
+
+
 CallEvent = (
     ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
-    | Hangup | RemoteEnded | Failed
+    | Hangup | RemoteEnded | Failed | MediaLost | SignalingLost | AnswerRefused | Prepared | Reoffered
+    | Reanswered | PeerMuted | PeerVideo
 )
 
 # --------------------------------------------------------------------- actions
@@ -193,16 +257,47 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyEarlyAnswer:
+    """Caller: apply a prepared answer now, so the media path comes up while ringing."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reoffer:
+    """Caller: a fresh peer connection and offer, sent as a ``reoffer`` signal."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerReoffer:
+    """Callee: a fresh peer connection answering ``sdp``; ``start`` it if media already runs."""
+
+    sdp: str
+    start: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReanswer:
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArmConnectTimeout:
+    """ICE and DTLS must complete within the connect timeout from now."""
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     """Tell the user: an event name and its fields (see docs/EVENTS.md)."""
 
-    event: str
+    event: Ev
     fields: dict[str, object] = field(default_factory=dict)
 
 
 Action = (
     CreateCall | ApplyAnswer | Prepare | SendAnswer | SendDecline | SendHangup | StartMedia
-    | Release | Notify
+    | Release | Notify | ApplyEarlyAnswer | Reoffer | AnswerReoffer | ApplyReanswer
+    | ArmConnectTimeout
 )
 
 
@@ -218,6 +313,11 @@ class Call:
     media: Media = Media.AUDIO
     media_up: bool = False
     accepted: bool = False
+    #: Caller: the answer a callee's device prepared (applied early), and that device.
+    early_answer: str | None = None
+    prepared_by: str | None = None
+    peer_muted: bool = False
+    peer_video: str | None = None
     reason: EndReason | None = None
     source: Source | None = None
     #: Clock readings (seconds, whatever clock the session feeds in).
@@ -254,7 +354,7 @@ class Call:
             self.state = State.CONNECTED
             self.connected_at = now
             setup_ms = round((now - (self.started_at or now)) * 1000, 1)
-            return [Notify("call.connected", {**self._ids(), "setup_ms": setup_ms})]
+            return [Notify(Ev.CALL_CONNECTED, {**self._ids(), "setup_ms": setup_ms})]
         return []
 
     def _end(
@@ -266,7 +366,7 @@ class Call:
             *extra,
             Release(),
             Notify(
-                "call.ended",
+                Ev.CALL_ENDED,
                 {
                     **self._ids(),
                     "reason": reason.value,
@@ -279,81 +379,128 @@ class Call:
 
 # ------------------------------------------------------------- transitions
 
-Handler = Callable[[Call, CallEvent, float], list[Action]]
+#: A handler takes the event its row names (typed per handler; the table erases it).
+Handler = Callable[[Call, Any, float], list[Action]]
 
 
-def _dial(c: Call, e: Dial, now: float) -> list[Action]:  # type: ignore[misc]
+def _dial(c: Call, e: Dial, now: float) -> list[Action]:
     c.state, c.peer, c.media, c.started_at = State.OUTGOING, e.peer, e.media, now
-    return [CreateCall(e.peer, e.media), Notify("call.outgoing", c._ids())]
+    return [CreateCall(e.peer, e.media), Notify(Ev.CALL_OUTGOING, c._ids())]
 
 
-def _created(c: Call, e: Created, now: float) -> list[Action]:  # type: ignore[misc]
+def _created(c: Call, e: Created, now: float) -> list[Action]:
     c.call_id = e.call_id
-    return [Notify("call.created", c._ids())]
+    return [Notify(Ev.CALL_CREATED, c._ids())]
 
 
-def _ringing(c: Call, e: Ringing, now: float) -> list[Action]:  # type: ignore[misc]
-    return [Notify("call.ringback", c._ids())]
+def _ringing(c: Call, e: Ringing, now: float) -> list[Action]:
+    return [Notify(Ev.CALL_RINGBACK, c._ids())]
 
 
-def _answered(c: Call, e: Answered, now: float) -> list[Action]:  # type: ignore[misc]
+def _prepared(c: Call, e: Prepared, now: float) -> list[Action]:
+    if c.early_answer is not None:
+        return []  # the first device to prepare is the one we connect to early
+    c.early_answer, c.prepared_by = e.sdp, e.device
+    return [ApplyEarlyAnswer(e.sdp)]
+
+
+def _answered(c: Call, e: Answered, now: float) -> list[Action]:
     c.state, c.accepted = State.CONNECTING, True
-    return [ApplyAnswer(e.sdp), StartMedia(), Notify("call.connecting", c._ids()),
+    # another device prepared, this one answered: negotiate afresh with it
+    negotiate: Action = Reoffer() if c.early_answer not in (None, e.sdp) else ApplyAnswer(e.sdp)
+    return [negotiate, ArmConnectTimeout(), StartMedia(), Notify(Ev.CALL_CONNECTING, c._ids()),
             *c._connect_if_ready(now)]
 
 
-def _ring(c: Call, e: Ring, now: float) -> list[Action]:  # type: ignore[misc]
+def _reanswered(c: Call, e: Reanswered, now: float) -> list[Action]:
+    return [ApplyReanswer(e.sdp)]
+
+
+def _ring(c: Call, e: Ring, now: float) -> list[Action]:
     c.state, c.call_id, c.peer, c.media, c.started_at = (
         State.INCOMING, e.call_id, e.peer, e.media, now,
     )
-    return [Prepare(e.sdp), Notify("call.incoming", c._ids())]
+    return [Prepare(e.sdp), Notify(Ev.CALL_INCOMING, c._ids())]
 
 
-def _accept(c: Call, e: Accept, now: float) -> list[Action]:  # type: ignore[misc]
+def _accept(c: Call, e: Accept, now: float) -> list[Action]:
     c.state = State.CONNECTING
     c.started_at = now  # the callee's set-up time runs from accept
     # media starts with the accept, not after the server confirms the answer:
     # the caller plays nothing until it is answered, so nothing leaks early
-    return [SendAnswer(), StartMedia(), Notify("call.connecting", c._ids())]
+    return [SendAnswer(), ArmConnectTimeout(), StartMedia(), Notify(Ev.CALL_CONNECTING, c._ids())]
 
 
-def _answer_sent(c: Call, e: AnswerSent, now: float) -> list[Action]:  # type: ignore[misc]
+def _answer_sent(c: Call, e: AnswerSent, now: float) -> list[Action]:
     c.accepted = True
     return c._connect_if_ready(now)
 
 
-def _decline(c: Call, e: Decline, now: float) -> list[Action]:  # type: ignore[misc]
+def _answer_refused(c: Call, e: AnswerRefused, now: float) -> list[Action]:
+    if e.already_answered:
+        return c._end(now, EndReason.ANSWERED_ELSEWHERE, Source.REMOTE)
+    source = Source.SERVER if e.by_server else Source.REMOTE
+    return c._end(now, e.reason or EndReason.CANCELLED, source)
+
+
+def _reoffered(c: Call, e: Reoffered, now: float) -> list[Action]:
+    return [AnswerReoffer(e.sdp, start=c.state != State.INCOMING)]
+
+
+def _decline(c: Call, e: Decline, now: float) -> list[Action]:
     reason = EndReason.BUSY if e.busy else EndReason.DECLINED
     return c._end(now, reason, Source.LOCAL, SendDecline(e.busy))
 
 
-def _media_up(c: Call, e: MediaUp, now: float) -> list[Action]:  # type: ignore[misc]
+def _media_up(c: Call, e: MediaUp, now: float) -> list[Action]:
     c.media_up = True
     return c._connect_if_ready(now) if c.state == State.CONNECTING else []
 
 
-def _hangup(c: Call, e: Hangup, now: float) -> list[Action]:  # type: ignore[misc]
-    if c.state == State.OUTGOING:
-        reason = EndReason.CANCELLED if e.reason == EndReason.HANGUP else e.reason
-        return c._end(now, reason, Source.LOCAL, SendHangup(e.reason))
-    return c._end(now, e.reason, Source.LOCAL, SendHangup(e.reason))
+def _peer_muted(c: Call, e: PeerMuted, now: float) -> list[Action]:
+    c.peer_muted = e.muted
+    return [Notify(Ev.PEER_MUTED if e.muted else Ev.PEER_UNMUTED, {"call_id": c.call_id})]
 
 
-def _remote_ended(c: Call, e: RemoteEnded, now: float) -> list[Action]:  # type: ignore[misc]
+def _peer_video(c: Call, e: PeerVideo, now: float) -> list[Action]:
+    if e.state not in VIDEO_STATES:
+        return []  # a state this version does not know: nothing to show
+    c.peer_video = e.state
+    return [Notify(VIDEO_STATES[e.state][1], {"call_id": c.call_id})]
+
+
+def _hangup(c: Call, e: Hangup, now: float) -> list[Action]:
+    reason = hangup_reason(e.reason, ringing=c.state == State.OUTGOING, by_caller=True)
+    return c._end(now, reason, Source.LOCAL, SendHangup(e.reason))
+
+
+def _remote_ended(c: Call, e: RemoteEnded, now: float) -> list[Action]:
     source = Source.SERVER if e.by_server else Source.REMOTE
     return c._end(now, e.reason, source)
 
 
-def _failed(c: Call, e: Failed, now: float) -> list[Action]:  # type: ignore[misc]
+def _fail(c: Call, reason: EndReason, now: float) -> list[Action]:
     # tell the server (and so the peer) when we still can; it may be the server that failed
     extra: list[Action] = []
-    if c.call_id is not None and e.reason not in (EndReason.SERVER_UNREACHABLE, EndReason.AUTH_FAILED):
-        extra.append(SendHangup(e.reason))
-    return c._end(now, e.reason, Source.LOCAL, *extra)
+    if c.call_id is not None and reason not in (EndReason.SERVER_UNREACHABLE, EndReason.AUTH_FAILED):
+        extra.append(SendHangup(reason))
+    return c._end(now, reason, Source.LOCAL, *extra)
 
 
-def _connect_timeout(c: Call, e: ConnectTimeout, now: float) -> list[Action]:  # type: ignore[misc]
-    return _failed(c, Failed(EndReason.NETWORK_LOST), now)
+def _failed(c: Call, e: Failed, now: float) -> list[Action]:
+    return _fail(c, e.reason, now)
+
+
+def _media_lost(c: Call, e: MediaLost | ConnectTimeout, now: float) -> list[Action]:
+    return _fail(c, EndReason.NETWORK_LOST, now)
+
+
+def _signaling_lost(c: Call, e: SignalingLost, now: float) -> list[Action]:
+    return _fail(c, EndReason.SERVER_UNREACHABLE, now)
+
+
+def _hangup_while_ringing(c: Call, e: Hangup, now: float) -> list[Action]:
+    return _decline(c, Decline(), now)
 
 
 LOCAL_EVENTS = frozenset({Dial, Accept, Decline, Hangup})
@@ -365,32 +512,35 @@ TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
     (_CALLER, State.IDLE, Dial): _dial,
     (_CALLER, _O, Created): _created,
     (_CALLER, _O, Ringing): _ringing,
+    (_CALLER, _O, Prepared): _prepared,
     (_CALLER, _O, Answered): _answered,
     (_CALLER, _O, MediaUp): _media_up,
     (_CALLER, _CG, MediaUp): _media_up,
+    (_CALLER, _CG, Reanswered): _reanswered,
+    (_CALLER, _CD, Reanswered): _reanswered,
     (_CALLEE, State.IDLE, Ring): _ring,
     (_CALLEE, _I, Accept): _accept,
     (_CALLEE, _I, Decline): _decline,
+    (_CALLEE, _I, Hangup): _hangup_while_ringing,
     (_CALLEE, _I, MediaUp): _media_up,
     (_CALLEE, _CG, AnswerSent): _answer_sent,
+    (_CALLEE, _CG, AnswerRefused): _answer_refused,
     (_CALLEE, _CG, MediaUp): _media_up,
-    (_CALLER, _CG, ConnectTimeout): _connect_timeout,
-    (_CALLEE, _CG, ConnectTimeout): _connect_timeout,
+    (_CALLER, _CG, ConnectTimeout): _media_lost,
+    (_CALLEE, _CG, ConnectTimeout): _media_lost,
 }
-for _role in Role:
-    for _state in (_O, _I, _CG, _CD):
-        if (_role, _state) in ((_CALLER, _I), (_CALLEE, _O)):
-            continue
+for _state in (_I, _CG, _CD):
+    TRANSITIONS[(_CALLEE, _state, Reoffered)] = _reoffered
+for _role, _states in ((_CALLER, (_O, _CG, _CD)), (_CALLEE, (_I, _CG, _CD))):
+    for _state in _states:
+        TRANSITIONS.setdefault((_role, _state, Hangup), _hangup)
         TRANSITIONS[(_role, _state, RemoteEnded)] = _remote_ended
         TRANSITIONS[(_role, _state, Failed)] = _failed
-        TRANSITIONS[(_role, _state, Hangup)] = _hangup
-
-
-def _hangup_while_ringing(c: Call, e: Hangup, now: float) -> list[Action]:  # type: ignore[misc]
-    return _decline(c, Decline(), now)
-
-
-TRANSITIONS[(_CALLEE, _I, Hangup)] = _hangup_while_ringing
+        TRANSITIONS[(_role, _state, MediaLost)] = _media_lost
+        TRANSITIONS[(_role, _state, PeerMuted)] = _peer_muted
+        TRANSITIONS[(_role, _state, PeerVideo)] = _peer_video
+        if _state != _CD:  # a connected call outlives the server (media is peer to peer)
+            TRANSITIONS[(_role, _state, SignalingLost)] = _signaling_lost
 
 
 def describe() -> str:
@@ -399,5 +549,5 @@ def describe() -> str:
     for (role, state, event), handler in sorted(
         TRANSITIONS.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value, kv[0][2].__name__)
     ):
-        rows.append(f"{role.value:7} {state.value:11} {event.__name__:12} {handler.__name__}")
+        rows.append(f"{role.value:7} {state.value:11} {event.__name__:15} {handler.__name__}")
     return "\n".join(rows)

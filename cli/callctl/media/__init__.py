@@ -1,1 +1,1 @@
-"""Media: audio sources and sinks behind one registry, and the aiortc glue."""
+"""Media: sources and sinks behind one registry, the call's peer connection, and the aiortc adjustments."""

@@ -1,8 +1,10 @@
 """Audio sources and sinks: small classes behind one contract, like baresip's ausrc/auplay.
 
 Sources produce 20 ms frames of 48 kHz mono s16 PCM (``numpy.int16`` arrays of
-960 samples) on demand; sinks take such arrays.  ``audio_track`` wraps a source
-as the aiortc track the sender pulls from, paced by the wall clock.  Blocking
+960 samples) on demand; sinks take such arrays.  A source or sink that is a
+real device can stop delivering (unplugged): ``stalled()`` says so and
+``reopen()`` tries again (``media/watchdog.py``); for the others both are
+no-ops.  Blocking
 work (decoding, file writing) happens in threads behind bounded queues: a slow
 sink drops frames, it never grows memory or latency.
 """
@@ -16,8 +18,11 @@ import queue
 import threading
 import wave
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+
+from callctl.media.errors import MediaError, probe_file
 
 log = logging.getLogger("callctl.media")
 
@@ -25,14 +30,6 @@ RATE = 48000
 FRAME = 960  # 20 ms
 FRAME_S = FRAME / RATE
 SILENCE = np.zeros(FRAME, dtype=np.int16)
-
-
-class MediaError(Exception):
-    """A source or sink cannot be used (bad spec, unreadable file): a usage error."""
-
-
-class DeviceError(Exception):
-    """A microphone, speaker or camera cannot be opened."""
 
 
 def level(pcm: np.ndarray) -> float:
@@ -45,16 +42,34 @@ def level(pcm: np.ndarray) -> float:
 # ------------------------------------------------------------------- sources
 
 
-class AudioSource(abc.ABC):
+class Endpoint:
+    """What every source and sink has: a name, and the device contract."""
+
     #: What ``status`` and the live view show.
+    name: str = "endpoint"
+
+    @property
+    def device_name(self) -> str:
+        """The device as a person knows it (events name it)."""
+        return self.name
+
+    def stalled(self) -> bool:
+        """The device stopped delivering (unplugged?); never true for files and tones."""
+        return False
+
+    def reopen(self) -> None:
+        """Open the device again after a stall (DeviceError while it is still gone); may block."""
+
+    def close(self) -> None:
+        """Release what it holds; may block (a sink flushing a file)."""
+
+
+class AudioSource(Endpoint, abc.ABC):
     name: str = "source"
 
     @abc.abstractmethod
     def read(self) -> np.ndarray:
         """The next 20 ms frame; must not block for long (called on the event loop)."""
-
-    def close(self) -> None:  # noqa: B027 - optional
-        pass
 
 
 class ToneSource(AudioSource):
@@ -137,33 +152,20 @@ class FileSource(AudioSource):
 
 
 def probe_audio_file(path: Path) -> None:
-    import av
-
-    if not path.is_file():
-        raise MediaError(f"cannot read {path}: no such file")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise MediaError(f"{path} has no audio stream")
-    except av.FFmpegError as exc:
-        raise MediaError(f"cannot decode {path}: {exc}") from None
-    except OSError as exc:
-        raise MediaError(f"cannot read {path}: {exc.strerror}") from None
+    """An audio file we can decode, or MediaError saying why not (before any network traffic)."""
+    probe_file(path, "audio")
 
 
 # --------------------------------------------------------------------- sinks
 
 
-class AudioSink(abc.ABC):
+class AudioSink(Endpoint, abc.ABC):
     name: str = "sink"
     frames: int = 0
 
     @abc.abstractmethod
     def write(self, pcm: np.ndarray) -> None:
         """Take one frame; never blocks (drops when behind)."""
-
-    def close(self) -> None:  # noqa: B027 - optional
-        """Flush and finalize; may block (run it off the event loop)."""
 
 
 class NullSink(AudioSink):
@@ -248,17 +250,18 @@ class FileSink(AudioSink):
 
         fmt, codec = FILE_FORMATS[self.path.suffix.lower()]
         with av.open(str(self.path), "w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=RATE)
-            stream.layout = "mono"  # type: ignore[attr-defined]
+            # add_stream is typed for any stream kind: this one is audio
+            stream = cast(av.AudioStream, container.add_stream(codec, rate=RATE))
+            stream.layout = "mono"
             pts = 0
             while (pcm := self._queue.get()) is not None:
                 frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
                 frame.sample_rate = RATE
                 frame.pts = pts
                 pts += pcm.size
-                for packet in stream.encode(frame):  # type: ignore[attr-defined]
+                for packet in stream.encode(frame):
                     container.mux(packet)
-            for packet in stream.encode(None):  # type: ignore[attr-defined]
+            for packet in stream.encode(None):
                 container.mux(packet)
 
     def close(self) -> None:

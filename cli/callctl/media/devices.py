@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from callctl.media.audio import FRAME, RATE, SILENCE, AudioSink, AudioSource, DeviceError
+from callctl.media.audio import FRAME, RATE, SILENCE, AudioSink, AudioSource
+from callctl.media.errors import DeviceError
 
 #: Frames (20 ms each) held between a device callback and the call: 200 ms at most.
 DEVICE_QUEUE_FRAMES = 10
@@ -213,6 +214,10 @@ class _DeviceStream:
                 )
             except OSError as exc:
                 raise DeviceError(f"cannot open {self.noun} {self.device.name!r}: {exc}") from None
+
+    @property
+    def device_name(self) -> str:
+        return self.device.name
 
     def stalled(self) -> bool:
         """No callback for STALL_S: the device stopped delivering (unplugged?)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -159,7 +160,7 @@ class PassThroughJitterBuffer:
     def capacity(self) -> int:
         return self._capacity
 
-    def add(self, packet):  # type: ignore[no-untyped-def]
+    def add(self, packet: Any) -> tuple[bool, Any]:
         from aiortc.jitterbuffer import JitterFrame
 
         if packet.sequence_number in self._recent:

@@ -13,8 +13,9 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity
@@ -111,7 +112,7 @@ class Hub:
                 last_purge = mono
                 await self.store.purge(now)
 
-    def _later(self, delay: float, coro_fn, *args) -> asyncio.TimerHandle:  # type: ignore[no-untyped-def]
+    def _later(self, delay: float, coro_fn: Callable[..., Awaitable[None]], *args: Any) -> asyncio.TimerHandle:
         """Run ``coro_fn(*args)`` after ``delay``: a timer handle, not a sleeping task."""
 
         async def run() -> None:

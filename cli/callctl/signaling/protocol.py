@@ -302,4 +302,4 @@ def decode_event(data: bytes | str) -> Event:
 
 
 def event_name(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
+    return str(type(event).__struct_config__.tag)

@@ -16,25 +16,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-PLAIN_EVENTS = {
-    "registered": lambda r: f"online as {r['user']} ({r['server']})",
-    "server.lost": lambda r: f"server unreachable: {r['message']} (retrying)",
-    "server.restored": lambda r: "server reachable again",
-    "call.outgoing": lambda r: f"calling {r['peer']}",
-    "call.ringback": lambda r: f"ringing {r['peer']}",
-    "call.incoming": lambda r: f"incoming {r['media']} call from {r['peer']} ({r['call_id']})",
-    "call.refused": lambda r: f"refused a call from {r['peer']} (not in --allow)",
-    "call.missed": lambda r: f"missed a call from {r['peer']} (busy)",
-    "call.connecting": lambda r: "connecting",
-    "call.connected": lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms)",
-    "call.ended": lambda r: f"call ended: {r['reason']} ({r['source']}) after {r['duration_s']:.1f} s",
-    "media.muted": lambda r: "microphone muted",
-    "media.unmuted": lambda r: "microphone unmuted",
-    "peer.muted": lambda r: "peer muted",
-    "peer.unmuted": lambda r: "peer unmuted",
-    "device.lost": lambda r: f"{r['kind']} {r['device']!r} stopped (unplugged?): silent until it is back",
-    "device.restored": lambda r: f"{r['kind']} {r['device']!r} is back",
-    "error": lambda r: f"error: {r['message']}",
+from callctl.engine.events import Ev
+
+PLAIN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    Ev.REGISTERED: lambda r: f"online as {r['user']} ({r['server']})",
+    Ev.SERVER_LOST: lambda r: f"server unreachable: {r['message']} (retrying)",
+    Ev.SERVER_RESTORED: lambda r: "server reachable again",
+    Ev.CALL_OUTGOING: lambda r: f"calling {r['peer']}",
+    Ev.CALL_RINGBACK: lambda r: f"ringing {r['peer']}",
+    Ev.CALL_INCOMING: lambda r: f"incoming {r['media']} call from {r['peer']} ({r['call_id']})",
+    Ev.CALL_REFUSED: lambda r: f"refused a call from {r['peer']} (not in --allow)",
+    Ev.CALL_MISSED: lambda r: f"missed a call from {r['peer']} (busy)",
+    Ev.CALL_CONNECTING: lambda r: "connecting",
+    Ev.CALL_CONNECTED: lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms)",
+    Ev.CALL_ENDED: lambda r: f"call ended: {r['reason']} ({r['source']}) after {r['duration_s']:.1f} s",
+    Ev.MEDIA_MUTED: lambda r: "microphone muted",
+    Ev.MEDIA_UNMUTED: lambda r: "microphone unmuted",
+    Ev.PEER_MUTED: lambda r: "peer muted",
+    Ev.PEER_UNMUTED: lambda r: "peer unmuted",
+    Ev.DEVICE_LOST: lambda r: f"{r['kind']} {r['device']!r} stopped (unplugged?): silent until it is back",
+    Ev.DEVICE_RESTORED: lambda r: f"{r['kind']} {r['device']!r} is back",
+    Ev.ERROR: lambda r: f"error: {r['message']}",
 }
 
 

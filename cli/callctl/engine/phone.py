@@ -1,0 +1,224 @@
+"""One identity online: its event stream, the routing of events to calls, the incoming-call policy.
+
+A ``Phone`` has at most one call at a time (a ``CallSession``).  Events from
+the server reach the session of their call id as machine events; a ring is
+taken, refused (not in ``--allow``) or declined as busy by the policy here.
+Everything a user sees goes out through ``emit`` to the listeners (output,
+control socket, hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from callctl.engine import machine as m
+from callctl.engine.events import Ev
+from callctl.engine.reasons import reason_for
+from callctl.engine.session import CallLimits, CallSession, Outcome
+from callctl.engine.tasks import Tasks
+from callctl.media.assembly import MediaOptions
+from callctl.signaling import protocol as p
+from callctl.signaling.client import (
+    AuthFailed,
+    Conflict,
+    Disconnected,
+    Received,
+    SignalingClient,
+    SignalingError,
+)
+
+log = logging.getLogger("callctl.engine")
+
+#: Before a call connects, signaling that stays lost this long ends it.
+SIGNALING_GRACE_S = 5.0
+#: Events for call ids not known yet (the stream can beat the POST's response): at most this many ids.
+EARLY_CALLS_KEPT = 16
+#: A hangup at close waits this long for the call to end.
+CLOSE_TIMEOUT_S = 6.0
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class CallPolicy:
+    """How a listening phone treats incoming calls."""
+
+    auto_accept: bool = False
+    accept_after: float | None = None
+    allow: frozenset[str] | None = None
+
+
+@dataclass
+class Phone:
+    """One identity online: the event stream, incoming-call policy, the current call."""
+
+    client: SignalingClient
+    media: MediaOptions
+    policy: CallPolicy = field(default_factory=CallPolicy)
+    user: str = ""
+    device: str = "default"
+    ice_servers: list[p.IceServer] = field(default_factory=list)
+    listeners: list[Emit] = field(default_factory=list)
+    session: CallSession | None = None
+    sessions_by_id: dict[str, CallSession] = field(default_factory=dict)
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
+    online: bool = False
+    fatal: SignalingError | None = None
+    #: Set when the stream failed for good (auth refused, device taken over).
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    call_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    calls_done: list[Outcome] = field(default_factory=list)
+    _tasks: Tasks = field(default_factory=lambda: Tasks(expected=(SignalingError,)))
+    _stream_task: asyncio.Task[None] | None = None
+    _offline_timer: asyncio.TimerHandle | None = None
+    _early: dict[str, list[p.Event]] = field(default_factory=dict)
+
+    def adopt(self, call_id: str, session: CallSession) -> None:
+        """Bind a call id to its session and hand it what already arrived for it."""
+        self.sessions_by_id[call_id] = session
+        for event in self._early.pop(call_id, []):
+            self._on_event(event)
+
+    def emit(self, event: Ev, fields: dict[str, Any]) -> None:
+        record = {"v": 1, "ts": round(time.time(), 3), "event": event.value, **fields}
+        for listener in list(self.listeners):
+            try:
+                listener(event.value, record)
+            except Exception:
+                log.exception("event listener failed")
+
+    # ---------------------------------------------------------------- stream
+    def start(self) -> None:
+        self._stream_task = asyncio.ensure_future(self._stream())
+
+    async def _stream(self) -> None:
+        try:
+            async for item in self.client.events():
+                if isinstance(item, Disconnected):
+                    self._went_offline(item)
+                elif isinstance(item, Received):
+                    self._on_event(item.event)
+        except (AuthFailed, Conflict) as exc:
+            self.fatal = exc
+            self.emit(Ev.ERROR, {"message": exc.message})
+            if self.session is not None:
+                self.session.feed(m.Failed(reason_for(exc)))
+            self.stopped.set()
+
+    def _went_offline(self, item: Disconnected) -> None:
+        if self.online or not self.registered.is_set():
+            self.emit(Ev.SERVER_LOST, {"message": item.error.message,
+                                       "retry_in_s": round(item.retry_in, 2)})
+        self.online = False
+        if self.session is not None and self._offline_timer is None:
+            self._offline_timer = asyncio.get_running_loop().call_later(
+                SIGNALING_GRACE_S, self._signaling_gone
+            )
+
+    def _signaling_gone(self) -> None:
+        self._offline_timer = None
+        if not self.online and self.session is not None:
+            self.session.feed(m.SignalingLost())  # the machine ignores it once connected
+
+    def _on_event(self, event: p.Event) -> None:
+        if isinstance(event, p.Registered):
+            self._on_registered(event)
+            return
+        if isinstance(event, p.CallIncoming):
+            self._on_ring(event)
+            return
+        call_id = getattr(event, "call_id", None)
+        if call_id is None:
+            return
+        s = self.sessions_by_id.get(call_id)
+        if s is None:
+            if len(self._early) >= EARLY_CALLS_KEPT:
+                self._early.pop(next(iter(self._early)))
+            self._early.setdefault(call_id, []).append(event)
+            return
+        if s.call.state == m.State.ENDED:
+            return
+        if isinstance(event, p.CallRinging):
+            s.feed(m.Ringing())
+        elif isinstance(event, p.CallAnswered):
+            s.feed(m.Answered(event.sdp))
+        elif isinstance(event, p.CallEnded):
+            s.feed(m.RemoteEnded(event.reason, by_server=event.by == p.Party.SERVER))
+        elif isinstance(event, p.CallSignal):
+            s.on_signal(event)
+
+    def _on_registered(self, event: p.Registered) -> None:
+        was_registered = self.registered.is_set()
+        self.online = True
+        self.user = event.user
+        self.ice_servers = list(event.ice_servers)
+        if self._offline_timer is not None:
+            self._offline_timer.cancel()
+            self._offline_timer = None
+        self.emit(
+            Ev.SERVER_RESTORED if was_registered else Ev.REGISTERED,
+            {"user": event.user, "service": event.service, "device": event.device,
+             "server": self.client.server},
+        )
+        self.registered.set()
+
+    def _on_ring(self, ring: p.CallIncoming) -> None:
+        if ring.call_id in self.sessions_by_id or ring.ring_expires_at < time.time():
+            return  # a replayed ring we know, or one that has expired meanwhile
+        ids = {"call_id": ring.call_id, "peer": ring.caller, "media": ring.media.value}
+        allow = self.policy.allow
+        if allow is not None and ring.caller not in allow:
+            self.emit(Ev.CALL_REFUSED, ids)
+            self._tasks.spawn(self.client.decline(ring.call_id, False), "decline-refused")
+            return
+        if self.session is not None and self.session.call.state != m.State.ENDED:
+            self.emit(Ev.CALL_MISSED, {**ids, "reason": "busy"})
+            self._tasks.spawn(self.client.decline(ring.call_id, True), "decline-busy")
+            return
+        session = self._new_session(m.Role.CALLEE, CallLimits())
+        self.sessions_by_id[ring.call_id] = session
+        session.feed(m.Ring(ring.call_id, ring.caller, ring.media, ring.sdp))
+        if self.policy.auto_accept:
+            session.feed(m.Accept())
+        elif self.policy.accept_after is not None:
+            asyncio.get_running_loop().call_later(
+                self.policy.accept_after, session.feed, m.Accept()
+            )
+
+    def _new_session(self, role: m.Role, limits: CallLimits) -> CallSession:
+        session = CallSession(self, role, self.media, limits)
+        self.session = session
+        self.call_ended.clear()
+        self._tasks.spawn(self._watch(session), "watch-call")
+        return session
+
+    async def _watch(self, session: CallSession) -> None:
+        await session.ended.wait()
+        self.calls_done.append(session.outcome())
+        if self.session is session:
+            self.session = None
+        self.call_ended.set()
+
+    # -------------------------------------------------------------- commands
+    def dial(self, peer: str, media: p.Media, limits: CallLimits) -> CallSession:
+        session = self._new_session(m.Role.CALLER, limits)
+        session.feed(m.Dial(peer, media))
+        return session
+
+    async def close(self) -> None:
+        if self.session is not None and self.session.call.state != m.State.ENDED:
+            self.session.feed(m.Hangup())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.session.ended.wait(), CLOSE_TIMEOUT_S)
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream_task
+        await self._tasks.cancel_all()
+        await self.client.aclose()

@@ -1,0 +1,301 @@
+"""One call's peer connection: negotiation, our tracks in, the peer's media out to the sinks.
+
+The only module that uses aiortc's camelCase API for a call.  Audio and video
+are both negotiated in every call (video held until used), so pausing,
+resuming and turning video on are a track swap, never a renegotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from callctl.media.adjust import STOCK_AUDIO, tune_aiortc
+from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
+from callctl.media.playout import PlayoutBuffer
+from callctl.media.stats import link_stats
+from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
+from callctl.media.video_sinks import VideoSink
+from callctl.media.video_sources import VideoSource
+from callctl.media.voice import VoiceSettings, voice_settings
+from callctl.media.watchdog import watch_devices
+from callctl.signaling.protocol import IceServer
+
+log = logging.getLogger("callctl.media")
+
+#: A connected call with no RTP from the peer for this long has lost its media path.
+MEDIA_SILENCE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class MediaCallbacks:
+    on_up: Callable[[], None]
+    on_lost: Callable[[str], None]
+    on_first_frame: Callable[[], None] = lambda: None
+    on_first_video: Callable[[int, int], None] = lambda w, h: None
+    #: ("device.lost" | "device.restored", {"device": name, "kind": "mic"|"speaker"})
+    on_device: Callable[[str, dict[str, str]], None] = lambda event, fields: None
+
+
+@dataclass
+class VideoSetup:
+    """This side's video: what to send (if anything) and where the peer's goes."""
+
+    source: VideoSource | None = None  # None: receive only
+    sinks: list[VideoSink] = field(default_factory=list)
+    fps: float = 15.0
+    #: Send from the start (False: negotiated but held, "initial video paused").
+    sending: bool = True
+
+
+class PeerConnection:
+    """One call's peer connection: offer/answer, preparation, start, stats, close."""
+
+    def __init__(
+        self,
+        ice_servers: list[IceServer],
+        source: AudioSource,
+        sinks: list[AudioSink],
+        callbacks: MediaCallbacks,
+        video: VideoSetup | None = None,
+        voice: VoiceSettings | None = None,
+    ) -> None:
+        tune_aiortc()
+        self.voice = voice or VoiceSettings()
+        self.video = video or VideoSetup()
+        self.video_sent = Meter()
+        self.video_received = Meter()
+        self._video_track: Any = None
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        self.source = source
+        self.sinks = sinks
+        self.callbacks = callbacks
+        self.sent = Meter()
+        self.received = Meter()
+        self.playout = PlayoutBuffer()
+        self._started = asyncio.Event()
+        self.muted = False
+        self.playing = False
+        self.first_remote_frame_at: float | None = None
+        self._closing = False
+        self._up = False
+        self._last_rx = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._remote_sdp: str | None = None
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                    for s in ice_servers
+                ]
+            )
+        )
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("track", self._on_track)
+
+    # ------------------------------------------------------------ negotiation
+    def _audio_track(self) -> Any:
+        """Our source as a track, held behind the start gate until ``start()``."""
+        return make_source_track(self.source, self.sent, lambda: self.muted, self._started)
+
+    async def create_offer(self) -> str:
+        self.pc.addTransceiver(self._audio_track(), direction="sendrecv")
+        # video is negotiated in every call, held until used: pause, resume and
+        # "video on" in an audio call are then a track swap, with no renegotiation
+        self.pc.addTransceiver("video", direction="sendrecv")
+        with voice_settings(self.voice):  # the sender tasks aiortc spawns take it along
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def apply_answer(self, sdp: str) -> None:
+        """Apply the callee's answer; the same answer twice (prepared, then answered) is a no-op."""
+        if self._remote_sdp == sdp:
+            return
+        if self._remote_sdp is not None:
+            raise RuntimeError("a different answer was already applied")
+        from aiortc import RTCSessionDescription
+
+        self._remote_sdp = sdp
+        with voice_settings(self.voice):
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    @property
+    def has_answer(self) -> bool:
+        return self._remote_sdp is not None
+
+    async def create_answer(self, offer_sdp: str) -> str:
+        """Callee: answer the offer with no track yet, so ICE/DTLS can start while ringing."""
+        from aiortc import RTCSessionDescription
+
+        with voice_settings(self.voice):
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            for transceiver in self.pc.getTransceivers():
+                transceiver.direction = "sendrecv"
+                if transceiver.kind == "audio":
+                    transceiver.sender.replaceTrack(self._audio_track())
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    # ------------------------------------------------------------------ media
+    def start(self) -> None:
+        """Start sending our source and playing the peer into the sinks."""
+        if self.playing:
+            return
+        self.playing = True
+        self._last_rx = time.monotonic()
+        self._started.set()  # the audio track, attached at offer/answer, starts sending
+        if self.video.source is not None and self.video.sending:
+            self.set_video_sending(True)
+        self._spawn(self._watch_rtp())
+        self._spawn(watch_devices([self.source, *self.sinks], self.callbacks.on_device))
+        if not STOCK_AUDIO:
+            self._spawn(self._playout_clock())
+
+    def set_video_source(self, source: VideoSource | None) -> None:
+        """Use this video source from now on (None: stop sending video)."""
+        old = self.video.source
+        self.video.source = source
+        self._video_track = None
+        if old is not None and old is not source:
+            old.close()
+        if self.playing:
+            self.set_video_sending(source is not None and self.video.sending)
+
+    def set_video_sending(self, sending: bool) -> None:
+        """Pause or resume our video: the track is swapped, nothing is renegotiated."""
+        self.video.sending = sending
+        if not self.playing:
+            return
+        track = None
+        if sending and self.video.source is not None:
+            if self._video_track is None:
+                self._video_track = make_video_track(self.video.source, self.video.fps, self.video_sent)
+            track = self._video_track
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.sender.replaceTrack(track)
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self._spawn(self._pump(track))
+        elif track.kind == "video":
+            self._spawn(self._pump_video(track))
+
+    async def _frames(self, track: Any) -> AsyncIterator[Any]:
+        """Every remote frame is read (so nothing piles up while ringing); yielded once playing."""
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.playing:
+                yield frame
+
+    async def _pump_video(self, track: Any) -> None:
+        first = True
+        async for frame in self._frames(track):
+            if first:
+                first = False
+                self.callbacks.on_first_video(frame.width, frame.height)
+            self.video_received.note(1.0)
+            for sink in self.video.sinks:
+                try:
+                    sink.write(frame)
+                except Exception as exc:  # a broken sink must not stop the call
+                    log.error("video sink %s: %s", sink.name, exc)
+
+    async def _pump(self, track: Any) -> None:
+        async for frame in self._frames(track):
+            self._last_rx = time.monotonic()
+            if self.first_remote_frame_at is None:
+                self.first_remote_frame_at = self._last_rx
+                self.callbacks.on_first_frame()
+            pcm = frame.to_ndarray().reshape(-1)
+            if frame.layout.nb_channels == 2:  # packed stereo from the decoder: downmix
+                pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)
+            if STOCK_AUDIO:
+                self._play(pcm)
+            else:
+                self.playout.push(frame.pts, pcm, self._last_rx)
+
+    def _play(self, pcm: np.ndarray) -> None:
+        self.received.note(level(pcm))
+        for sink in self.sinks:
+            sink.write(pcm)
+
+    async def _playout_clock(self) -> None:
+        """Every 20 ms: the next frame from the playout buffer to the sinks."""
+        pacer = FramePacer(FRAME_S)  # after a stalled loop: no catch-up burst
+        while True:
+            await pacer.tick()
+            pcm, kind = self.playout.pop(time.monotonic())
+            if kind != "wait":
+                self._play(pcm)
+
+    async def _watch_rtp(self) -> None:
+        """A peer that stops sending while connected has vanished (killed, link cut)."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            if self._up and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S:
+                self.callbacks.on_lost(f"no media from the peer for {MEDIA_SILENCE_TIMEOUT_S:g} s")
+                return
+
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        log.debug("peer connection %s", state)
+        if state == "connected" and not self._up:
+            self._up = True
+            self._last_rx = time.monotonic()
+            self.callbacks.on_up()
+        elif state in ("failed", "closed") and not self._closing:
+            self.callbacks.on_lost(f"media path {state}")
+
+    @property
+    def closed_by_peer(self) -> bool:
+        """The peer closed the connection (as opposed to it failing)."""
+        return self.pc.connectionState == "closed" and not self._closing
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ stats
+    async def stats(self) -> dict[str, float]:
+        """RTT, loss and jitter as the peer reports them, when known."""
+        return await link_stats(self.pc)
+
+    # ------------------------------------------------------------------ close
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.source.close()
+        if self.video.source is not None:
+            self.video.source.close()
+        await asyncio.to_thread(self._close_sinks)
+
+    def _close_sinks(self) -> None:
+        sinks: list[AudioSink | VideoSink] = [*self.sinks, *self.video.sinks]
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("closing %s failed: %s", sink.name, exc)

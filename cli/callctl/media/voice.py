@@ -1,0 +1,94 @@
+"""How we encode our voice: Opus settings per call, and the encoder that applies them.
+
+aiortc's own Opus encoder is stereo at 96 kbit/s with no FEC, chosen for
+music.  Ours is mono, voice bitrate, in-band FEC.  aiortc creates a sender's
+encoder deep inside its RTP task with no reference to the call, so a call's
+settings travel in a context variable: ``PeerConnection`` sets it while it
+negotiates, and the sender tasks aiortc spawns then inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    """One call's Opus settings (aiortc's own default: stereo, 96 kbit/s, no FEC)."""
+
+    bitrate: int = 32000
+    #: In-band FEC: the peer can rebuild a lost packet from the next one.
+    fec: bool = True
+    #: The loss the encoder plans FEC for, in percent.
+    loss_pct: int = 10
+    #: Discontinuous transmission: send almost nothing during silence.
+    dtx: bool = False
+
+
+_current: contextvars.ContextVar[VoiceSettings] = contextvars.ContextVar(
+    "callctl_voice", default=VoiceSettings()  # noqa: B039  # frozen: never mutated
+)
+
+
+@contextlib.contextmanager
+def voice_settings(settings: VoiceSettings) -> Iterator[None]:
+    """Encoders created by tasks spawned inside this block use ``settings``."""
+    token = _current.set(settings)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_voice() -> VoiceSettings:
+    return _current.get()
+
+
+def voice_encoder(settings: VoiceSettings | None = None) -> Any:
+    """A mono Opus encoder tuned for speech, in place of aiortc's stereo music one."""
+    from aiortc.codecs.opus import SAMPLE_RATE, SAMPLES_PER_FRAME, TIME_BASE, OpusEncoder
+    from av import AudioResampler, CodecContext
+
+    voice = settings or current_voice()
+
+    class VoiceOpusEncoder(OpusEncoder):  # type: ignore[misc]  # aiortc has no type stubs
+        def __init__(self) -> None:  # replaces the parent's set-up entirely
+            self.codec = CodecContext.create("libopus", "w")
+            self.codec.bit_rate = voice.bitrate
+            self.codec.format = "s16"
+            self.codec.layout = "mono"
+            self.codec.sample_rate = SAMPLE_RATE
+            self.codec.time_base = TIME_BASE
+            options = {"application": "voip"}
+            if voice.fec:
+                options.update(fec="1", packet_loss=str(voice.loss_pct))
+            if voice.dtx:
+                options["dtx"] = "1"
+            self.codec.options = options
+            self.resampler = AudioResampler(
+                format="s16", layout="mono", rate=SAMPLE_RATE, frame_size=SAMPLES_PER_FRAME
+            )
+            self.first_packet_pts = None
+
+    return VoiceOpusEncoder()
+
+
+def dbov(frame: Any) -> int:
+    """The RFC 6464 audio level of a frame (0 loud .. 127 silent), with numpy.
+
+    Replaces aiortc's pure-Python loop (~0.3 ms per 20 ms frame) on the send path.
+    """
+    pcm = np.frombuffer(frame.planes[0], dtype=np.int16)[: frame.samples * len(frame.layout.channels)]
+    if pcm.size == 0:
+        return 127
+    mean_square = float(np.dot(pcm, pcm.astype(np.float64))) / (pcm.size * 32767.0 * 32767.0)
+    if mean_square <= 1e-13:
+        return 127
+    return int(round(min(127.0, max(0.0, -10.0 * math.log10(mean_square)))))
