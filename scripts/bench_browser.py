@@ -15,60 +15,23 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "cli"))  # run from a checkout without installing too
+
+from callctl.harness.child import Child, callctl_command, callctl_env  # noqa: E402
+from callctl.harness.server import ServerProcess  # noqa: E402
+from callctl.harness.stats import percentile  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         "--autoplay-policy=no-user-gesture-required"]
-
-
-class Proc:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict] = []
-
-    @classmethod
-    async def start(cls, *args: str, env: dict[str, str]) -> Proc:
-        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "callctl", *args, env=env,
-                                                 stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.DEVNULL)
-        return cls(p)
-
-    async def until(self, name: str, timeout: float = 20) -> dict:
-        assert self.proc.stdout is not None
-        for e in self.events:
-            if e.get("event") == name:
-                return e
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), deadline - time.monotonic())
-            if not line:
-                break
-            try:
-                e = json.loads(line)
-            except ValueError:
-                if name in line.decode():
-                    return {"line": line.decode()}
-                continue
-            self.events.append(e)
-            if e.get("event") == name:
-                return e
-        raise RuntimeError(f"no {name}")
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+EVENT_TIMEOUT_S = 20.0
 
 
 async def main() -> int:
@@ -84,25 +47,35 @@ async def main() -> int:
         if value is not None:
             results.setdefault(scenario, {}).setdefault(metric, []).append(value)
 
-    with tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp:
-        env = {**os.environ, "XDG_RUNTIME_DIR": tmp, "XDG_STATE_HOME": tmp,
-               "CALLCTL_SECRET_FILE": f"{tmp}/secret"}
-        server = await Proc.start("server", "--port", "0", "--log-level", "warning",
-                                  "--secret-file", f"{tmp}/secret", env=env)
-        procs: list[Proc] = [server]
-        try:
-            url = (await server.until("listening"))["line"].rsplit(" ", 1)[1].strip()
-            env["CALLCTL_SERVER"] = url
-            from callctl.signaling.auth import issue_token, read_secret
+    async def caller_figures(scenario: str, caller: Child) -> None:
+        """The caller's own dial -> connected, and dial -> first remote audio from its events."""
+        connected = await caller.await_event("call.connected", timeout=EVENT_TIMEOUT_S)
+        flowing = await caller.await_event("media.flowing", timeout=EVENT_TIMEOUT_S)
+        outgoing = caller.find("call.outgoing")
+        assert outgoing is not None
+        note(scenario, "dial -> connected ms", connected["setup_ms"])
+        note(scenario, "dial -> first remote audio ms", (flowing["ts"] - outgoing["ts"]) * 1000)
 
-            secret = read_secret(Path(tmp) / "secret")
+    with tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp:
+        server = ServerProcess(Path(tmp), ["--log-level", "warning"]).start()
+        url = server.url
+        env = callctl_env(XDG_RUNTIME_DIR=tmp, XDG_STATE_HOME=tmp, CALLCTL_SERVER=url,
+                          CALLCTL_SECRET_FILE=str(server.secret_file))
+        procs: list[Child] = []
+
+        def start(*argv: str) -> Child:
+            child = Child(callctl_command("--json", *argv), name=" ".join(argv[:3]), env=env)
+            procs.append(child)
+            return child
+
+        try:
             common = ["--audio-in", "tone:440", "--audio-out", "null", "--video-out", "null"]
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
                 context = await browser.new_context(permissions=["microphone", "camera"])
                 page = await context.new_page()
                 await page.goto(url + "/")
-                await page.get_by_test_id("token").fill(issue_token(secret, "web", "default", 3600))
+                await page.get_by_test_id("token").fill(server.token("web"))
                 await page.get_by_test_id("signin-button").click()
                 await page.get_by_test_id("connection").get_by_text("online").wait_for()
                 # the page answers every ring at once (as a kiosk would)
@@ -112,10 +85,9 @@ async def main() -> int:
                 }).observe(document.getElementById('ringing'), {attributes: true})""")
                 for run in range(args.runs):
                     # browser -> callctl
-                    kiosk = await Proc.start("--json", "--as", "kiosk", "listen", "--auto-accept", "--once",
-                                             "--device", f"k{run}", *common, env=env)
-                    procs.append(kiosk)
-                    await kiosk.until("registered")
+                    kiosk = start("--as", "kiosk", "listen", "--auto-accept", "--once",
+                                  "--device", f"k{run}", *common)
+                    await kiosk.await_event("registered", timeout=EVENT_TIMEOUT_S)
                     await page.get_by_test_id("peer").fill("kiosk")
                     await page.get_by_test_id("call-button").click()
                     try:
@@ -129,37 +101,27 @@ async def main() -> int:
                     note("browser -> callctl", "dial -> connected ms", tl["connected"] - tl["start"])
                     note("browser -> callctl", "dial -> first remote audio ms", tl["firstAudio"] - tl["start"])
                     await page.get_by_test_id("hangup").click()
-                    await kiosk.proc.wait()
+                    await kiosk.await_exit(EVENT_TIMEOUT_S)
                     # callctl -> browser
-                    door = await Proc.start("--json", "--as", "door", "call", "web", "--device", f"d{run}",
-                                            "--hangup-after", "1", *common, env=env)
-                    procs.append(door)
-                    connected = await door.until("call.connected")
-                    outgoing = next(e for e in door.events if e["event"] == "call.outgoing")
-                    flowing = await door.until("media.flowing")
-                    note("callctl -> browser", "dial -> connected ms", connected["setup_ms"])
-                    note("callctl -> browser", "dial -> first remote audio ms", (flowing["ts"] - outgoing["ts"]) * 1000)
-                    await door.proc.wait()
+                    door = start("--as", "door", "call", "web", "--device", f"d{run}",
+                                 "--hangup-after", "1", *common)
+                    await caller_figures("callctl -> browser", door)
+                    await door.await_exit(EVENT_TIMEOUT_S)
                     # callctl -> callctl
-                    bob = await Proc.start("--json", "--as", "bob", "listen", "--auto-accept", "--once",
-                                           "--device", f"b{run}", *common, env=env)
-                    procs.append(bob)
-                    await bob.until("registered")
-                    alice = await Proc.start("--json", "--as", "alice", "call", "bob", "--device", f"a{run}",
-                                             "--hangup-after", "1", *common, env=env)
-                    procs.append(alice)
-                    connected = await alice.until("call.connected")
-                    outgoing = next(e for e in alice.events if e["event"] == "call.outgoing")
-                    flowing = await alice.until("media.flowing")
-                    note("callctl -> callctl", "dial -> connected ms", connected["setup_ms"])
-                    note("callctl -> callctl", "dial -> first remote audio ms", (flowing["ts"] - outgoing["ts"]) * 1000)
-                    await alice.proc.wait()
-                    await bob.proc.wait()
+                    bob = start("--as", "bob", "listen", "--auto-accept", "--once",
+                                "--device", f"b{run}", *common)
+                    await bob.await_event("registered", timeout=EVENT_TIMEOUT_S)
+                    alice = start("--as", "alice", "call", "bob", "--device", f"a{run}",
+                                  "--hangup-after", "1", *common)
+                    await caller_figures("callctl -> callctl", alice)
+                    await alice.await_exit(EVENT_TIMEOUT_S)
+                    await bob.await_exit(EVENT_TIMEOUT_S)
                 await browser.close()
         finally:
             for p in procs:
-                await p.stop()
-    summary = {s: {m: round(statistics.median(v), 1) for m, v in ms.items()} for s, ms in results.items()}
+                p.stop()
+            server.stop()
+    summary = {s: {m: round(percentile(v, 50) or 0.0, 1) for m, v in ms.items()} for s, ms in results.items()}
     if args.json:
         print(json.dumps(summary))
         return 0

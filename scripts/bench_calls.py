@@ -56,26 +56,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
-import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "cli"))  # run from a checkout without installing too
+
+from callctl.harness import bench, machine, procfs, stats  # noqa: E402
+from callctl.harness.bench import BenchError, log  # noqa: E402
+from callctl.harness.child import Child, ChildError, EventHook, callctl_env  # noqa: E402
+from callctl.harness.server import ServerProcess, ServerError  # noqa: E402
+
 DEFAULT_ANCHOR = REPO.parent / "shared" / "anchors" / "baresip"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # targets (from the issue)
 TARGET_START_RATIO = 2.0  # start -> media, x baresip
@@ -87,188 +90,46 @@ TARGET_RSS_MB = 60.0  # per side, MiB
 EVENT_TIMEOUT_S = 20.0
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ /proc bits
-
-
-def cpu_s(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
-
-
-def main_thread_cpu_s(pid: int) -> float:
-    """utime + stime of the main thread alone (the asyncio event loop in callctl)."""
-    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "?"
-
-
-def _pdeathsig() -> None:
-    # die with the benchmark, whatever happens to it (the spawning thread is the main thread)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 # ------------------------------------------------------------------- processes
 
 _PROCS: list[Proc] = []
 _PROCS_LOCK = threading.Lock()
 
 
-Hook = Callable[["Proc", dict[str, Any]], None]
-
-
-class Proc:
-    """A child in its own process group; NDJSON stdout parsed into events; /proc polled."""
+class Proc(Child):
+    """A child whose memory the Sampler polls: peak RSS, and RSS over a window when one is open."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path,
-                 json_events: bool = True,
-                 hooks: dict[str, list[Hook]] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.events: list[dict[str, Any]] = []
-        self.other: list[str] = []
-        self.cond = threading.Condition()
-        self.hooks = hooks or {}
+                 on_event: EventHook | None = None) -> None:
+        super().__init__(argv, name=name, env=env, stderr=logdir / f"{name}.err", on_event=on_event)
         self.hwm_kib = 0
         self.rss_window: list[int] | None = None
-        self.err_path = logdir / f"{name}.err"
-        err = open(self.err_path, "wb")  # noqa: SIM115
-        try:
-            self.t_spawn = time.time()
-            self.p = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
-                start_new_session=True, preexec_fn=_pdeathsig,
-            )
-        finally:
-            err.close()
         with _PROCS_LOCK:
             _PROCS.append(self)
-        self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
-        self._json = json_events
-        self._reader.start()
 
-    @property
-    def pid(self) -> int:
-        return self.p.pid
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for raw in self.p.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            rec = None
-            if self._json and line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    rec = json.loads(line)
-            if not isinstance(rec, dict) or "event" not in rec:
-                with self.cond:
-                    self.other.append(line)
-                    self.cond.notify_all()
-                continue
-            rec["_rx"] = time.time()
-            for fn in self.hooks.get(rec["event"], []):
-                try:
-                    fn(self, rec)
-                except Exception as exc:  # a hook must not kill the reader
-                    log(f"{self.name}: hook for {rec['event']} failed: {exc}")
-            with self.cond:
-                self.events.append(rec)
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def find(self, event: str) -> dict[str, Any] | None:
-        with self.cond:
-            return next((e for e in self.events if e["event"] == event), None)
-
-    def wait_event(self, event: str, timeout: float = EVENT_TIMEOUT_S) -> dict[str, Any]:
-        end = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for e in self.events:
-                    if e["event"] == event:
-                        return e
-                    if e["event"] == "call.ended" and event != "call.ended":
-                        raise BenchError(f"{self.name}: call ended ({e.get('reason')}) before {event}"
-                                         f"; events {self.names()}{self.stderr_tail()}")
-                left = end - time.monotonic()
-                if left <= 0 or (self.p.poll() is not None and not self._reader.is_alive()):
-                    raise BenchError(f"{self.name}: no {event} within {timeout:g} s; events "
-                                     f"{self.names()}; exit {self.p.poll()}{self.stderr_tail()}")
-                self.cond.wait(min(left, 0.2))
-
-    def names(self) -> list[str]:
-        return [e["event"] for e in self.events]
-
-    def stderr_tail(self, n: int = 1500) -> str:
-        with contextlib.suppress(OSError):
-            text = self.err_path.read_text(errors="replace").strip()
-            if text:
-                return f"\n--- {self.name} stderr (tail):\n{text[-n:]}"
-        return ""
+    def expect(self, event: str, timeout: float = EVENT_TIMEOUT_S) -> dict[str, Any]:
+        """The first ``event``; BenchError when the call ends first or it does not come."""
+        try:
+            return self.wait_event(event, timeout=timeout,
+                                   fail_on=None if event == "call.ended" else "call.ended")
+        except ChildError as exc:
+            raise BenchError(str(exc)) from None
 
     def sample(self) -> None:
-        st = status_kib(self.pid)
+        st = procfs.memory_kib(self.pid)
         if "VmHWM" in st:
             self.hwm_kib = max(self.hwm_kib, st["VmHWM"])
         window = self.rss_window
         if window is not None and "VmRSS" in st:
             window.append(st["VmRSS"])
 
-    def wait_exit(self, timeout: float) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int | None:
         try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the group, then SIGKILL; always reaps."""
-        if self.p.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.p.pid, signal.SIGTERM)
-            try:
-                self.p.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # anything left in the group (e.g. baresip under run.sh), and the leader if still there
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.p.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self.p.wait(5)
-        with _PROCS_LOCK:
-            if self in _PROCS:
-                _PROCS.remove(self)
+            return super().stop(sig, grace)
+        finally:
+            with _PROCS_LOCK:
+                if self in _PROCS:
+                    _PROCS.remove(self)
 
 
 def kill_all() -> None:
@@ -291,7 +152,7 @@ class Sampler(threading.Thread):
             with _PROCS_LOCK:
                 procs = list(_PROCS)
             for p in procs:
-                if p.p.poll() is None:
+                if p.returncode is None:
                     with contextlib.suppress(Exception):
                         p.sample()
 
@@ -306,23 +167,18 @@ class Callctl:
         self.exe = str(REPO / ".venv" / "bin" / "callctl")
         if not os.access(self.exe, os.X_OK):
             raise BenchError(f"{self.exe} missing: run scripts/setup")
-        self.base_env = dict(os.environ)
-        for key in list(self.base_env):
-            if key.startswith("CALLCTL_"):
-                del self.base_env[key]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCTL_")}
         # Bytecode as a normal install has it: cached .pyc (this environment may set
         # PYTHONDONTWRITEBYTECODE), kept out of the source tree.
-        self.base_env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.base_env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        self.base_env["PYTHONUNBUFFERED"] = "1"
-        self.server: Proc | None = None
-        self.url = ""
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.base_env = callctl_env(env, PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+        self.server: ServerProcess | None = None
 
     def warm_up(self) -> None:
         """Fill the bytecode cache once, so that no measured start compiles anything."""
         code = ("import callctl.app, callctl.commands._phone, callctl.commands.control, "
-                "callctl.engine.session, callctl.engine.control, callctl.signaling.client, "
-                "callctl.media.rtc, callctl.media.registry, callctl.ui.output, aiortc, av, numpy")
+                "callctl.engine.phone, callctl.engine.control, callctl.signaling.client, "
+                "callctl.media.assembly, callctl.media.registry, callctl.ui.output, aiortc, av, numpy")
         r = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code], env=self.base_env,
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
         if r.returncode != 0:
@@ -331,48 +187,39 @@ class Callctl:
     def start_server(self) -> None:
         d = self.tmp / "server"
         d.mkdir()
-        self.server = Proc("server", [self.exe, "server", "--port", "0", "--secret-file",
-                                      str(d / "secret"), "--log-level", "warning"],
-                           self.base_env, d, json_events=False)
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            with self.server.cond:
-                for line in self.server.other:
-                    m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-                    if m:
-                        self.url = m.group(1)
-                        self.secret = d / "secret"
-                        log(f"callctl server on {self.url} (pid {self.server.pid})")
-                        return
-                if self.server.p.poll() is not None:
-                    break
-                self.server.cond.wait(0.2)
-        raise BenchError(f"callctl server did not start{self.server.stderr_tail()}")
+        self.server = ServerProcess(d, ["--log-level", "warning"], command=[self.exe],
+                                    env=self.base_env)
+        try:
+            self.server.start()
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
+        log(f"callctl server on {self.server.url} (pid {self.server.pid})")
 
     def env(self, rundir: Path) -> dict[str, str]:
         (rundir / "run").mkdir(parents=True, exist_ok=True)
         os.chmod(rundir / "run", 0o700)
-        return {
-            **self.base_env,
-            "CALLCTL_SECRET_FILE": str(self.secret),
-            "CALLCTL_SERVER": self.url,
-            "XDG_RUNTIME_DIR": str(rundir / "run"),
-            "XDG_CONFIG_HOME": str(rundir / "config"),
-            "XDG_STATE_HOME": str(rundir / "state"),
-        }
+        assert self.server is not None
+        return callctl_env(
+            self.base_env,
+            CALLCTL_SECRET_FILE=str(self.server.secret_file),
+            CALLCTL_SERVER=self.server.url,
+            XDG_RUNTIME_DIR=str(rundir / "run"),
+            XDG_CONFIG_HOME=str(rundir / "config"),
+            XDG_STATE_HOME=str(rundir / "state"),
+        )
 
     def listen(self, rundir: Path, env: dict[str, str], auto: bool) -> Proc:
         argv = [self.exe, "--json", "--as", "bob", "listen", *(["--auto-accept"] if auto else []),
                 "--audio-in", "tone:660", "--audio-out", "null", "--device", "kiosk"]
         p = Proc("callee", argv, env, rundir)
-        p.wait_event("registered")
+        p.expect("registered")
         return p
 
     def call(self, rundir: Path, env: dict[str, str], hangup_after: float,
-             hooks: dict[str, list[Hook]] | None = None) -> Proc:
+             on_event: EventHook | None = None) -> Proc:
         argv = [self.exe, "--json", "--as", "alice", "call", "bob", "--audio-in", "tone:440",
                 "--audio-out", "null", "--device", "desk", "--hangup-after", f"{hangup_after:g}"]
-        return Proc("caller", argv, env, rundir, hooks=hooks)
+        return Proc("caller", argv, env, rundir, on_event=on_event)
 
     # ---------------------------------------------------------------- scenarios
     def run_auto(self, i: int) -> dict[str, float]:
@@ -385,24 +232,26 @@ class Callctl:
             time.sleep(self.args.settle)  # let the listener's start-up settle
             window: dict[str, Any] = {}
 
-            def connected(caller: Proc, _rec: dict[str, Any]) -> None:  # in the reader thread
+            def connected(caller: Child, rec: dict[str, Any]) -> None:  # in the reader thread
+                if rec["event"] != "call.connected":
+                    return
                 window["t0"] = time.monotonic()
-                window["c0"] = (cpu_s(caller.pid), cpu_s(callee.pid))
-                window["m0"] = (main_thread_cpu_s(caller.pid), main_thread_cpu_s(callee.pid))
+                window["c0"] = cpu_seconds(caller, callee)
+                window["m0"] = cpu_seconds(caller, callee, main_thread=True)
+                assert isinstance(caller, Proc)
                 caller.rss_window, callee.rss_window = [], []
 
-            caller = self.call(rundir, env, hangup_after=dur + 2.0,
-                               hooks={"call.connected": [connected]})
+            caller = self.call(rundir, env, hangup_after=dur + 2.0, on_event=connected)
             try:
-                con = caller.wait_event("call.connected")
-                flowing = caller.wait_event("media.flowing", 10)
+                con = caller.expect("call.connected")
+                flowing = caller.expect("media.flowing", 10)
                 while "t0" not in window:
                     time.sleep(0.001)
                 py_spy = self._py_spy(i, caller, callee)
                 time.sleep(max(0.0, window["t0"] + dur - time.monotonic()))
                 t1 = time.monotonic()
-                c1 = (cpu_s(caller.pid), cpu_s(callee.pid))
-                m1 = (main_thread_cpu_s(caller.pid), main_thread_cpu_s(callee.pid))
+                c1 = cpu_seconds(caller, callee)
+                m1 = cpu_seconds(caller, callee, main_thread=True)
                 span = t1 - window["t0"]
                 rss_c, rss_e = caller.rss_window or [0], callee.rss_window or [0]
                 caller.rss_window = callee.rss_window = None
@@ -411,10 +260,10 @@ class Callctl:
                     p.stop()
                 if caller.find("call.ended") is not None:
                     raise BenchError(f"caller: call ended early: {caller.find('call.ended')}")
-                caller.wait_event("call.ended", dur + 15)
+                caller.expect("call.ended", dur + 15)
                 if caller.wait_exit(15) is None:
                     raise BenchError("caller did not exit after its call ended")
-                callee.wait_event("call.ended", 10)
+                callee.expect("call.ended", 10)
                 callee.sample()
             finally:
                 caller.stop()
@@ -433,8 +282,8 @@ class Callctl:
                 "cpu_main_pct_callee": 100 * (m1[1] - window["m0"][1]) / span,
                 "hwm_mb_caller": caller.hwm_kib / 1024,
                 "hwm_mb_callee": callee.hwm_kib / 1024,
-                "rss_mb_caller": statistics.median(rss_c) / 1024,
-                "rss_mb_callee": statistics.median(rss_e) / 1024,
+                "rss_mb_caller": (stats.percentile(rss_c, 50) or 0) / 1024,
+                "rss_mb_callee": (stats.percentile(rss_e, 50) or 0) / 1024,
                 "window_s": span,
             }
             return r
@@ -450,23 +299,23 @@ class Callctl:
         try:
             time.sleep(self.args.settle)
             caller = self.call(rundir, env, hangup_after=3.0)
-            callee.wait_event("call.incoming")
+            callee.expect("call.incoming")
             time.sleep(self.args.ring)
             if callee.find("call.connecting") is not None:
                 raise BenchError("callee connected before accept")
-            acc = Proc("accept", [self.exe, "--as", "bob", "accept"], env, rundir, json_events=False)
+            acc = Proc("accept", [self.exe, "--as", "bob", "accept"], env, rundir)
             try:
                 code = acc.wait_exit(30)
             finally:
                 acc.stop()
             if code != 0:
-                raise BenchError(f"callctl accept exited {code}{acc.stderr_tail()}")
-            connecting = callee.wait_event("call.connecting")
-            flowing = caller.wait_event("media.flowing", 10)
-            c_con = caller.wait_event("call.connected", 10)
-            e_flow = callee.wait_event("media.flowing", 10)
-            e_con = callee.wait_event("call.connected", 10)
-            caller.wait_event("call.ended", 20)
+                raise BenchError(f"callctl accept exited {code}; {acc.describe()}")
+            connecting = callee.expect("call.connecting")
+            flowing = caller.expect("media.flowing", 10)
+            c_con = caller.expect("call.connected", 10)
+            e_flow = callee.expect("media.flowing", 10)
+            e_con = callee.expect("call.connected", 10)
+            caller.expect("call.ended", 20)
             caller.wait_exit(10)
             return {
                 "accept_to_media_ms": (flowing["ts"] - connecting["ts"]) * 1e3,
@@ -483,7 +332,7 @@ class Callctl:
     def _py_spy(self, i: int, caller: Proc, callee: Proc) -> list[Proc]:
         if not self.args.py_spy or i != 0:
             return []
-        exe = shutil.which("py-spy", path=str(REPO / ".venv" / "bin")) or shutil.which("py-spy")
+        exe = bench.py_spy()
         if exe is None:
             log("py-spy not found (.venv/bin/pip install py-spy): no profile")
             return []
@@ -495,7 +344,7 @@ class Callctl:
             argv = [exe, "record", "--pid", str(p.pid), "--duration", str(d), "--rate", "250",
                     "--gil", "--threads", "--nonblocking", "--format", "raw",
                     "-o", str(out / f"{who}.txt")]
-            procs.append(Proc(f"py-spy-{who}", argv, self.base_env, self.tmp, json_events=False))
+            procs.append(Proc(f"py-spy-{who}", argv, self.base_env, self.tmp))
         log(f"py-spy recording caller and callee for {d} s into {out}/{{caller,callee}}.txt "
             "(collapsed stacks of the thread holding the GIL; run 0's CPU figures include "
             "py-spy's sampling overhead)")
@@ -506,6 +355,12 @@ class Callctl:
             self.server.stop()
 
 
+def cpu_seconds(caller: Child, callee: Child, main_thread: bool = False) -> tuple[float, float]:
+    """CPU time of both sides; of their main thread alone (the asyncio event loop) if asked."""
+    return tuple(procfs.cpu_seconds(p.pid, p.pid if main_thread else None)  # type: ignore[return-value]
+                 for p in (caller, callee))
+
+
 # --------------------------------------------------------------------- baresip
 
 
@@ -514,6 +369,8 @@ class Baresip:
         src = Path(args.anchor)
         if not (src / "run.sh").is_file() or not (src / "bench.py").is_file():
             raise BenchError(f"baresip anchor not found at {src} (--anchor)")
+        if shutil.which("baresip") is None:
+            raise BenchError("baresip is not installed (apt-get install baresip-core)")
         self.dir = tmp / "baresip-bench"
         shutil.copytree(src, self.dir)
         self.args = args
@@ -521,21 +378,19 @@ class Baresip:
 
     def run(self, i: int) -> dict[str, float] | None:
         env = {**os.environ, "RUNS": "1", "DUR": f"{self.args.duration:g}", "SRC": "ausine", "REC": "0"}
-        p = Proc(f"baresip{i}", [str(self.dir / "run.sh"), "dtls"], env, self.dir, json_events=False)
+        p = Proc(f"baresip{i}", [str(self.dir / "run.sh"), "dtls"], env, self.dir)
         try:
             code = p.wait_exit(self.args.duration + 120)
             if code is None:
                 log(f"baresip run {i}: still running after {self.args.duration + 120:g} s: killed")
                 return None
-            p._reader.join(5)
         finally:
             p.stop()
-        with p.cond:
-            lines = list(p.other)
+        lines = p.lines
         run_line = next((ln for ln in lines if ln.startswith("run 0:")), None)
         if code != 0 or run_line is None:
-            log(f"baresip run {i} failed (exit {code}): {' | '.join(lines[-5:])}"
-                f"{p.stderr_tail(800)}")
+            log(f"baresip run {i} failed (exit {code}): {' | '.join(lines[-5:])}; "
+                f"{p.describe(800)}")
             return None
         r = {k: float(v) for k, v in re.findall(r"(\w+)=(-?[\d.]+|nan)", run_line)}
         r["start_to_media_ms"] = r["ready_ms_A"] + r["first_rtp_ms_A"]
@@ -551,13 +406,12 @@ class Baresip:
 
 
 def med(runs: list[dict[str, float]], key: str) -> float | None:
-    vals = [r[key] for r in runs if key in r and r[key] == r[key]]
-    return statistics.median(vals) if vals else None
+    return stats.summary(r.get(key) for r in runs)["p50"]
 
 
 def spread(runs: list[dict[str, float]], key: str) -> tuple[float, float] | None:
-    vals = [r[key] for r in runs if key in r and r[key] == r[key]]
-    return (min(vals), max(vals)) if vals else None
+    got = stats.summary(r.get(key) for r in runs)
+    return None if got["n"] == 0 else (got["min"], got["max"])  # type: ignore[return-value]
 
 
 def build_rows(auto: list[dict], acc: list[dict], bare: list[dict]) -> list[dict[str, Any]]:
@@ -659,27 +513,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-    with contextlib.suppress(Exception):
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "cli"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-        info["revision"] = rev + (" (cli/ modified)" if changed else "")
-    with contextlib.suppress(Exception):
-        out = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "python"), "-c",
-             "import importlib.metadata as m, platform;"
-             "print(platform.python_version(), m.version('aiortc'), m.version('aioice'), m.version('av'))"],
-            capture_output=True, text=True, timeout=30).stdout.split()
-        info.update(dict(zip(("callctl_python", "aiortc", "aioice", "av"), out)))
-    return info
-
-
 # ------------------------------------------------------------------------ main
 
 
@@ -716,30 +549,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not Path("/proc/self/stat").exists():
+    if not procfs.available():
         log("needs Linux /proc")
-        return 2
-
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"hard limit of {args.timeout:g} s reached")
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.timeout))
+        return bench.CANNOT_RUN
+    bench.stop_on_signals(args.timeout)
 
     tmp = Path(tempfile.mkdtemp(prefix="callctl-bench-calls-"))
     sampler = Sampler()
     sampler.start()
     cc: Callctl | None = None
-    code = 2
+    code = bench.CANNOT_RUN
     try:
-        mach = machine()
-        mach["loadavg_start"] = loadavg()
+        mach = machine.describe(REPO, ("aiortc", "aioice", "av"))
+        mach["loadavg_start"] = mach.pop("loadavg")
         log(f"{mach['cpus']} CPUs, {mach['cpu_model']}; load {mach['loadavg_start']}; tmp {tmp}")
         cc = Callctl(tmp, args)
         log("warming the bytecode cache")
@@ -748,7 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         log("warm-up call (not measured): fills the bytecode cache for every module a call, "
             "a listener and `callctl accept` import")
         cc.run_accept(-1)
-        bs = None if args.no_baresip else Baresip(tmp, args)
+        bs = None
+        if not args.no_baresip:
+            try:
+                bs = Baresip(tmp, args)
+            except BenchError as exc:
+                log(f"{exc}: callctl only, the baresip columns and ratio targets are n/a")
         auto: list[dict] = []
         acc: list[dict] = []
         bare: list[dict] = []
@@ -779,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['accept_cmd_ms']:.1f} ms")
         if bs is not None and not bare:
             log("baresip: no successful run; baresip columns are n/a")
-        mach["loadavg_end"] = loadavg()
+        mach["loadavg_end"] = machine.loadavg()
         if bs is not None:
             mach["baresip"] = bs.version
         rows = build_rows(auto, acc, bare)
@@ -803,31 +630,26 @@ def main(argv: list[str] | None = None) -> int:
         print(table, file=out, flush=True)
         if args.json:
             print(json.dumps(summary, sort_keys=True), flush=True)
-        code = 1 if missed else 0
+        code = bench.MISSED if missed else bench.MET
     except KeyboardInterrupt as exc:
         log(f"interrupted ({exc})")
-        code = 130
+        code = bench.INTERRUPTED
     except TimeoutError as exc:
         log(f"timeout: {exc}")
-        code = 2
+        code = bench.CANNOT_RUN
     except BenchError as exc:
         log(f"error: {exc}")
-        if cc is not None and cc.server is not None and cc.server.p.poll() is not None:
-            log(f"the callctl server had exited with status {cc.server.p.returncode}"
-                f"{cc.server.stderr_tail()}")
-        code = 2
+        server = cc.server.proc if cc is not None and cc.server is not None else None
+        if server is not None and server.returncode is not None:
+            log(f"the callctl server had exited: {server.describe()}")
+        code = bench.CANNOT_RUN
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # don't interrupt the cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.cleaning_up()
         kill_all()
         if cc is not None:
             cc.stop()
         sampler.stopped.set()
-        if args.keep_tmp or code == 2:
-            log(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bench.keep_or_remove(tmp, args.keep_tmp or code == bench.CANNOT_RUN)
     return code
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Mouth-to-ear delay of call audio through the whole stack, measured with clicks.
 
-Two real ``AudioPeer`` objects (aiortc peer connections, Opus, DTLS-SRTP) in one
-process talk through ``tests.lossy.LossyLink``, a UDP relay on 127.0.0.1 that
+Two real ``PeerConnection`` objects (aiortc peer connections, Opus, DTLS-SRTP) in one
+process talk through ``callctl.harness.relay.LossyLink``, a UDP relay on 127.0.0.1 that
 can drop and delay packets.  Each peer's source is a ``ClickSource``: silence,
 and every ``--every`` frames (default 10 = 200 ms) a frame that starts with an
 8 ms sine burst at half full scale.  The burst's frequency (1000, 1500, ...
@@ -69,11 +69,8 @@ import bisect
 import contextlib
 import json
 import os
-import platform
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +81,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "cli"))  # run from a checkout without installing too
+
+from callctl.harness import machine, procfs, stats  # noqa: E402
+from callctl.harness.bench import CANNOT_RUN, INTERRUPTED, MET, MISSED, log, stop_on_signals  # noqa: E402
+from callctl.harness.child import Child  # noqa: E402
+from callctl.harness.looplag import LoopLag  # noqa: E402
 
 RATE = 48000
 FRAME = 960
@@ -128,10 +131,6 @@ CONDITIONS: dict[str, Condition] = {
     ),
 }
 VARIANTS = ("ours", "stock")
-
-
-def log(msg: str) -> None:
-    print(f"bench-latency: {msg}", file=sys.stderr, flush=True)
 
 
 # =========================================================================
@@ -302,44 +301,20 @@ def tap_playout(playout: Any, into: list[Detection]) -> None:
     playout.push = tapped
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-class LagMonitor:
-    """How late the event loop wakes a 20 ms sleeper (a load diagnostic)."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(0.02)
-            self.lags.append(time.monotonic() - t - 0.02)
-
-    def summary(self) -> dict[str, float]:
-        if not self.lags:
-            return {}
-        a = np.array(self.lags) * 1000
-        return {
-            "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2),
-            "max_ms": round(float(a.max()), 2),
-        }
+def lag_summary(lag: LoopLag) -> dict[str, float | None]:
+    if not lag.lags_ms:
+        return {}
+    got = stats.summary(lag.lags_ms, (50, 99), digits=2)
+    return {"p50_ms": got["p50"], "p99_ms": got["p99"], "max_ms": got["max"]}
 
 
 async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
-    from callctl.media import rtc
-    from callctl.media.rtc import AudioPeer, MediaCallbacks
-    from tests.lossy import Impairment, LossyLink
+    from callctl.harness.relay import Impairment, LossyLink
+    from callctl.media import adjust
+    from callctl.media.peer import MediaCallbacks, PeerConnection
 
     variant, cond = args.worker_variant, CONDITIONS[args.worker_condition]
-    if (variant == "stock") != rtc.STOCK_AUDIO:
+    if (variant == "stock") != adjust.STOCK_AUDIO:
         raise RuntimeError(f"CALLCTL_STOCK_AUDIO does not match variant {variant}")
 
     to_a, to_b = Impairment(), Impairment()
@@ -353,18 +328,18 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     def counts() -> list[int]:
         return [to_a.counts[0] + to_b.counts[0], to_a.counts[1] + to_b.counts[1]]
 
-    load0 = Path("/proc/loadavg").read_text().split()[0]
+    load0 = machine.loadavg().split()[0]
     link = LossyLink(to_a=to_a, to_b=to_b, seed=args.seed)
     src_a, src_b = make_click_source(args.every, 0), make_click_source(args.every, args.every // 2)
     sink_a, sink_b = make_recorder_sink(), make_recorder_sink()
     speakers: dict[str, Any] = {}
     if args.speaker:
         speakers = {"a": make_timed_speaker(SPEAKER_PCM), "b": make_timed_speaker(SPEAKER_PCM)}
-    peers: list[AudioPeer] = []
+    peers: list[PeerConnection] = []
     lost: list[str] = []
     closing = False
     tasks: list[asyncio.Task[None]] = []
-    lag = LagMonitor()
+    lag = LoopLag(0.02)  # a 20 ms sleeper, as the audio frames are paced
     timeline: list[list[float]] = []
     pushed: dict[str, list[Detection]] = {"a": [], "b": []}
     marks: dict[str, float] = {}
@@ -373,12 +348,12 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         await link.start()
         up = {"a": asyncio.Event(), "b": asyncio.Event()}
 
-        def peer(side: str, source, sinks) -> AudioPeer:  # type: ignore[no-untyped-def]
+        def peer(side: str, source, sinks) -> PeerConnection:  # type: ignore[no-untyped-def]
             def on_lost(why: str) -> None:
                 if not closing:  # one peer sees the other close at the end: not a loss
                     lost.append(f"{side}: {why}")
 
-            p = AudioPeer([], source, sinks, MediaCallbacks(on_up=up[side].set, on_lost=on_lost))
+            p = PeerConnection([], source, sinks, MediaCallbacks(on_up=up[side].set, on_lost=on_lost))
             peers.append(p)
             return p
 
@@ -387,9 +362,7 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         if variant == "ours":
             tap_playout(a.playout, pushed["a"])
             tap_playout(b.playout, pushed["b"])
-        offer = await a.create_offer()
-        answer = await b.create_answer(link.rewrite(offer, "a"))
-        await a.apply_answer(link.rewrite(answer, "b"))
+        await link.negotiate(a, b)
         await asyncio.wait_for(asyncio.gather(up["a"].wait(), up["b"].wait()), 10)
         a.start()
         b.start()
@@ -416,14 +389,14 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.warmup)
             link_counts["start"] = counts()
             marks["w0"] = time.monotonic()
-            cpu0, machine0 = resource.getrusage(resource.RUSAGE_SELF), machine_cpu()
+            cpu0, machine0 = resource.getrusage(resource.RUSAGE_SELF), procfs.machine_ticks()
             await asyncio.sleep(args.duration)
             marks["w1"] = time.monotonic()
             link_counts["end"] = counts()
         else:
             await asyncio.sleep(args.warmup)
             marks["w0"] = time.monotonic()
-            cpu0, machine0 = resource.getrusage(resource.RUSAGE_SELF), machine_cpu()
+            cpu0, machine0 = resource.getrusage(resource.RUSAGE_SELF), procfs.machine_ticks()
             await asyncio.sleep(args.before_s)
             link_counts["start"] = counts()
             impair(True)
@@ -435,7 +408,7 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.after_s)
             marks["w1"] = time.monotonic()
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        machine1 = machine_cpu()
+        machine1 = procfs.machine_ticks()
         await asyncio.sleep(args.drain)  # the last clicks of the window reach the sinks
         playout = {"a": asdict(a.playout.stats), "b": asdict(b.playout.stats)}
         received = {"a": a.received.frames, "b": b.received.frames}
@@ -511,19 +484,13 @@ async def run_cell(args: argparse.Namespace) -> dict[str, Any]:
             "dropped": drop,
             "loss_pct": round(100 * drop / max(1, fwd + drop), 2),
         },
-        "loop_lag": lag.summary(),
+        "loop_lag": lag_summary(lag),
         "cpu_pct": round(cpu, 1),
         # all processes on the machine, % of one CPU (the benchmark's own share included)
-        "machine_cpu_pct": round(
-            100
-            * (machine1[0] - machine0[0])
-            / max(1e-9, machine1[1] - machine0[1])
-            * (os.cpu_count() or 1),
-            1,
-        ),
+        "machine_cpu_pct": round(procfs.machine_busy_pct(machine0, machine1), 1),
         "media_lost": lost,
         "warnings": _Warnings.seen[:20],
-        "loadavg": [load0, Path("/proc/loadavg").read_text().split()[0]],
+        "loadavg": [load0, machine.loadavg().split()[0]],
         "speaker": {
             side: {
                 **{k: v for k, v in asdict(spk.counters).items() if k != "extra"},
@@ -577,19 +544,21 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
+    got = stats.percentile(values, q)
+    return None if got is None else round(got, 1)
 
 
 def summarize(values: list[float | None]) -> dict[str, Any]:
-    got = [v for v in values if v is not None]
+    """Clicks sent, heard (a delay) and lost (None), and the delays' figures in ms."""
+    got = stats.summary(values, (50, 95), digits=1)
     return {
         "sent": len(values),
-        "heard": len(got),
-        "lost": len(values) - len(got),
-        "median_ms": pct(got, 50),
-        "p95_ms": pct(got, 95),
-        "max_ms": round(max(got), 1) if got else None,
-        "min_ms": round(min(got), 1) if got else None,
+        "heard": got["n"],
+        "lost": len(values) - (got["n"] or 0),
+        "median_ms": got["p50"],
+        "p95_ms": got["p95"],
+        "max_ms": got["max"],
+        "min_ms": got["min"],
     }
 
 
@@ -761,40 +730,6 @@ def verdicts(cells: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
     return rows
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for mod in ("aiortc", "aioice", "av", "numpy"):
-        with contextlib.suppress(Exception):
-            versions[mod] = __import__(mod).__version__
-    head = ""
-    with contextlib.suppress(Exception):
-        git = ["git", "-C", str(ROOT)]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        if subprocess.run(
-            [*git, "status", "--porcelain", "--", "cli"], capture_output=True, text=True, timeout=5
-        ).stdout.strip():
-            head += " (cli/ modified)"
-    return {
-        "commit": head,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        **versions,
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3]
-        if Path("/proc/loadavg").exists()
-        else None,
-    }
-
-
 def run_worker(
     variant: str, cond: str, seed: int, args: argparse.Namespace, deadline: float, home: Path | None
 ) -> dict[str, Any]:
@@ -852,26 +787,17 @@ def run_worker(
     timeout = min(budget, deadline - time.monotonic())
     if timeout <= 5:
         raise TimeoutError(f"--timeout {args.timeout:g} s reached")
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    worker = Child(argv, name=f"{variant}/{cond}", env=env, cwd=ROOT)
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    if proc.returncode != 0 or not out.strip():
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"{variant}/{cond} run failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(out.strip().splitlines()[-1])
+        code = worker.wait_exit(timeout)
+    finally:
+        worker.stop(grace=0)  # at once: done, timed out, or we are interrupted
+    if code is None:
+        raise TimeoutError(f"{variant}/{cond} run still going after {timeout:g} s")
+    if code != 0 or not worker.lines:
+        tail = "\n".join(worker.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{variant}/{cond} run failed (exit {code}):\n{tail}")
+    return json.loads(worker.lines[-1])
 
 
 def fmt(v: Any) -> str:
@@ -885,7 +811,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"{a['runs']} run(s), both directions pooled, a click every {a['every'] * 20} ms"
     )
     print(
-        f"commit {result['machine'].get('commit')}; machine: {result['machine']['cpus']} CPU(s) {result['machine']['cpu_model']}, "
+        f"commit {result['machine'].get('revision')}; machine: {result['machine']['cpus']} CPU(s) {result['machine']['cpu_model']}, "
         f"Python {result['machine']['python']}, aiortc {result['machine'].get('aiortc')}, "
         f"av {result['machine'].get('av')}"
     )
@@ -1092,14 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if bad:
         log(f"unknown condition/variant: {', '.join(bad)}")
-        return 2
-
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+        return CANNOT_RUN
+    stop_on_signals()
     deadline = time.monotonic() + args.timeout
     home: Path | None = None
     if args.speaker:
@@ -1118,17 +1038,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
     except KeyboardInterrupt:
         log("interrupted")
-        return 130
+        return INTERRUPTED
     except Exception as exc:
         log(f"cannot run: {exc}")
-        return 2
+        return CANNOT_RUN
     finally:
         if home is not None:
             shutil.rmtree(home, ignore_errors=True)
     cells = {c: {v: aggregate(c, v, runs[c][v], args) for v in variants} for c in conditions}
     result = {
         "args": {k: v for k, v in vars(args).items() if not k.startswith("worker")},
-        "machine": machine(),
+        "machine": machine.describe(ROOT, ("aiortc", "aioice", "av", "numpy")),
         "cells": cells,
         "targets": verdicts(cells),
     }
@@ -1136,9 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True), flush=True)
     else:
         print_report(result)
-    return (
-        1 if any(r["result"] == "MISS" for r in result["targets"] if r["variant"] == "ours") else 0
-    )
+    missed = any(r["result"] == "MISS" for r in result["targets"] if r["variant"] == "ours")
+    return MISSED if missed else MET
 
 
 if __name__ == "__main__":

@@ -28,15 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
-import platform
 import random
 import resource
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,12 +47,30 @@ import msgspec
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "cli"))  # run from a checkout without installing too
 
-from callctl.signaling.auth import issue_token, load_or_create_secret  # noqa: E402
+from callctl.harness import machine, procfs  # noqa: E402
+from callctl.harness.bench import (  # noqa: E402
+    CANNOT_RUN,
+    INTERRUPTED,
+    MET,
+    MISSED,
+    BenchError,
+    cleaning_up,
+    keep_or_remove,
+    log,
+    py_spy,
+    stop_on_signals,
+)
+from callctl.harness.looplag import LoopLag  # noqa: E402
+from callctl.harness.server import ServerError, ServerProcess  # noqa: E402
+from callctl.harness.stats import summary  # noqa: E402
+from callctl.signaling.auth import issue_token, read_secret  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only, always
 SERVICE = "default"
 RING_LOST_AFTER_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
+#: What a request on a keep-alive connection can fail with (counted, not fatal).
+HTTP_FAILURES = (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError, ValueError)
 
 # targets
 TARGET_STREAMS = 5000
@@ -64,57 +78,15 @@ TARGET_KIB_PER_STREAM = 40.0
 TARGET_P99_MS = 50.0
 TARGET_RATE = 100.0
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (server did not start, streams failed, ...)."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
 
 # ----------------------------------------------------------------- /proc bits
 
 
 def rss_kib(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"server pid {pid} is gone (no VmRSS)")
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    return sum(parts) - idle, sum(parts)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of an unsorted list."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
+    rss = procfs.memory_kib(pid).get("VmRSS")
+    if rss is None:
+        raise BenchError(f"server pid {pid} is gone (no VmRSS)")
+    return rss
 
 
 def raise_nofile(want: int) -> int:
@@ -128,99 +100,22 @@ def raise_nofile(want: int) -> int:
 # --------------------------------------------------------------------- server
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    tmp: Path
-    secret: bytes
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-def start_server(tmp: Path, args: argparse.Namespace, nofile: int) -> Server:
-    secret_path = tmp / "secret"
-    secret = load_or_create_secret(secret_path)  # created 0600
+def start_server(tmp: Path, args: argparse.Namespace) -> ServerProcess:
+    """The server under load; it inherits our open-file limit, raised for the streams."""
     # enough new calls per caller and minute for the requested rate, twice over
     per_caller_min = max(30.0, math.ceil(2 * args.rate * 60.0 / args.callers))
-    cmd = [
-        sys.executable,
-        "-m",
-        "callctl",
-        "server",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--secret-file",
-        str(secret_path),
-        "--log-level",
-        "warning",
-        "--heartbeat",
-        str(args.heartbeat),
-        "--calls-per-minute",
-        str(per_caller_min),
-    ]
-    pin = args.pin
-
-    def preexec() -> None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
-        if soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        # die with the generator, whatever happens to it
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if pin:
-            os.sched_setaffinity(0, {0})
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "cli"), *filter(None, [env.get("PYTHONPATH")])])
-    out = open(tmp / "server.out", "wb")  # noqa: SIM115
-    err = open(tmp / "server.err", "wb")  # noqa: SIM115
+    server = ServerProcess(tmp, ["--host", HOST, "--log-level", "warning",
+                                 "--heartbeat", str(args.heartbeat),
+                                 "--calls-per-minute", str(per_caller_min)])
     try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=tmp,
-            env=env,
-            preexec_fn=preexec,
-            start_new_session=True,
-        )
-    finally:
-        out.close()
-        err.close()
-    log(f"server: {' '.join(cmd[1:])} (pid {proc.pid})")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = (tmp / "server.out").read_text(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("callctl server listening on "):
-                port = int(line.rsplit(":", 1)[1])
-                return Server(proc, port, tmp, secret)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    tail = (tmp / "server.err").read_text(errors="replace")[-2000:]
-    stop_server_proc(proc)
-    raise BenchError(f"server did not start (exit {proc.returncode}):\n{tail}")
-
-
-def stop_server_proc(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=8)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=5)
+        server.start()
+    except ServerError as exc:
+        raise BenchError(str(exc)) from None
+    if args.pin:
+        for task in Path(f"/proc/{server.pid}/task").iterdir():  # every thread it has so far
+            os.sched_setaffinity(int(task.name), {0})
+    log(f"server: {' '.join(server.proc.argv[1:]) if server.proc else ''} (pid {server.pid})")
+    return server
 
 
 # ------------------------------------------------------------- idle streams
@@ -468,7 +363,8 @@ class Caller:
 @dataclass
 class Bench:
     args: argparse.Namespace
-    server: Server
+    server: ServerProcess
+    secret: bytes
     streams: list[EventStream] = field(default_factory=list)
     callers: list[Caller] = field(default_factory=list)
     # ring matching
@@ -492,7 +388,7 @@ class Bench:
     wrong_callee: int = 0
     ring_ms: list[float] = field(default_factory=list)
     post_ms: list[float] = field(default_factory=list)
-    lag_ms: list[float] = field(default_factory=list)
+    lag: LoopLag = field(default_factory=lambda: LoopLag(0.01))
     sched_late_ms: list[float] = field(default_factory=list)
 
     def ring_arrived(self, call_id: str, user: str, now: float) -> None:
@@ -509,7 +405,7 @@ class Bench:
         loop = asyncio.get_running_loop()
         users = [f"u{i:05d}" for i in range(args.streams)]
         t = time.perf_counter()
-        tokens = [issue_token(self.server.secret, u, SERVICE, 3600) for u in users]
+        tokens = [issue_token(self.secret, u, SERVICE, 3600) for u in users]
         log(f"minted {len(tokens)} tokens in {time.perf_counter() - t:.2f} s")
         sem = asyncio.Semaphore(args.connect_concurrency)
 
@@ -550,25 +446,12 @@ class Bench:
         return {"open_s": took, "open_per_s": len(self.streams) / took if took > 0 else 0.0}
 
     # -- phase 2: calls
-    async def lag_monitor(self, stop: asyncio.Event) -> None:
-        step = 0.01
-        while not stop.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(step)
-            self.lag_ms.append(max(0.0, (time.perf_counter() - t - step) * 1000))
-
     async def one_call(self, caller: Caller, callee: str, sdp: str) -> None:
         self.attempted += 1
         body = msgspec.json.encode({"to": callee, "sdp": sdp})
         try:
             status, rbody, sent = await caller.post("/v1/calls", body)
-        except (
-            TimeoutError,
-            OSError,
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            ValueError,
-        ) as exc:
+        except HTTP_FAILURES as exc:
             self.http_failures[f"create: {type(exc).__name__}"] += 1
             return
         answered = time.perf_counter()
@@ -601,13 +484,7 @@ class Bench:
             status, _, _ = await caller.post(f"/v1/calls/{call_id}/hangup", b"{}")
             if status != 200:
                 self.hangup_failures[f"HTTP {status}"] += 1
-        except (
-            TimeoutError,
-            OSError,
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            ValueError,
-        ) as exc:
+        except HTTP_FAILURES as exc:
             self.hangup_failures[type(exc).__name__] += 1
 
     async def drive_calls(self) -> dict[str, Any]:
@@ -615,7 +492,7 @@ class Bench:
         self.callers = [
             Caller(
                 f"caller{i:03d}",
-                issue_token(self.server.secret, f"caller{i:03d}", SERVICE, 3600),
+                issue_token(self.secret, f"caller{i:03d}", SERVICE, 3600),
                 self.server.port,
                 args.conns_per_caller,
             )
@@ -627,12 +504,11 @@ class Bench:
         random.Random(args.seed).shuffle(callees)
         sdp = make_sdp(args.sdp_bytes)
         n_calls = max(1, int(round(args.rate * args.duration)))
-        stop = asyncio.Event()
-        monitor = asyncio.create_task(self.lag_monitor(stop))
+        monitor = asyncio.create_task(self.lag.run())
         tasks: set[asyncio.Task[None]] = set()
         pid = self.server.pid
         spy = start_py_spy(args, pid) if args.py_spy else None
-        cpu0, gen0, mach0 = cpu_ticks(pid), os.times(), machine_ticks()
+        cpu0, gen0, mach0 = procfs.cpu_seconds(pid), os.times(), procfs.machine_ticks()
         t0 = self.call_t0 = time.perf_counter()
         for k in range(n_calls):
             target = t0 + k / args.rate
@@ -649,16 +525,17 @@ class Bench:
         if tasks:
             await asyncio.wait(set(tasks), timeout=RING_LOST_AFTER_S + 2 * REQUEST_TIMEOUT_S)
         wall = time.perf_counter() - t0
-        cpu1, gen1, mach1 = cpu_ticks(pid), os.times(), machine_ticks()
-        stop.set()
-        await monitor
+        cpu1, gen1, mach1 = procfs.cpu_seconds(pid), os.times(), procfs.machine_ticks()
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
         for task in list(tasks):
             task.cancel()
         if spy is not None:
             await asyncio.to_thread(finish_py_spy, spy, args.py_spy)
-        server_cpu = (cpu1 - cpu0) / CLK_TCK / wall * 100
+        server_cpu = (cpu1 - cpu0) / wall * 100
         gen_cpu = ((gen1.user - gen0.user) + (gen1.system - gen0.system)) / wall * 100
-        busy = (mach1[0] - mach0[0]) / max(1, mach1[1] - mach0[1]) * 100 * (os.cpu_count() or 1)
+        busy = procfs.machine_busy_pct(mach0, mach1)
         return {
             "hb_bursts": bursts(self.hb_times, t0, t0 + wall, min(1.0, args.heartbeat / 3)),
             "calls_s": wall,
@@ -680,9 +557,7 @@ class Bench:
 
 def start_py_spy(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes]:
     """Sample the server with py-spy for the call phase (it competes for CPU too)."""
-    exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
-    if exe is None and (REPO / ".venv/bin/py-spy").exists():
-        exe = str(REPO / ".venv/bin/py-spy")
+    exe = py_spy()
     if exe is None:
         raise BenchError("--py-spy: py-spy not found (pip install py-spy, or set PY_SPY)")
     out = Path(args.py_spy)
@@ -868,19 +743,14 @@ def print_report(r: dict) -> None:
 
 
 def stats(values: list[float]) -> dict[str, float | None]:
-    return {
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else None,
-    }
+    return summary(values, (50, 90, 99))
 
 
 # ----------------------------------------------------------------------- main
 
 
-async def run(args: argparse.Namespace, server: Server, holder: list[Bench]) -> dict:
-    bench = Bench(args, server)
+async def run(args: argparse.Namespace, server: ServerProcess, holder: list[Bench]) -> dict:
+    bench = Bench(args, server, read_secret(server.secret_file))
     holder.append(bench)
     # warm up: one request through the whole stack before the baseline
     conn = await HttpConn.open(server.port)
@@ -910,12 +780,7 @@ async def run(args: argparse.Namespace, server: Server, holder: list[Bench]) -> 
     result = {
         "benchmark": "callctl-signaling",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-        },
+        "machine": machine.describe(REPO),
         "server_pid": server.pid,
         "pinned": args.pin,
         "heartbeat_s": args.heartbeat,
@@ -947,7 +812,7 @@ async def run(args: argparse.Namespace, server: Server, holder: list[Bench]) -> 
         "server_cpu_pct": calls["server_cpu_pct"],
         "generator_cpu_pct": calls["generator_cpu_pct"],
         "machine_cpu_pct": calls["machine_cpu_pct"],
-        "generator_lag_ms": stats(bench.lag_ms),
+        "generator_lag_ms": stats(bench.lag.lags_ms),
         "schedule_late_ms": stats(bench.sched_late_ms),
         "streams_dropped": bench.streams_dropped,
         "closing_reasons": dict(bench.closing_reasons),
@@ -1025,9 +890,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not Path("/proc/self/status").exists():
+    if not procfs.available():
         log("needs Linux /proc")
-        return 2
+        return CANNOT_RUN
     nofile_needed = args.streams + args.callers * args.conns_per_caller + 512
     nofile = raise_nofile(nofile_needed)
     if nofile < nofile_needed:
@@ -1035,27 +900,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin:
         if (os.cpu_count() or 1) < 2:
             log("--pin needs 2 CPUs")
-            return 2
+            return CANNOT_RUN
         os.sched_setaffinity(0, {1})
-
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"hard limit of {args.timeout:g} s reached")
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.timeout) + 10)  # backstop if the loop itself is stuck
+    stop_on_signals(args.timeout + 10)  # a backstop: asyncio.wait_for keeps the limit itself
 
     tmp = Path(tempfile.mkdtemp(prefix="callctl-bench-"))
-    server: Server | None = None
+    server: ServerProcess | None = None
     holder: list[Bench] = []
-    code = 2
+    code = CANNOT_RUN
     try:
-        server = start_server(tmp, args, nofile_needed)
+        server = start_server(tmp, args)
 
         async def bounded() -> dict:
             try:
@@ -1080,34 +934,31 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, sort_keys=True), flush=True)
         else:
             print_report(result)
-        code = 1 if any(t["result"] == "MISS" for t in result["targets"].values()) else 0
+        code = MISSED if any(t["result"] == "MISS" for t in result["targets"].values()) else MET
     except KeyboardInterrupt:
         log("interrupted")
-        code = 130
+        code = INTERRUPTED
     except TimeoutError as exc:
         log(f"timeout: {str(exc) or f'hard limit of {args.timeout:g} s reached'}")
-        code = 2
+        code = CANNOT_RUN
     except BenchError as exc:
         log(f"error: {exc}")
-        code = 2
+        code = CANNOT_RUN
     finally:
-        if server is not None and server.proc.poll() is not None and code != 0 and code != 1:
-            log(f"server exited by itself with status {server.proc.returncode}")
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # don't interrupt the cleanup
+        if server is not None and server.proc is not None and code == CANNOT_RUN:
+            if server.proc.returncode is not None:
+                log(f"server exited by itself with status {server.proc.returncode}")
+        cleaning_up()
         for bench in holder:
             with contextlib.suppress(Exception):
                 bench.close()
         if server is not None:
-            stop_server_proc(server.proc)
-            errors = (tmp / "server.err").read_text(errors="replace").strip()
+            server.stop()
+            errors = server.stderr_text().strip()
             if errors:
                 lines = errors.splitlines()
                 log(f"server stderr: {len(lines)} lines; last: {lines[-1][:300]}")
-        if args.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep_tmp)
     return code
 
 

@@ -11,92 +11,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HZ = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT / "cli"))  # run from a checkout without installing too
 
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> dict | str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if needle in line:
-            try:
-                return json.loads(line)
-            except ValueError:
-                return line
-    raise RuntimeError(f"no {needle!r} within {timeout} s")
+from callctl.harness import procfs  # noqa: E402
+from callctl.harness.child import Child, callctl_command, callctl_env  # noqa: E402
+from callctl.harness.server import ServerProcess  # noqa: E402
 
 
 def one(size: str, seconds: float, fps: int) -> dict:
-    callctl = [sys.executable, "-m", "callctl"]
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
-        env = {**os.environ, "XDG_RUNTIME_DIR": tmp, "XDG_STATE_HOME": tmp,
-               "CALLCTL_SECRET_FILE": f"{tmp}/secret"}
-        procs: list[subprocess.Popen[str]] = []
+        server = ServerProcess(Path(tmp), ["--log-level", "warning"]).start()
+        env = callctl_env(XDG_RUNTIME_DIR=tmp, XDG_STATE_HOME=tmp, CALLCTL_SERVER=server.url,
+                          CALLCTL_SECRET_FILE=str(server.secret_file))
+        media = ["--audio-in", "tone:440", "--audio-out", "null", "--video-in", "testsrc",
+                 "--video-size", size, "--fps", str(fps), "--video-out", "null"]
+        procs: list[Child] = []
         try:
-            server = subprocess.Popen([*callctl, "server", "--port", "0", "--log-level", "warning",
-                                       "--secret-file", f"{tmp}/secret"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-            procs.append(server)
-            url = str(wait_line(server, "listening")).rsplit(" ", 1)[1].strip()
-            env["CALLCTL_SERVER"] = url
-            media = ["--audio-in", "tone:440", "--audio-out", "null", "--video-in", "testsrc",
-                     "--video-size", size, "--fps", str(fps), "--video-out", "null"]
-            callee = subprocess.Popen([*callctl, "--json", "--as", "bob", "listen", "--auto-accept",
-                                       "--once", "--device", "b", *media],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            callee = Child(callctl_command("--json", "--as", "bob", "listen", "--auto-accept",
+                                           "--once", "--device", "b", *media), name="callee", env=env)
             procs.append(callee)
-            wait_line(callee, '"registered"')
-            caller = subprocess.Popen([*callctl, "--json", "--as", "alice", "call", "bob", "--video",
-                                       "--device", "a", "--hangup-after", str(seconds + 3), *media],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            callee.wait_event("registered", timeout=20)
+            caller = Child(callctl_command("--json", "--as", "alice", "call", "bob", "--video",
+                                           "--device", "a", "--hangup-after", str(seconds + 3), *media),
+                           name="caller", env=env)
             procs.append(caller)
-            connected = wait_line(caller, '"call.connected"')
+            connected = caller.wait_event("call.connected", timeout=20)
             time.sleep(2)  # let both encoders settle
-            c0, e0, t0 = cpu_s(caller.pid), cpu_s(callee.pid), time.monotonic()
+            c0, e0, t0 = procfs.cpu_seconds(caller.pid), procfs.cpu_seconds(callee.pid), time.monotonic()
             time.sleep(seconds)
-            c1, e1, t1 = cpu_s(caller.pid), cpu_s(callee.pid), time.monotonic()
+            c1, e1, t1 = procfs.cpu_seconds(caller.pid), procfs.cpu_seconds(callee.pid), time.monotonic()
             result = {
                 "size": size, "fps": fps,
                 "cpu_caller_pct": round(100 * (c1 - c0) / (t1 - t0), 1),
                 "cpu_callee_pct": round(100 * (e1 - e0) / (t1 - t0), 1),
-                "rss_caller_mb": round(rss_mb(caller.pid), 1),
-                "rss_callee_mb": round(rss_mb(callee.pid), 1),
-                "setup_ms": connected["setup_ms"] if isinstance(connected, dict) else None,
+                "rss_caller_mb": round(procfs.memory_kib(caller.pid).get("VmRSS", 0) / 1024, 1),
+                "rss_callee_mb": round(procfs.memory_kib(callee.pid).get("VmRSS", 0) / 1024, 1),
+                "setup_ms": connected["setup_ms"],
             }
-            caller.wait(timeout=30)
+            caller.wait_exit(30)
             return result
         finally:
             for p in reversed(procs):
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(5)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                if p.stdout:
-                    p.stdout.close()
+                p.stop()
+            server.stop()
 
 
 def main() -> int:

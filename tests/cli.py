@@ -3,89 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
+from callctl.harness.child import Child, callctl_command, callctl_env
 from tests.helpers import WAIT, ServerProcess
 
 
 class Cli:
-    """One `callctl --json ...` process; events parsed from stdout as they come."""
+    """One `callctl --json ...` process (a harness Child), awaited the way the tests await."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
-        self.proc = proc
-        self.name = name
-        self.events: list[dict[str, Any]] = []
-        self.stderr = ""
-        self._changed = asyncio.Condition()
-        self._readers = [asyncio.ensure_future(self._read_stdout()),
-                         asyncio.ensure_future(self._read_stderr())]
+    def __init__(self, child: Child) -> None:
+        self.proc = child
+        self.name = child.name
 
-    async def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                async with self._changed:
-                    self.events.append(record)
-                    self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.proc.events
 
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.stderr += line.decode(errors="replace")
+    @property
+    def stderr(self) -> str:
+        return self.proc.stderr
 
     def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == event]
+        return self.proc.named(event)
 
     async def wait_event(self, event: str, count: int = 1, timeout: float = WAIT) -> dict[str, Any]:
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: len(self.named(event)) >= count or self.proc.returncode is not None
-                        or self._readers[0].done()
-                    ),
-                    timeout,
-                )
-            except TimeoutError:
-                raise AssertionError(
-                    f"{self.name}: no {event} within {timeout} s; events "
-                    f"{[e['event'] for e in self.events]}; stderr {self.stderr!r}"
-                ) from None
-        found = self.named(event)
-        assert len(found) >= count, (
-            f"{self.name} ended without {event}: {[e['event'] for e in self.events]} {self.stderr!r}"
-        )
-        return found[count - 1]
+        return await self.proc.await_event(event, count, timeout)
 
     async def exit_code(self, timeout: float = WAIT) -> int:
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"{self.name} still running after {timeout} s; "
-                                 f"events {[e['event'] for e in self.events]}") from None
-        await asyncio.gather(*self._readers)
+        code = await self.proc.await_exit(timeout)
+        if code is None:
+            raise AssertionError(f"still running after {timeout} s; {self.proc.describe()}")
         return code
 
     def signal(self, sig: int) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+        self.proc.signal(sig)
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        for r in self._readers:
-            with contextlib.suppress(Exception):
-                await r
+        await asyncio.to_thread(self.proc.stop, grace=0)
 
 
 class Callctl:
@@ -96,31 +52,24 @@ class Callctl:
         self.workdir = workdir
         self.running: list[Cli] = []
         (workdir / "run").mkdir(exist_ok=True)
-        self.env = {
-            **os.environ,
-            "XDG_RUNTIME_DIR": str(workdir / "run"),
-            "XDG_CONFIG_HOME": str(workdir / "config"),
-            "XDG_STATE_HOME": str(workdir / "state"),
-            "CALLCTL_SECRET_FILE": str(server.secret_file),
-            "PYTHONUNBUFFERED": "1",
-        }
+        self.env = callctl_env(
+            XDG_RUNTIME_DIR=str(workdir / "run"),
+            XDG_CONFIG_HOME=str(workdir / "config"),
+            XDG_STATE_HOME=str(workdir / "state"),
+            CALLCTL_SECRET_FILE=str(server.secret_file),
+        )
 
     def _argv(self, user: str | None, args: tuple[str, ...], server: str | None,
               json: bool = True) -> list[str]:
-        argv = [sys.executable, "-m", "callctl", *(["--json"] if json else []),
-                "--server", server or self.server.url]
+        argv = callctl_command(*(["--json"] if json else []), "--server", server or self.server.url)
         if user:
             argv += ["--as", user]
         return argv + list(args)
 
     async def start(self, user: str | None, *args: str, server: str | None = None,
                     env: dict[str, str] | None = None) -> Cli:
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv(user, args, server),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**self.env, **(env or {})},
-        )
-        cli = Cli(proc, f"{user} {' '.join(args[:1])}")
+        cli = Cli(Child(self._argv(user, args, server), name=f"{user} {' '.join(args[:1])}",
+                        env={**self.env, **(env or {})}))
         self.running.append(cli)
         return cli
 

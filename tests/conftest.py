@@ -6,17 +6,13 @@ from pathlib import Path
 import pytest
 
 from tests.cli import Callctl
-from tests.helpers import Events, ServerProcess
+from tests.helpers import Events, ServerProcess, running_server
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A fresh signaling server process (short ring timeout, fast heartbeats)."""
-    srv = ServerProcess(tmp_path, ["--ring-timeout", "3", "--heartbeat", "1", "--offline-grace", "2"])
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.stderr_text(), srv.stderr_text()
+    yield from running_server(tmp_path, ["--ring-timeout", "3", "--heartbeat", "1", "--offline-grace", "2"])
 
 
 @pytest.fixture

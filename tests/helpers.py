@@ -1,91 +1,28 @@
-"""Test helpers: a real server process, an event collector, a cuttable TCP proxy."""
+"""Test helpers: an event collector, a cuttable TCP proxy; the server process is the harness's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from callctl.harness.server import ServerProcess
 from callctl.signaling import protocol as p
-from callctl.signaling.auth import issue_token, read_secret
 from callctl.signaling.client import Disconnected, EventStream, Received, SignalingClient
+
+__all__ = ["WAIT", "Events", "ServerProcess", "TcpProxy", "running_server"]
 
 WAIT = 10.0  # the longest any single expected event may take before a test fails
 
 
-@dataclass
-class ServerProcess:
-    """``callctl server`` as a child process on a loopback port."""
-
-    workdir: Path
-    args: list[str] = field(default_factory=list)
-    port: int = 0
-    proc: subprocess.Popen[str] | None = None
-    logs: list[str] = field(default_factory=list)
-
-    @property
-    def secret_file(self) -> Path:
-        return self.workdir / "secret"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"server-{len(self.logs)}.log"
-
-    def start(self) -> ServerProcess:
-        log = self.log_path
-        self.logs.append(str(log))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "callctl", "server", "--port", str(self.port),
-                 "--secret-file", str(self.secret_file), *self.args],
-                stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.wait(5)
-            raise RuntimeError(f"server did not start: {line!r} {log.read_text()}")
-        self.port = int(line.rsplit(":", 1)[1])
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
-        return code
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def token(self, user: str, service: str = "default", ttl: float = 3600) -> str:
-        return issue_token(read_secret(self.secret_file), user, service, ttl)
-
-    def client(self, user: str, device: str = "default", service: str = "default") -> SignalingClient:
-        return SignalingClient(self.url, self.token(user, service), device=device)
-
-    def stderr_text(self) -> str:
-        return "".join(Path(p).read_text() for p in self.logs)
+def running_server(workdir: Path, args: list[str]) -> Iterator[ServerProcess]:
+    """A server fixture's body: started, yielded, stopped, and its stderr free of tracebacks."""
+    srv = ServerProcess(workdir, args).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.stderr_text(), srv.stderr_text()
 
 
 class Events:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.cli import Callctl
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_HZ = 523.0  # what Chromium's fake microphone plays
@@ -24,11 +24,7 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path, ["--ring-timeout", "30", "--heartbeat", "2", "--offline-grace", "5"])
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.stderr_text(), srv.stderr_text()
+    yield from running_server(tmp_path, ["--ring-timeout", "30", "--heartbeat", "2", "--offline-grace", "5"])
 
 
 @pytest.fixture

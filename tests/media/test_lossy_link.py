@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from callctl.harness.relay import Impairment, LossyLink
 from callctl.media.audio import FileSink, NullSink, ToneSource
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from tests.audio import read_mono, tone_fraction
-from tests.lossy import Impairment, LossyLink
 
 
 async def connected_pair(link: LossyLink, a_source, a_sinks, b_source, b_sinks):  # type: ignore[no-untyped-def]
@@ -24,9 +24,7 @@ async def connected_pair(link: LossyLink, a_source, a_sinks, b_source, b_sinks):
         return PeerConnection([], source, sinks, MediaCallbacks(on_up=up[side].set, on_lost=lambda why: None))
 
     a, b = peer("a", a_source, a_sinks), peer("b", b_source, b_sinks)
-    offer = await a.create_offer()
-    answer = await b.create_answer(link.rewrite(offer, "a"))
-    await a.apply_answer(link.rewrite(answer, "b"))
+    await link.negotiate(a, b)
     await asyncio.wait_for(asyncio.gather(up["a"].wait(), up["b"].wait()), 10)
     a.start()
     b.start()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from callctl.signaling.auth import read_secret, verify_token
@@ -29,7 +32,8 @@ def test_server_creates_a_private_secret_and_token_issue_uses_it(tmp_path: Path)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
     )
     try:
-        assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+        assert proc.stdout is not None
+        assert re.fullmatch(r"callctl server listening on http://127\.0\.0\.1:\d+\n", proc.stdout.readline())
         secret_file = tmp_path / "state" / "callctl" / "server-secret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         out = callctl("token", "issue", "alice", "--service", "acme", "--ttl", "2h", env=env)
@@ -41,6 +45,26 @@ def test_server_creates_a_private_secret_and_token_issue_uses_it(tmp_path: Path)
         assert proc.wait(10) == 0
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_json_server_says_it_listens_in_one_ndjson_line(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callctl", "--json", "server", "--port", "0",
+         "--secret-file", str(tmp_path / "secret")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert sorted(ready) == ["event", "ts", "url", "v"]
+        assert (ready["v"], ready["event"]) == (1, "server.listening")
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", ready["url"])
+        assert httpx.get(ready["url"] + "/healthz", timeout=10).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert proc.stdout.read() == ""  # that line was the only one
+    proc.stdout.close()
 
 
 @pytest.mark.parametrize(

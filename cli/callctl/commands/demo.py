@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,39 +23,23 @@ def demo(
     _phone.run(_demo(ctx.obj, duration))
 
 
-def _start_server(folder: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "callctl", "server", "--port", "0", "--log-level", "warning",
-         "--secret-file", str(folder / "secret")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError("the demo server did not start")
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
 async def _demo(settings: Any, duration: float) -> int:
     from callctl.engine.commands import Request, run_command
     from callctl.engine.phone import CallPolicy, Phone
     from callctl.engine.session import CallLimits
+    from callctl.harness.server import ServerProcess
     from callctl.media.adjust import preload
     from callctl.media.assembly import MediaOptions
-    from callctl.signaling.auth import issue_token, read_secret
-    from callctl.signaling.client import SignalingClient
     from callctl.signaling.protocol import Media
     from callctl.ui.output import JsonOutput, LiveView, PlainOutput
 
     preload()
     with tempfile.TemporaryDirectory(prefix="callctl-demo-") as tmp:
-        server, url = await asyncio.to_thread(_start_server, Path(tmp))
+        # started from this thread: the server dies with the thread that spawned it
+        server = ServerProcess(Path(tmp), ["--log-level", "warning"]).start()
         try:
-            secret = read_secret(Path(tmp) / "secret")
-
             def phone(user: str, hz: int, policy: CallPolicy) -> Phone:
-                client = SignalingClient(url, issue_token(secret, user, "demo", 3600), device="demo")
+                client = server.client(user, device="demo", service="demo")
                 return Phone(client=client, user=user, device="demo", policy=policy,
                              media=MediaOptions(audio_in=f"tone:{hz}", audio_out="null"))
 
@@ -115,13 +97,7 @@ async def _demo(settings: Any, duration: float) -> int:
             for p in (alice, bob):
                 await p.close()
         finally:
-            server.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(5)
-            if server.poll() is None:
-                server.kill()
-            if server.stdout:
-                server.stdout.close()
+            server.stop()
     if settings.json:
         JsonOutput()(Ev.DEMO_SUMMARY, {"v": 1, "ts": round(time.time(), 3), "event": Ev.DEMO_SUMMARY.value,
                                        **summary})

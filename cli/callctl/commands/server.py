@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def server(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(envvar="CALLCTL_SERVER_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(envvar="CALLCTL_SERVER_PORT", min=0, max=65535, help="Port (0: any free one).")
@@ -97,4 +99,16 @@ def server(
     app = create_app(secret, config=config)
     options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                             log_level=log_level.lower())
-    serve(app, sock, options, announce=lambda url: print(f"callctl server listening on {url}", flush=True))
+    serve(app, sock, options, announce=_announce_json if ctx.obj.json else _announce_plain)
+
+
+def _announce_plain(url: str) -> None:
+    print(f"callctl server listening on {url}", flush=True)
+
+
+def _announce_json(url: str) -> None:
+    # the one line a supervisor (callctl.harness, a test, a bench) waits for: docs/EVENTS.md
+    from callctl.ui.output import JsonOutput
+
+    record = {"v": 1, "ts": round(time.time(), 3), "event": "server.listening", "url": url}
+    JsonOutput()("server.listening", record)

@@ -195,7 +195,7 @@ function scheduleReconnect() {
 }
 
 function forCall(ev, fn) {
-  if (state.call && state.call.id === ev.call_id) fn(state.call);
+  if (state.call && state.call.id === ev.call_id) fn(state.call, ev);
 }
 
 // --------------------------------------------------------------------- media

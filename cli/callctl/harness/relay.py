@@ -1,9 +1,9 @@
 """A lossy link on loopback: a UDP relay between two real peer connections.
 
-Each side's SDP is rewritten (by the test's own signaling) so that its one
-host candidate points at the relay; the relay forwards every datagram to the
-real address after a random delay, or drops it.  Nothing leaves 127.0.0.1 and
-this machine's own addresses.
+Each side's SDP is rewritten (``negotiate``, or the caller's own signaling
+with ``rewrite``) so that its one host candidate points at the relay; the
+relay forwards every datagram to the real address after a random delay, or
+drops it.  Nothing leaves 127.0.0.1 and this machine's own addresses.
 """
 
 from __future__ import annotations
@@ -12,12 +12,25 @@ import asyncio
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
 CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d) udp (\d+) (\d+\.\d+\.\d+\.\d+) (\d+) typ host(.*)$")
 
 
+class Negotiator(Protocol):
+    """One side of an offer/answer exchange (callctl's AudioPeer is one)."""
+
+    async def create_offer(self) -> str: ...
+
+    async def create_answer(self, offer_sdp: str) -> str: ...
+
+    async def apply_answer(self, sdp: str) -> None: ...
+
+
 @dataclass
 class Impairment:
+    """What the relay does to one direction; ``counts`` is what it did."""
+
     loss: float = 0.0
     delay_s: float = 0.0
     jitter_s: float = 0.0
@@ -100,6 +113,12 @@ class LossyLink:
             out.append(line)
         assert kept, "no IPv4 host candidate to relay"
         return "\r\n".join(out) + "\r\n"
+
+    async def negotiate(self, a: Negotiator, b: Negotiator) -> None:
+        """``a`` offers, ``b`` answers; each sees the other's SDP pointing at the relay."""
+        offer = await a.create_offer()
+        answer = await b.create_answer(self.rewrite(offer, "a"))
+        await a.apply_answer(self.rewrite(answer, "b"))
 
     def close(self) -> None:
         for h in self._timers:
