@@ -13,6 +13,8 @@ import pytest
 
 from callctl.signaling.protocol import CallState, EndReason, Media, Party
 from callctl.server.store import (
+    LOG_BYTES,
+    SUBSCRIPTION_BYTES,
     SUBSCRIPTION_QUEUE,
     CallRecord,
     Close,
@@ -83,6 +85,7 @@ async def test_ringing_and_connected_indexes_follow_state(store: Store) -> None:
 
 
 async def test_replay_returns_what_came_after_an_id(store: Store) -> None:
+    await store.register_device("svc/bob", "phone", "s1", cap=8)  # a user who has been online
     ids = [await store.publish("svc/bob", "e", b'{"n":%d}' % i) for i in range(5)]
     later = await store.replay("svc/bob", ids[1])
     assert [e.id for e in later] == ids[2:]
@@ -116,6 +119,29 @@ async def test_live_events_reach_only_targeted_devices(store: Store) -> None:
     await store.publish("svc/bob", "after", b"{}")
     assert drain(phone) == []
     assert drain(desk) == ["after"]
+
+
+async def test_events_for_a_user_never_online_are_not_kept(store: Store) -> None:
+    ring = await store.publish("svc/ghost", "call.incoming", b"x" * 60_000)
+    assert ring  # an id all the same: the call record refers to it
+    assert await store.replay("svc/ghost", "zzzz-0") == []
+
+
+async def test_a_user_log_is_bounded_in_bytes(store: Store) -> None:
+    await store.register_device("svc/bob", "phone", "s1", cap=8)
+    for _ in range(100):
+        await store.publish("svc/bob", "call.signal", b"x" * 60_000)
+    kept = await store.replay("svc/bob", "zzzz-0")
+    assert 0 < len(kept) < 100
+    assert sum(len(e.data) for e in kept) <= LOG_BYTES
+
+
+async def test_a_subscription_full_of_bytes_is_closed(store: Store) -> None:
+    sub = store.subscribe("svc/bob", "phone")
+    for _ in range(SUBSCRIPTION_BYTES // 60_000 + 2):
+        await store.publish("svc/bob", "call.signal", b"x" * 60_000)
+    assert sub.closed
+    assert isinstance(sub.drain()[-1], Close)
 
 
 async def test_a_full_subscription_is_closed_not_grown(store: Store) -> None:

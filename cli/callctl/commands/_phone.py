@@ -93,10 +93,10 @@ def device_and_media(settings: Settings, device: str | None, media: MediaOptions
     """This device's id and the call's media, checked before any network traffic (exits on errors)."""
     from callctl.media.errors import MediaError
     from callctl.media.video_sources import parse_size
-    from callctl.signaling.protocol import ID_PATTERN_RE
+    from callctl.signaling.protocol import valid_id
 
     dev = device or default_device()
-    if not ID_PATTERN_RE.match(dev):
+    if not valid_id(dev):
         fail(f"bad device id {dev!r}", ExitCode.USAGE)
     try:
         media.video_size = parse_size(size)

@@ -45,10 +45,10 @@ def call(
     from callctl.engine.phone import CallPolicy
     from callctl.engine.session import CallLimits
     from callctl.media.assembly import MediaOptions
-    from callctl.signaling.protocol import ID_PATTERN_RE, Media
+    from callctl.signaling.protocol import Media, valid_id
 
     settings = ctx.obj
-    if not ID_PATTERN_RE.match(peer):
+    if not valid_id(peer):
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
     if video and video_in is None:
         video_in = "camera"

@@ -49,13 +49,13 @@ def listen(
 ) -> None:
     from callctl.engine.phone import CallPolicy
     from callctl.media.assembly import MediaOptions
-    from callctl.signaling.protocol import ID_PATTERN_RE
+    from callctl.signaling.protocol import valid_id
 
     settings = ctx.obj
     allowed = None
     if allow is not None:
         allowed = frozenset(u.strip() for u in allow.split(",") if u.strip())
-        bad = [u for u in allowed if not ID_PATTERN_RE.match(u)]
+        bad = [u for u in allowed if not valid_id(u)]
         if bad or not allowed:
             fail(f"bad --allow list {allow!r}", ExitCode.USAGE)
     dev, media = _phone.device_and_media(

@@ -52,6 +52,10 @@ def server(
     ] = None,
     ice_username: Annotated[str | None, typer.Option(help="TURN username.")] = None,
     ice_credential: Annotated[str | None, typer.Option(help="TURN password.")] = None,
+    request_timeout: Annotated[
+        float, typer.Option(envvar="CALLCTL_REQUEST_TIMEOUT", min=0.5, max=300,
+                            help="Seconds a client may take to send a request's headers, and its body.")
+    ] = 10.0,
 ) -> None:
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", ExitCode.USAGE)
@@ -60,6 +64,8 @@ def server(
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             fail(f"cannot read {path}", ExitCode.USAGE)
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     ice = []
     for url in ice_server or []:
         if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
@@ -96,10 +102,22 @@ def server(
         ),
     )
     configure_logging(log_level)
-    app = create_app(secret, config=config)
+    app = create_app(secret, config=config, request_timeout=request_timeout,
+                     secret_file=secret_file or default_secret_file())
     options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                            log_level=log_level.lower())
+                            log_level=log_level.lower(), request_timeout=request_timeout)
     serve(app, sock, options, announce=_announce_json if ctx.obj.json else _announce_plain)
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the pair now: garbage files are one usage error, not a traceback at start-up."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        fail(f"cannot use --tls-cert {cert} with --tls-key {key}: {getattr(exc, 'reason', None) or exc}",
+             ExitCode.USAGE)
 
 
 def _announce_plain(url: str) -> None:

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,14 +20,14 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from callctl.signaling import protocol as p
-from callctl.signaling.auth import Identity, TokenError, verify_token
+from callctl.signaling.auth import Identity, SecretError, TokenError, read_secret, verify_token
 from callctl.server.errors import Refused
 from callctl.server.hub import Hub, HubConfig, Stream
 from callctl.server.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
@@ -52,27 +54,46 @@ def error_response(
 # ------------------------------------------------------------------ helpers
 
 
-def _identity(request: Request) -> Identity:
+#: Failed authentications per client address: sustained rate and burst, then 429.
+AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST = 5.0, 100
+#: Stream tickets per user, and signals per user.
+TICKETS_PER_S, TICKET_BURST = 1.0, 10
+SIGNALS_PER_S, SIGNAL_BURST = 20.0, 100
+
+
+async def _limit(request: Request, key: str, rate_per_s: float, burst: int, what: str) -> None:
+    """429 with Retry-After once ``key`` spent its tokens (one bucket per key, in the Store)."""
+    wait = await _hub(request).store.take_token(key, rate_per_s, burst)
+    if wait > 0:
+        retry = max(1, int(wait + 0.999))
+        raise Refused(p.ErrorCode.RATE_LIMITED, f"too many {what}; retry in {retry} s",
+                      {"Retry-After": str(retry)})
+
+
+async def _identity(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Refused(p.ErrorCode.UNAUTHORIZED, "missing bearer token")
     try:
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenError("missing bearer token")
         return verify_token(request.app.state.secret, token.strip())
     except TokenError as exc:
+        client = request.client.host if request.client else "unknown"
+        await _limit(request, f"authfail:{client}", AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST,
+                     "failed authentications")
         raise Refused(p.ErrorCode.UNAUTHORIZED, str(exc)) from None
 
 
 def _device(value: str | None) -> str:
     device = value or DEFAULT_DEVICE
-    if not p.ID_PATTERN_RE.match(device):
+    if not p.valid_id(device):
         raise Refused(p.ErrorCode.INVALID, "bad device id: letters, digits and . _ @ + -")
     return device
 
 
-async def _body(request: Request, kind: type[T]) -> T:
+async def _read_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
-    if length is not None and not length.isdigit():
+    if length is not None and not re.fullmatch(r"[0-9]{1,12}", length):
         raise Refused(p.ErrorCode.MALFORMED, "bad Content-Length")
     if length is not None and int(length) > p.MAX_BODY_BYTES:
         raise Refused(p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
@@ -81,14 +102,26 @@ async def _body(request: Request, kind: type[T]) -> T:
         body += chunk
         if len(body) > p.MAX_BODY_BYTES:
             raise Refused(p.ErrorCode.TOO_LARGE, f"body over {p.MAX_BODY_BYTES} bytes")
-    if not body.strip():
-        body = bytearray(b"{}")
+    return bytes(body)
+
+
+async def _body(request: Request, kind: type[T]) -> T:
+    """The request's body as ``kind``, or Refused: bounded in size, time and depth."""
     try:
-        return msgspec.json.decode(bytes(body), type=kind)
+        timeout: float = request.app.state.request_timeout
+        body = await asyncio.wait_for(_read_body(request), timeout)
+    except TimeoutError:
+        raise Refused(p.ErrorCode.MALFORMED, f"body not received within {timeout:g} s") from None
+    if not body.strip():
+        body = b"{}"
+    try:
+        return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         raise Refused(p.ErrorCode.INVALID, str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Refused(p.ErrorCode.MALFORMED, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise Refused(p.ErrorCode.INVALID, "body nests too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -100,6 +133,8 @@ def endpoint(fn: Handler) -> Handler:
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
+        except ClientDisconnect:  # the client went away mid-request: nobody to answer
+            return Response(status_code=400)
         except Refused as exc:
             headers = dict(exc.headers)
             if exc.code is p.ErrorCode.UNAUTHORIZED:
@@ -125,7 +160,7 @@ async def healthz(request: Request) -> Response:
 
 @endpoint
 async def create_call(request: Request) -> Response:
-    me = _identity(request)
+    me = await _identity(request)
     device = _device(request.headers.get(p.DEVICE_HEADER))
     req = await _body(request, p.CreateCall)
     info = await _hub(request).create_call(me, device, req)
@@ -134,13 +169,13 @@ async def create_call(request: Request) -> Response:
 
 @endpoint
 async def get_call(request: Request) -> Response:
-    me = _identity(request)
+    me = await _identity(request)
     return JSONResponse(await _hub(request).get_call(me, request.path_params["call_id"]))
 
 
 @endpoint
 async def call_action(request: Request) -> Response:
-    me = _identity(request)
+    me = await _identity(request)
     device = _device(request.headers.get(p.DEVICE_HEADER))
     call_id: str = request.path_params["call_id"]
     action: str = request.path_params["action"]
@@ -155,7 +190,10 @@ async def call_action(request: Request) -> Response:
         hangup = await _body(request, p.HangupCall)
         return JSONResponse(await hub.hangup(me, call_id, hangup.reason))
     if action == "signal":
+        await _limit(request, f"signals:{me.key}", SIGNALS_PER_S, SIGNAL_BURST, "signals")
         signal = await _body(request, p.SignalCall)
+        if p.depth(signal.data, p.MAX_SIGNAL_DEPTH) > p.MAX_SIGNAL_DEPTH:
+            raise Refused(p.ErrorCode.INVALID, f"signal data nests deeper than {p.MAX_SIGNAL_DEPTH}")
         return JSONResponse(await hub.signal(me, device, call_id, signal))
     raise Refused(p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
 
@@ -170,7 +208,8 @@ async def stream_ticket(request: Request) -> Response:
     EventSource cannot send an Authorization header, and a long-lived token
     must not travel in a URL (it would end up in logs and histories).
     """
-    me = _identity(request)
+    me = await _identity(request)
+    await _limit(request, f"tickets:{me.key}", TICKETS_PER_S, TICKET_BURST, "stream tickets")
     await _body(request, p.CreateTicket)
     ticket = secrets.token_urlsafe(24)
     identity = msgspec.json.encode([me.user, me.service, me.expires_at])
@@ -181,7 +220,7 @@ async def stream_ticket(request: Request) -> Response:
 async def _stream_identity(request: Request) -> Identity:
     ticket = request.query_params.get("ticket")
     if ticket is None or request.headers.get("authorization"):
-        return _identity(request)
+        return await _identity(request)
     value = await _hub(request).store.take_ticket(ticket)
     if value is None:
         raise Refused(p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
@@ -191,9 +230,12 @@ async def _stream_identity(request: Request) -> Identity:
 
 @endpoint
 async def events(request: Request) -> Response:
-    me = await _stream_identity(request)
+    # everything checked before the ticket is used up and before anything is registered
     device = _device(request.query_params.get("device"))
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if last_id is not None and not p.valid_event_id(last_id):
+        raise Refused(p.ErrorCode.MALFORMED, "bad Last-Event-ID: expected an event id this server sent")
+    me = await _stream_identity(request)
     stream, backlog, registered = await _hub(request).open_stream(me, device, last_id)
     return EventStreamResponse(_hub(request), stream, backlog, registered)
 
@@ -310,13 +352,21 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    secret: bytes, store: Store | None = None, config: HubConfig | None = None
+    secret: bytes, store: Store | None = None, config: HubConfig | None = None,
+    request_timeout: float = 10.0, secret_file: Path | None = None,
 ) -> EventStreamFirst:
+    """The server app; ``request_timeout`` bounds how long a request body may take to arrive.
+
+    With a ``secret_file``, SIGHUP reads it again: tokens signed with the new
+    secret are accepted from then on, and tokens of the old one are refused.
+    """
     hub = Hub(store or MemoryStore(), config or HubConfig())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        if secret_file is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_secret)
         # what start-up created lives as long as the process: keep it out of
         # every later full collection (a full pass over thousands of open
         # streams already takes long enough)
@@ -325,7 +375,18 @@ def create_app(
         try:
             yield
         finally:
+            if secret_file is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await hub.stop()
+
+    def reload_secret() -> None:
+        assert secret_file is not None
+        try:
+            app.state.secret = read_secret(secret_file)
+        except SecretError as exc:
+            log.error("SIGHUP: kept the old secret: %s", exc)
+            return
+        log.info("SIGHUP: secret reloaded from %s", secret_file)
 
     app = Starlette(
         routes=[
@@ -343,8 +404,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.secret = secret
+    app.state.request_timeout = request_timeout
     app.state.hub = hub
     return EventStreamFirst(app)
+
+
+#: Sent with every response: no MIME sniffing of our JSON or pages.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff")]
 
 
 class EventStreamFirst:
@@ -359,9 +425,19 @@ class EventStreamFirst:
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "GET":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS]
+            await send(message)
+
+        if scope["path"] == "/v1/events" and scope["method"] == "GET":
             scope["app"] = self.app
             response = await events(Request(scope, receive))
-            await response(scope, receive, send)
+            await response(scope, receive, send_hardened)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_hardened)

@@ -172,45 +172,55 @@ class Hub:
             raise Refused(p.ErrorCode.TOO_MANY_DEVICES,
                 f"user already has {self.config.max_devices} devices online",
             )
-        self._offline_since.pop((user_key, device), None)
-        previous = self._streams.get((user_key, device))
-        if previous is not None:
-            previous.sub.close("replaced")
-        # subscribe before reading the log, so nothing falls between the two
-        sub = self.store.subscribe(user_key, device)
-        stream = Stream(
-            identity, device, stream_id, sub,
-            time.monotonic() + random.uniform(0, self.config.heartbeat_s),
-        )
-        self._streams[(user_key, device)] = stream
+        opened: Stream | None = None
+        try:
+            self._offline_since.pop((user_key, device), None)
+            previous = self._streams.get((user_key, device))
+            if previous is not None:
+                previous.sub.close("replaced")
+            # subscribe before reading the log, so nothing falls between the two
+            sub = self.store.subscribe(user_key, device)
+            stream = opened = Stream(
+                identity, device, stream_id, sub,
+                time.monotonic() + random.uniform(0, self.config.heartbeat_s),
+            )
+            self._streams[(user_key, device)] = stream
 
-        cursor = await self.store.cursor(user_key)
-        backlog = [
-            e for e in (await self.store.replay(user_key, last_id) if last_id else [])
-            if e.for_device(device)
-        ]
-        sent = {e.id for e in backlog}
-        for call in await self.store.ringing_calls_for(user_key):
-            await self._mark_rang(call)
-            if call.ring_event_id is None or call.ring_event_id in sent:
-                continue
-            if last_id and not self.store.is_after(call.ring_event_id, last_id):
-                continue  # the client has seen this ring already
-            ring = _ring_event(call)
-            backlog.append(StoredEvent(call.ring_event_id, "call.incoming", p.encode(ring)))
-        registered = p.Registered(
-            user=identity.user,
-            service=identity.service,
-            device=device,
-            devices_online=online,
-            heartbeat_s=self.config.heartbeat_s,
-            server_id=self.server_id,
-            ice_servers=list(self.config.ice_servers),
-            replayed=len(backlog),
-            cursor=cursor,
-        )
-        log.debug("stream open %s device=%s online=%d", user_key, device, online)
-        return stream, backlog, registered
+            cursor = await self.store.cursor(user_key)
+            backlog = [
+                e for e in (await self.store.replay(user_key, last_id) if last_id else [])
+                if e.for_device(device)
+            ]
+            sent = {e.id for e in backlog}
+            for call in await self.store.ringing_calls_for(user_key):
+                await self._mark_rang(call)
+                if call.ring_event_id is None or call.ring_event_id in sent:
+                    continue
+                if last_id and not self.store.is_after(call.ring_event_id, last_id):
+                    continue  # the client has seen this ring already
+                ring = _ring_event(call)
+                backlog.append(StoredEvent(call.ring_event_id, "call.incoming", p.encode(ring)))
+            registered = p.Registered(
+                user=identity.user,
+                service=identity.service,
+                device=device,
+                devices_online=online,
+                heartbeat_s=self.config.heartbeat_s,
+                server_id=self.server_id,
+                ice_servers=list(self.config.ice_servers),
+                replayed=len(backlog),
+                cursor=cursor,
+            )
+            log.debug("stream open %s device=%s online=%d", user_key, device, online)
+            return stream, backlog, registered
+        except BaseException:
+            # a stream that never opened leaves nothing registered: not the device, not the stream
+            if opened is not None:
+                self.store.unsubscribe(opened.sub)
+                if self._streams.get((user_key, device)) is opened:
+                    del self._streams[(user_key, device)]
+            await self.store.unregister_device(user_key, device, stream_id)
+            raise
 
     async def close_stream(self, stream: Stream) -> None:
         user_key = stream.identity.key

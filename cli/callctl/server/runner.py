@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from callctl.server.app import EventStreamFirst
+from callctl.server.guard import GuardedHttpToolsProtocol
 from callctl.server.hub import Hub
 
 @dataclass
@@ -20,6 +21,8 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = "info"
+    #: Request headers, and request bodies, must arrive within this.
+    request_timeout: float = 10.0
 
 
 class ListenError(Exception):
@@ -80,7 +83,8 @@ def serve(app: EventStreamFirst, sock: socket.socket, options: ServerOptions,
         ssl_keyfile=str(options.tls_key) if options.tls_key else None,
         timeout_graceful_shutdown=3,
         loop=loop,
-        http="httptools",
+        # header deadline and limits (guard.py)
+        http=type("Protocol", (GuardedHttpToolsProtocol,), {"header_timeout": options.request_timeout}),
         ws="none",
         lifespan="on",
         server_header=False,

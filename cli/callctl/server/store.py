@@ -14,8 +14,14 @@ Rules every implementation keeps:
   (from another server epoch, or aged out), so a reconnecting client never
   misses what is still retained.  Clients deduplicate by id.
 - Every live event of a user is offered to each local ``Subscription`` of that
-  user; a subscription whose bounded queue is full is closed (overflow), and
-  its client reconnects and replays: nothing grows without bound.
+  user; a subscription whose bounded queue is full (in items or in bytes) is
+  closed (overflow), and its client reconnects and replays: nothing grows
+  without bound.
+- A user's log is bounded in events and in bytes, and is kept only for users
+  who have had a device online: events for a user nobody can receive (a name
+  that never connected) are offered to no one and not retained.  Such a
+  user's pending rings still reach a device that connects later: they come
+  from the call records (``ringing_calls_for``), not from the log.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ import msgspec
 
 from callctl.signaling.protocol import CallState, EndReason, Media, Party
 
-#: How many events each user's log retains for replay.
+#: How many events each user's log retains for replay, and how many bytes at most.
 LOG_LENGTH = 256
+LOG_BYTES = 1024 * 1024
 #: A user log with no activity for this long (and no subscriber) is dropped.
 LOG_IDLE_S = 3600.0
 #: Ended calls stay readable (GET) for this long.
 ENDED_CALL_RETENTION_S = 600.0
 #: Each stream's queue of undelivered events.
 SUBSCRIPTION_QUEUE = 512
+#: ... and the bytes it may hold (a slow reader and large signals: 512 x 64 KiB would be 32 MiB).
+SUBSCRIPTION_BYTES = 2 * 1024 * 1024
 
 
 class CallRecord(msgspec.Struct, kw_only=True):
@@ -110,7 +119,7 @@ class Subscription:
     Lighter than an asyncio.Queue (thousands of these stay open at once).
     """
 
-    __slots__ = ("user_key", "device", "closed", "_items", "_waiter")
+    __slots__ = ("user_key", "device", "closed", "_items", "_waiter", "_bytes")
 
     def __init__(self, user_key: str, device: str) -> None:
         self.user_key = user_key
@@ -118,6 +127,7 @@ class Subscription:
         self.closed = False
         self._items: collections.deque[QueueItem] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -125,10 +135,12 @@ class Subscription:
     def offer(self, item: QueueItem) -> None:
         if self.closed:
             return
-        if len(self._items) >= SUBSCRIPTION_QUEUE:
+        size = len(item.data) if isinstance(item, StoredEvent) else 0
+        if len(self._items) >= SUBSCRIPTION_QUEUE or self._bytes + size > SUBSCRIPTION_BYTES:
             self.close("overflow")
             return
         self._items.append(item)
+        self._bytes += size
         self._wake()
 
     def close(self, reason: str) -> None:
@@ -152,7 +164,10 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, StoredEvent):
+            self._bytes -= len(item.data)
+        return item
 
     def drain(self) -> list[QueueItem]:
         """Everything waiting, at once (for tests and shutdown)."""
@@ -264,7 +279,10 @@ class MemoryStore(Store):
         self._ringing: dict[str, set[str]] = collections.defaultdict(set)
         self._connected: dict[str, str] = {}
         self._logs: dict[str, collections.deque[StoredEvent]] = {}
+        self._log_bytes: dict[str, int] = {}
         self._log_touched: dict[str, float] = {}
+        #: Users who have had a device online: only their events are retained.
+        self._known: set[str] = set()
         self._seq = 0
         self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._devices: dict[str, dict[str, str]] = collections.defaultdict(dict)
@@ -337,15 +355,23 @@ class MemoryStore(Store):
         event = StoredEvent(
             f"{self.epoch}-{self._seq}", name, data, only_device, except_device
         )
-        log = self._logs.get(user_key)
-        if log is None:
-            log = self._logs[user_key] = collections.deque(maxlen=LOG_LENGTH)
-        log.append(event)
-        self._log_touched[user_key] = time.monotonic()
+        if user_key in self._known:
+            self._retain(user_key, event)
         for sub in self._subs.get(user_key, ()):
             if event.for_device(sub.device):
                 sub.offer(event)
         return event.id
+
+    def _retain(self, user_key: str, event: StoredEvent) -> None:
+        log = self._logs.get(user_key)
+        if log is None:
+            log = self._logs[user_key] = collections.deque()
+        log.append(event)
+        size = self._log_bytes.get(user_key, 0) + len(event.data)
+        while len(log) > 1 and (len(log) > LOG_LENGTH or size > LOG_BYTES):
+            size -= len(log.popleft().data)
+        self._log_bytes[user_key] = size
+        self._log_touched[user_key] = time.monotonic()
 
     async def replay(self, user_key: str, last_id: str) -> list[StoredEvent]:
         log = self._logs.get(user_key)
@@ -384,6 +410,7 @@ class MemoryStore(Store):
                 del self._devices[user_key]
             return None
         devices[device] = stream
+        self._known.add(user_key)
         return len(devices)
 
     async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
@@ -431,6 +458,7 @@ class MemoryStore(Store):
         ]:
             del self._logs[key]
             del self._log_touched[key]
+            self._log_bytes.pop(key, None)
         self._tickets = {k: v for k, v in self._tickets.items() if v[1] >= mono}
         # a full bucket is the same as no bucket
         self._buckets = {k: v for k, v in self._buckets.items() if mono - v[1] < 600}

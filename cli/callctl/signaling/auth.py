@@ -17,12 +17,11 @@ from pathlib import Path
 
 import jwt
 
-from callctl.signaling.protocol import ID_PATTERN
+from callctl.signaling.protocol import valid_id
 
 ALGORITHM = "HS256"
 CLOCK_SKEW_S = 30
 DEFAULT_SERVICE = "default"
-_ident = re.compile(ID_PATTERN)
 
 
 class TokenError(Exception):
@@ -45,17 +44,30 @@ class Identity:
         return f"{self.service}/{self.user}"
 
 
+#: A secret file is a few dozen bytes; anything over this is not one (or /dev/zero).
+MAX_SECRET_BYTES = 4096
+
+
+def _read_secret_file(path: Path) -> bytes:
+    if path.exists() and not path.is_file():
+        raise SecretError(f"secret file {path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_SECRET_BYTES + 1).strip()
+    if len(data) > MAX_SECRET_BYTES:
+        raise SecretError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
+    if len(data) < 32:
+        raise SecretError(f"secret file {path} holds fewer than 32 bytes")
+    return data
+
+
 def load_or_create_secret(path: Path) -> bytes:
     """Read the secret at ``path``; create it (0600, atomically) when missing."""
     try:
-        data = path.read_bytes().strip()
+        return _read_secret_file(path)
     except FileNotFoundError:
         return _create_secret(path)
     except OSError as exc:
         raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if len(data) < 32:
-        raise SecretError(f"secret file {path} holds fewer than 32 bytes")
-    return data
 
 
 def _create_secret(path: Path) -> bytes:
@@ -75,55 +87,75 @@ def _create_secret(path: Path) -> bytes:
 def read_secret(path: Path) -> bytes:
     """Read an existing secret; never create one (for clients minting tokens)."""
     try:
-        data = path.read_bytes().strip()
+        return _read_secret_file(path)
     except OSError as exc:
         raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if len(data) < 32:
-        raise SecretError(f"secret file {path} holds fewer than 32 bytes")
-    return data
+
+
+#: The longest lifetime a token may have (and the furthest ``exp`` a server accepts).
+MAX_TTL_S = 10 * 365 * 86400
+#: A token longer than this is refused before it is parsed.
+MAX_TOKEN_BYTES = 4096
 
 
 def issue_token(
     secret: bytes, user: str, service: str = DEFAULT_SERVICE, ttl_s: float = 86400
 ) -> str:
-    if not _ident.match(user):
+    if not valid_id(user):
         raise TokenError(f"bad user id {user!r}: letters, digits and . _ @ + - (max 64)")
-    if not _ident.match(service):
+    if not valid_id(service):
         raise TokenError(f"bad service id {service!r}: letters, digits and . _ @ + - (max 64)")
-    if ttl_s <= 0:
-        raise TokenError("token lifetime must be positive")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise TokenError(f"token lifetime must be positive and at most {MAX_TTL_S // 86400} days")
     now = int(time.time())
     claims = {"sub": user, "svc": service, "iat": now, "exp": now + int(ttl_s)}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+def _timestamp(claims: dict[str, object], name: str) -> int:
+    value = claims.get(name)
+    # an int, not a bool, a float, a string or a number no clock will reach
+    if type(value) is not int or not 0 <= value <= 2**40:
+        raise TokenError(f"invalid token: bad {name} claim")
+    return value
+
+
 def verify_token(secret: bytes, token: str) -> Identity:
+    """The identity a token proves, or TokenError (never anything else, whatever the token)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("invalid token: too long")
     try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            leeway=CLOCK_SKEW_S,
-            options={"require": ["sub", "svc", "iat", "exp"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise TokenError("token expired") from None
+        # the signature here; the claims below, by our own strict rules
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
+                            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                                     "verify_aud": False, "verify_iss": False})
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from None
-    user, service = claims["sub"], claims["svc"]
-    if not (isinstance(user, str) and _ident.match(user)):
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise TokenError("invalid token: malformed") from None
+    if not isinstance(claims, dict):
+        raise TokenError("invalid token: claims are not an object")
+    iat, exp = _timestamp(claims, "iat"), _timestamp(claims, "exp")
+    now = time.time()
+    if exp + CLOCK_SKEW_S < now:
+        raise TokenError("token expired")
+    if iat > now + CLOCK_SKEW_S:
+        raise TokenError("invalid token: issued in the future")
+    user, service = claims.get("sub"), claims.get("svc")
+    if not valid_id(user):
         raise TokenError("invalid token: bad sub claim")
-    if not (isinstance(service, str) and _ident.match(service)):
+    if not valid_id(service):
         raise TokenError("invalid token: bad svc claim")
-    return Identity(user=user, service=service, expires_at=float(claims["exp"]))
+    assert isinstance(user, str) and isinstance(service, str)
+    return Identity(user=user, service=service, expires_at=float(exp))
 
 
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``24h``, ``7d`` → seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,12}(?:\.[0-9]{1,6})?)\s*([smhd]?)\s*", text, re.ASCII)
     if not m:
-        raise ValueError(f"bad duration {text!r} (examples: 90s, 30m, 24h, 7d)")
+        raise ValueError(f"bad duration {text[:40]!r} (examples: 90s, 30m, 24h, 7d)")
     value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    if value <= 0:
-        raise ValueError(f"bad duration {text!r}: must be positive")
+    if not 0 < value <= MAX_TTL_S:
+        raise ValueError(f"bad duration {text[:40]!r}: must be positive and at most {MAX_TTL_S // 86400} days")
     return value

@@ -32,7 +32,7 @@ if "httpx" not in sys.modules:
 
 import httpx  # noqa: E402
 import msgspec
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from callctl.signaling import protocol as p
 
@@ -133,6 +133,9 @@ class Disconnected:
 
 
 StreamItem = Received | Disconnected
+
+#: The ``registered`` event must arrive this soon after the stream is requested.
+FIRST_EVENT_TIMEOUT_S = 10.0
 
 
 class SignalingClient:
@@ -286,13 +289,58 @@ class EventStream:
             yield Disconnected(error, delay)
             await asyncio.sleep(delay)
 
+    def _silence_limit(self) -> float:
+        """A stream silent this long is dead (the server stopped, the path broke).
+
+        Until ``registered`` arrives (it is the first thing a server sends) the
+        limit is the connect timeout; after it, 2.5 of the heartbeats the server
+        announced, so ``--heartbeat`` is what decides how fast a stop is noticed.
+        """
+        return max(2.0, self.heartbeat_s * 2.5) if self.connected else FIRST_EVENT_TIMEOUT_S
+
+    async def _sse(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        """Server-Sent Events read line by line under a deadline.
+
+        Any line proves the stream alive, the heartbeat comments (``: hb``)
+        too, which an event-level reader never sees.
+        """
+        lines = response.aiter_lines().__aiter__()
+        name, data, event_id = "", list[str](), ""
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: the read stays in this task (httpcore's
+                # cancel scopes must be entered and left by one task)
+                async with asyncio.timeout(self._silence_limit()):
+                    line = await lines.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ServerUnreachable(
+                    f"{self._client.server}: no event or heartbeat for {self._silence_limit():g} s"
+                ) from None
+            if not line:  # a blank line ends an event
+                if data or name:
+                    yield ServerSentEvent(event=name or "message", data="\n".join(data), id=event_id)
+                name, data, event_id = "", list[str](), ""
+                continue
+            if line.startswith(":"):
+                continue  # a comment: the heartbeat
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+            elif field == "id" and "\0" not in value:
+                event_id = value
+
     async def _connect_once(self) -> AsyncIterator[StreamItem]:
         c = self._client
         headers = c._auth()
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
-        # a silent stream for 2.5 heartbeats means the server or the path is dead
-        timeout = httpx.Timeout(10.0, read=self.heartbeat_s * 2.5 + 5)
+        # our own deadline per event (below) decides; httpx's read timeout is a backstop
+        timeout = httpx.Timeout(10.0, read=max(60.0, self.heartbeat_s * 3))
         try:
             async with aconnect_sse(
                 c._http,
@@ -309,7 +357,7 @@ class EventStream:
                     if isinstance(error, (ServerUnreachable, RateLimited)):
                         raise ServerUnreachable(error.message, error.code, error.status)
                     raise error
-                async for sse in source.aiter_sse():
+                async for sse in self._sse(resp):
                     if not sse.event or sse.event == "message":
                         continue
                     try:

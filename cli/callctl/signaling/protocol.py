@@ -17,10 +17,42 @@ import msgspec
 API_VERSION = "v1"
 
 #: User, service and device ids: short, printable, no separators that would
-#: need escaping in URLs, logs or Redis keys.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$"
+#: need escaping in URLs, logs or Redis keys.  ``\Z``, not ``$``: ``$`` also
+#: matches before a trailing newline ("bob\n" would pass and split log lines).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z"
 ID_PATTERN_RE = re.compile(ID_PATTERN)
 Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+#: Event ids: ``EPOCH-SEQUENCE`` (ASCII only: ``str.isdigit`` takes "²", ``int`` does not).
+EVENT_ID_RE = re.compile(r"[0-9a-z]{1,32}-[0-9]{1,18}")
+#: How deep the JSON ``data`` of a signal may nest (real signals: 1 or 2).
+MAX_SIGNAL_DEPTH = 8
+
+
+def valid_id(value: object) -> bool:
+    """A user, service or device id, whole (the one check every edge uses)."""
+    return isinstance(value, str) and ID_PATTERN_RE.fullmatch(value) is not None
+
+
+def valid_event_id(value: object) -> bool:
+    return isinstance(value, str) and EVENT_ID_RE.fullmatch(value) is not None
+
+
+def depth(value: object, limit: int) -> int:
+    """How deep ``value`` nests (lists and dicts), counting no further than ``limit + 1``.
+
+    Iterative, so a hostile 100,000-level document cannot exhaust the stack.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 #: The request header that names the sending device (HTTP headers are case-insensitive).
 DEVICE_HEADER = "X-Callctl-Device"
@@ -178,7 +210,7 @@ class CreateTicket(Request):
 class SignalCall(Request):
     """An in-call message relayed verbatim to the other party."""
 
-    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}\Z")]
     data: dict[str, Any] = {}
 
 
