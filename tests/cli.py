@@ -84,12 +84,13 @@ class Callctl:
         return await self.start(user, "call", peer, "--device", device, "--audio-out", "null",
                                 "--audio-in", "tone:440", *args, server=server, env=env)
 
-    async def run(self, user: str | None, *args: str, timeout: float = WAIT) -> tuple[int, str, str]:
+    async def run(self, user: str | None, *args: str, timeout: float = WAIT,
+                  env: dict[str, str] | None = None) -> tuple[int, str, str]:
         """A short command (accept, status, ...) to completion: (code, stdout, stderr)."""
         proc = await asyncio.create_subprocess_exec(
             *self._argv(user, args, None, json=False),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self.env,
+            stderr=asyncio.subprocess.PIPE, env={**self.env, **(env or {})},
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None

@@ -11,6 +11,8 @@ from callctl.paths import config_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 SYSTEM_CONFIG = Path("/etc/callctl/config.toml")
+#: A config file is a few lines; anything bigger is not one (or /dev/zero).
+MAX_CONFIG_BYTES = 256 * 1024
 
 
 class ConfigError(Exception):
@@ -40,16 +42,38 @@ def load_file(path: Path | None, explicit: bool) -> dict[str, Any]:
     if path is None:
         return {}
     try:
+        if not path.is_file():
+            if not path.exists() and not explicit:
+                return {}
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise ConfigError(f"config file {path} {what}")
         with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        if explicit:
-            raise ConfigError(f"config file {path} does not exist") from None
-        return {}
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (UTF-8)") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def check_server_url(url: str) -> None:
+    """http(s)://HOST[:PORT][/PREFIX], or ConfigError saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(f"bad server URL {url!r}: expected http://HOST:PORT or https://HOST") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"bad server URL {url!r}: expected http://HOST:PORT or https://HOST")
+    if port == 0:
+        raise ConfigError(f"bad server URL {url!r}: port 0")
 
 
 def resolve(
@@ -68,12 +92,16 @@ def resolve(
     for key in ("server", "user", "service", "token"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"config file {path}: {key!r} must be a string")
+    if "json" in data and not isinstance(data["json"], bool):
+        raise ConfigError(f"config file {path}: 'json' must be true or false, not {data['json']!r}")
+    url = server or data.get("server") or DEFAULT_SERVER
+    check_server_url(url)
     return Settings(
-        server=server or data.get("server") or DEFAULT_SERVER,
+        server=url,
         user=user or data.get("user"),
         service=service or data.get("service") or "default",
         token=token or data.get("token"),
-        json=json or bool(data.get("json", False)),
+        json=json or data.get("json", False),
         config_file=path,
         extra={k: v for k, v in data.items() if k not in {"server", "user", "service", "token"}},
     )

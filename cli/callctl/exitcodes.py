@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     AUTH_FAILED = 11
     DEVICE_ERROR = 12
     MAX_DURATION = 13
+    BAD_SDP = 14
     INTERRUPTED = 130
 
 
@@ -39,6 +40,7 @@ _BY_REASON = {
     EndReason.AUTH_FAILED: ExitCode.AUTH_FAILED,
     EndReason.DEVICE_ERROR: ExitCode.DEVICE_ERROR,
     EndReason.MAX_DURATION: ExitCode.MAX_DURATION,
+    EndReason.BAD_SDP: ExitCode.BAD_SDP,
 }
 assert set(_BY_REASON) == set(EndReason), "every end reason needs an exit code"
 

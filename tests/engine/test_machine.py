@@ -75,6 +75,14 @@ FLOWS = [
     ("answer refused: the server ended it", m.Role.CALLEE,
      [*CALLEE_START, m.Accept(), m.AnswerRefused(False, R.NO_ANSWER, by_server=True)], m.State.ENDED,
      R.NO_ANSWER, m.Source.SERVER),
+    ("our own ring deadline (the server said nothing)", m.Role.CALLER,
+     [*CALLER_START, m.Ringing(), m.RingExpired()], m.State.ENDED, R.NO_ANSWER, m.Source.LOCAL),
+    ("the callee's own ring deadline", m.Role.CALLEE,
+     [*CALLEE_START, m.RingExpired()], m.State.ENDED, R.NO_ANSWER, m.Source.LOCAL),
+    ("the restarted server forgot the ringing call", m.Role.CALLER,
+     [*CALLER_START, m.Ringing(), m.CallForgotten()], m.State.ENDED, R.SERVER_UNREACHABLE, m.Source.SERVER),
+    ("the restarted server forgot the call we were accepting", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.CallForgotten()], m.State.ENDED, R.SERVER_UNREACHABLE, m.Source.SERVER),
     ("answered elsewhere", m.Role.CALLEE,
      [*CALLEE_START, m.RemoteEnded(R.ANSWERED_ELSEWHERE)], m.State.ENDED,
      R.ANSWERED_ELSEWHERE, m.Source.REMOTE),
@@ -215,3 +223,27 @@ def test_the_documented_transition_table_is_the_code() -> None:
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "CALLS.md").read_text()
     assert m.describe() in doc
+
+
+def test_a_refused_reoffer_ends_the_call_only_if_we_sent_one() -> None:
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp()])
+    assert call.handle(m.ReofferRefused(), 5.0) == []
+    assert call.state == m.State.CONNECTED
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Prepared("A", "kiosk"), m.Answered("B")])
+    call.handle(m.ReofferRefused(), 5.0)
+    assert (call.state, call.reason) == (m.State.ENDED, R.BAD_SDP)
+
+
+def test_ring_deadlines_are_armed_from_the_servers_ring_length() -> None:
+    _, actions = run(m.Role.CALLER, [m.Dial("bob"), m.Created("c1", ring_s=60.0)])
+    assert m.ArmRingDeadline(60.0) in actions
+    _, actions = run(m.Role.CALLEE, [m.Ring("c1", "alice", Media.AUDIO, "offer", ring_s=12.5)])
+    assert m.ArmRingDeadline(12.5) in actions
+
+
+def test_a_connected_call_ignores_ring_deadlines_and_a_forgetful_server() -> None:
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp()])
+    for late in (m.RingExpired(), m.CallForgotten()):
+        with pytest.raises(m.RemoteProtocolError):
+            call.handle(late, 9.0)
+    assert call.state == m.State.CONNECTED

@@ -82,8 +82,8 @@ async def _demo(settings: Any, duration: float) -> int:
             bob_session = bob.calls_done[-1] if bob.calls_done else None
             a_peer = session.peer
             b_peer = None
-            for s in list(bob.sessions_by_id.values()):
-                b_peer = s.peer
+            if bob.last_session is not None:
+                b_peer = bob.last_session.peer
             summary = {
                 "reason": outcome.reason.value,
                 "setup_ms": setup.get("ms"),

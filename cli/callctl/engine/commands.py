@@ -8,6 +8,7 @@ call will refuse.  ``events`` is the control server's own (a stream).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def call_status(s: CallSession) -> dict[str, Any]:
 def _status(phone: Phone, req: Request) -> Answer:
     s = phone.session
     return {"ok": True, "user": phone.user, "device": phone.device, "online": phone.online,
-            "call": call_status(s) if s is not None else None}
+            "call": call_status(s) if s is not None else None,
+            # what a soak watches: a number that only grows is a leak
+            "tasks": len(asyncio.all_tasks())}
 
 
 def _feed(s: CallSession, cmd: str, event: m.CallEvent) -> Answer:

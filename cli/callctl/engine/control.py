@@ -33,7 +33,14 @@ from typing import Any
 from callctl.engine.commands import Request
 from callctl.paths import runtime_dir
 
+#: A request line may be this long; a longer one is answered with an error and skipped.
 MAX_LINE = 4096
+#: A connection that sends no request for this long is closed (an event feed is exempt).
+IDLE_TIMEOUT_S = 60.0
+#: Connections served at once; the next one is told so and closed.
+MAX_CLIENTS = 32
+#: A request nests no deeper than this (real ones: one level).
+MAX_REQUEST_DEPTH = 4
 
 
 def socket_path(service: str, user: str, device: str) -> Path:
@@ -58,6 +65,7 @@ class ControlServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(self.path.parent)
         if self.path.exists():
             if _alive(self.path):
                 raise ControlError(
@@ -80,29 +88,32 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
         try:
-            while line := await reader.readline():
-                if len(line) > MAX_LINE:
-                    await _send(writer, {"ok": False, "error": "request too long"})
-                    return
+            if len(self._clients) >= MAX_CLIENTS:
+                await _send(writer, {"ok": False, "error": f"more than {MAX_CLIENTS} control connections"})
+                return
+            self._clients.add(task)
+            lines = _Lines(reader)
+            while True:
                 try:
-                    req = json.loads(line)
-                    cmd = req["cmd"]
-                    call_id = req.get("call_id")
-                    arg = req.get("arg")
-                    if not isinstance(cmd, str) or not all(
-                        v is None or isinstance(v, str) for v in (call_id, arg)
-                    ):
-                        raise TypeError
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    await _send(writer, {"ok": False, "error": 'expected {"cmd": ..., "call_id": ...}'})
+                    async with asyncio.timeout(IDLE_TIMEOUT_S):
+                        line = await lines.next()
+                except TimeoutError:
+                    return  # idle: the descriptor is worth more than the connection
+                if line is None:
+                    return
+                if line is _TOO_LONG:
+                    await _send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
                     continue
-                if cmd == "events":
+                req = parse_request(line)
+                if isinstance(req, str):
+                    await _send(writer, {"ok": False, "error": req})
+                    continue
+                if req.cmd == "events":
                     await self._stream_events(writer)
                     return
-                await _send(writer, self.handle(Request(cmd, call_id, arg)))
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+                await _send(writer, self.handle(req))
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
@@ -137,6 +148,67 @@ async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     await writer.drain()
 
 
+def _check_private(folder: Path) -> None:
+    """The socket's folder is ours alone: anyone who can write there could take the socket's name."""
+    st = os.stat(folder)
+    if st.st_uid != os.getuid():
+        raise ControlError(f"{folder} belongs to another user (uid {st.st_uid}); remove it or set XDG_RUNTIME_DIR")
+    if st.st_mode & 0o077:
+        raise ControlError(f"{folder} is open to other users (mode {st.st_mode & 0o777:o}): "
+                           f"run chmod 700 {folder}")
+
+
+_TOO_LONG = b"\0too long"
+
+
+class _Lines:
+    """Request lines from a stream, each at most MAX_LINE bytes; a longer one is skipped whole."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buffer = b""
+        self._skipping = False
+
+    async def next(self) -> bytes | None:
+        """The next line (without its newline), ``_TOO_LONG``, or None at the end."""
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line, self._buffer = self._buffer[:newline], self._buffer[newline + 1:]
+                if self._skipping:
+                    self._skipping = False
+                    continue  # the tail of a line already answered as too long
+                return line if len(line) <= MAX_LINE else _TOO_LONG
+            if len(self._buffer) > MAX_LINE:
+                self._buffer = b""
+                if not self._skipping:
+                    self._skipping = True
+                    return _TOO_LONG
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+
+def parse_request(line: bytes) -> Request | str:
+    """A request, or the error to answer with (never an exception, whatever the bytes)."""
+    from callctl.signaling.protocol import depth
+
+    usage = 'expected {"cmd": ..., "call_id": ..., "arg": ...}'
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError):
+        return f"not JSON: {usage}"
+    if not isinstance(req, dict) or depth(req, MAX_REQUEST_DEPTH) > MAX_REQUEST_DEPTH:
+        return usage
+    cmd, call_id, arg = req.get("cmd"), req.get("call_id"), req.get("arg")
+    if not isinstance(cmd, str) or not all(v is None or isinstance(v, str) for v in (call_id, arg)):
+        return usage
+    if len(cmd) > 32 or (call_id is not None and len(call_id) > 64) or (arg is not None and len(arg) > 256):
+        return usage
+    return Request(cmd, call_id, arg)
+
+
 def _alive(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1)
@@ -150,6 +222,8 @@ def _alive(path: Path) -> bool:
 def find_socket(service: str | None, user: str | None, device: str | None) -> Path:
     """The one running identity matching the filters, or a ControlError saying why not."""
     folder = runtime_dir()
+    if folder.is_dir():
+        _check_private(folder)
     found = []
     for path in sorted(folder.glob("*.sock")) if folder.is_dir() else []:
         parts = path.name[: -len(".sock")].split(".", 2)

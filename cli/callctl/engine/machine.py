@@ -78,9 +78,10 @@ class Dial:
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """The server took our call and gave it an id."""
+    """The server took our call and gave it an id; it rings for ``ring_s`` at most."""
 
     call_id: str
+    ring_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,8 @@ class Ring:
     peer: str
     media: Media
     sdp: str
+    #: How long the server lets it ring from now.
+    ring_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,16 @@ class ConnectTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class RingExpired:
+    """Our own ring deadline passed and the server said nothing (it may have been lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallForgotten:
+    """After a reconnect the server has no record of the call (it restarted)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MediaLost:
     """The media path failed, or the peer stopped sending."""
 
@@ -193,6 +206,11 @@ class Reanswered:
 
 
 @dataclass(frozen=True, slots=True)
+class ReofferRefused:
+    """Caller: the callee found our re-offer unusable."""
+
+
+@dataclass(frozen=True, slots=True)
 class PeerMuted:
     muted: bool
 
@@ -207,7 +225,7 @@ class PeerVideo:
 CallEvent = (
     ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
     | Hangup | RemoteEnded | Failed | MediaLost | SignalingLost | AnswerRefused | Prepared | Reoffered
-    | Reanswered | PeerMuted | PeerVideo
+    | Reanswered | ReofferRefused | PeerMuted | PeerVideo | RingExpired | CallForgotten
 )
 
 # --------------------------------------------------------------------- actions
@@ -287,6 +305,13 @@ class ArmConnectTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class ArmRingDeadline:
+    """Keep our own deadline for the ring: the server's, plus a grace."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     """Tell the user: an event name and its fields (see docs/EVENTS.md)."""
 
@@ -297,7 +322,7 @@ class Notify:
 Action = (
     CreateCall | ApplyAnswer | Prepare | SendAnswer | SendDecline | SendHangup | StartMedia
     | Release | Notify | ApplyEarlyAnswer | Reoffer | AnswerReoffer | ApplyReanswer
-    | ArmConnectTimeout
+    | ArmConnectTimeout | ArmRingDeadline
 )
 
 
@@ -316,6 +341,8 @@ class Call:
     #: Caller: the answer a callee's device prepared (applied early), and that device.
     early_answer: str | None = None
     prepared_by: str | None = None
+    #: Caller: we sent a re-offer (so a refusal of one is news about ours).
+    reoffered: bool = False
     peer_muted: bool = False
     peer_video: str | None = None
     reason: EndReason | None = None
@@ -390,7 +417,8 @@ def _dial(c: Call, e: Dial, now: float) -> list[Action]:
 
 def _created(c: Call, e: Created, now: float) -> list[Action]:
     c.call_id = e.call_id
-    return [Notify(Ev.CALL_CREATED, c._ids())]
+    deadline: list[Action] = [ArmRingDeadline(e.ring_s)] if e.ring_s is not None else []
+    return [*deadline, Notify(Ev.CALL_CREATED, c._ids())]
 
 
 def _ringing(c: Call, e: Ringing, now: float) -> list[Action]:
@@ -407,7 +435,8 @@ def _prepared(c: Call, e: Prepared, now: float) -> list[Action]:
 def _answered(c: Call, e: Answered, now: float) -> list[Action]:
     c.state, c.accepted = State.CONNECTING, True
     # another device prepared, this one answered: negotiate afresh with it
-    negotiate: Action = Reoffer() if c.early_answer not in (None, e.sdp) else ApplyAnswer(e.sdp)
+    c.reoffered = c.early_answer not in (None, e.sdp)
+    negotiate: Action = Reoffer() if c.reoffered else ApplyAnswer(e.sdp)
     return [negotiate, ArmConnectTimeout(), StartMedia(), Notify(Ev.CALL_CONNECTING, c._ids()),
             *c._connect_if_ready(now)]
 
@@ -420,7 +449,8 @@ def _ring(c: Call, e: Ring, now: float) -> list[Action]:
     c.state, c.call_id, c.peer, c.media, c.started_at = (
         State.INCOMING, e.call_id, e.peer, e.media, now,
     )
-    return [Prepare(e.sdp), Notify(Ev.CALL_INCOMING, c._ids())]
+    deadline: list[Action] = [ArmRingDeadline(e.ring_s)] if e.ring_s is not None else []
+    return [Prepare(e.sdp), *deadline, Notify(Ev.CALL_INCOMING, c._ids())]
 
 
 def _accept(c: Call, e: Accept, now: float) -> list[Action]:
@@ -499,6 +529,21 @@ def _signaling_lost(c: Call, e: SignalingLost, now: float) -> list[Action]:
     return _fail(c, EndReason.SERVER_UNREACHABLE, now)
 
 
+def _reoffer_refused(c: Call, e: ReofferRefused, now: float) -> list[Action]:
+    if not c.reoffered:
+        return []  # a refusal of a re-offer we never sent: nothing of ours
+    return _fail(c, EndReason.BAD_SDP, now)
+
+
+def _ring_expired(c: Call, e: RingExpired, now: float) -> list[Action]:
+    # the server's own timeout would have ended it before ours: it is gone, tell nobody
+    return c._end(now, EndReason.NO_ANSWER, Source.LOCAL)
+
+
+def _forgotten(c: Call, e: CallForgotten, now: float) -> list[Action]:
+    return c._end(now, EndReason.SERVER_UNREACHABLE, Source.SERVER)
+
+
 def _hangup_while_ringing(c: Call, e: Hangup, now: float) -> list[Action]:
     return _decline(c, Decline(), now)
 
@@ -518,6 +563,8 @@ TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
     (_CALLER, _CG, MediaUp): _media_up,
     (_CALLER, _CG, Reanswered): _reanswered,
     (_CALLER, _CD, Reanswered): _reanswered,
+    (_CALLER, _CG, ReofferRefused): _reoffer_refused,
+    (_CALLER, _CD, ReofferRefused): _reoffer_refused,
     (_CALLEE, State.IDLE, Ring): _ring,
     (_CALLEE, _I, Accept): _accept,
     (_CALLEE, _I, Decline): _decline,
@@ -531,6 +578,8 @@ TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
 }
 for _state in (_I, _CG, _CD):
     TRANSITIONS[(_CALLEE, _state, Reoffered)] = _reoffered
+TRANSITIONS[(_CALLER, _O, RingExpired)] = _ring_expired
+TRANSITIONS[(_CALLEE, _I, RingExpired)] = _ring_expired
 for _role, _states in ((_CALLER, (_O, _CG, _CD)), (_CALLEE, (_I, _CG, _CD))):
     for _state in _states:
         TRANSITIONS.setdefault((_role, _state, Hangup), _hangup)
@@ -541,6 +590,7 @@ for _role, _states in ((_CALLER, (_O, _CG, _CD)), (_CALLEE, (_I, _CG, _CD))):
         TRANSITIONS[(_role, _state, PeerVideo)] = _peer_video
         if _state != _CD:  # a connected call outlives the server (media is peer to peer)
             TRANSITIONS[(_role, _state, SignalingLost)] = _signaling_lost
+            TRANSITIONS[(_role, _state, CallForgotten)] = _forgotten
 
 
 def describe() -> str:

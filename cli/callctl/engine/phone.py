@@ -10,6 +10,7 @@ control socket, hooks).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -41,6 +42,8 @@ SIGNALING_GRACE_S = 5.0
 EARLY_CALLS_KEPT = 16
 #: A hangup at close waits this long for the call to end.
 CLOSE_TIMEOUT_S = 6.0
+#: Ended calls remembered (their ids, to drop late and replayed events; their outcomes).
+ENDED_KEPT = 64
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -73,11 +76,17 @@ class Phone:
     #: Set when the stream failed for good (auth refused, device taken over).
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     call_ended: asyncio.Event = field(default_factory=asyncio.Event)
-    calls_done: list[Outcome] = field(default_factory=list)
+    #: The latest outcomes (bounded: a kiosk takes calls for months).
+    calls_done: collections.deque[Outcome] = field(
+        default_factory=lambda: collections.deque(maxlen=ENDED_KEPT))
+    #: The call that ended last, until the next one ends (what ``demo`` reports on).
+    last_session: CallSession | None = None
     _tasks: Tasks = field(default_factory=lambda: Tasks(expected=(SignalingError,)))
     _stream_task: asyncio.Task[None] | None = None
     _offline_timer: asyncio.TimerHandle | None = None
     _early: dict[str, list[p.Event]] = field(default_factory=dict)
+    #: Ids of calls that ended here: a late or replayed event for one is dropped.
+    _ended_ids: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
 
     def adopt(self, call_id: str, session: CallSession) -> None:
         """Bind a call id to its session and hand it what already arrived for it."""
@@ -104,7 +113,11 @@ class Phone:
                     self._went_offline(item)
                 elif isinstance(item, Received):
                     self._on_event(item.event)
-        except (AuthFailed, Conflict) as exc:
+        except SignalingError as exc:  # the stream retries the rest by itself
+            if not isinstance(exc, AuthFailed | Conflict):
+                exc = SignalingError(
+                    f"{self.client.server} answered {exc.status or 'oddly'} for its event stream "
+                    f"({exc.message}): is that a callctl server?", exc.code, exc.status)
             self.fatal = exc
             self.emit(Ev.ERROR, {"message": exc.message})
             if self.session is not None:
@@ -130,11 +143,11 @@ class Phone:
         if isinstance(event, p.Registered):
             self._on_registered(event)
             return
+        call_id = getattr(event, "call_id", None)
+        if call_id is None or call_id in self._ended_ids:
+            return  # news of a call that is over here (a replayed ring among them)
         if isinstance(event, p.CallIncoming):
             self._on_ring(event)
-            return
-        call_id = getattr(event, "call_id", None)
-        if call_id is None:
             return
         s = self.sessions_by_id.get(call_id)
         if s is None:
@@ -161,6 +174,8 @@ class Phone:
         if self._offline_timer is not None:
             self._offline_timer.cancel()
             self._offline_timer = None
+        if was_registered and self.session is not None:  # a ring may not have survived the outage
+            self._tasks.spawn(self.session.reconcile(), "reconcile")
         self.emit(
             Ev.SERVER_RESTORED if was_registered else Ev.REGISTERED,
             {"user": event.user, "service": event.service, "device": event.device,
@@ -183,7 +198,8 @@ class Phone:
             return
         session = self._new_session(m.Role.CALLEE, CallLimits())
         self.sessions_by_id[ring.call_id] = session
-        session.feed(m.Ring(ring.call_id, ring.caller, ring.media, ring.sdp))
+        ring_s = max(0.0, ring.ring_expires_at - time.time())
+        session.feed(m.Ring(ring.call_id, ring.caller, ring.media, ring.sdp, ring_s=ring_s))
         if self.policy.auto_accept:
             session.feed(m.Accept())
         elif self.policy.accept_after is not None:
@@ -201,6 +217,13 @@ class Phone:
     async def _watch(self, session: CallSession) -> None:
         await session.ended.wait()
         self.calls_done.append(session.outcome())
+        # let the call go: its session holds the whole peer connection (~370 kB a call)
+        for call_id in [i for i, s in self.sessions_by_id.items() if s is session]:
+            del self.sessions_by_id[call_id]
+            self._ended_ids[call_id] = None
+        while len(self._ended_ids) > ENDED_KEPT:
+            self._ended_ids.popitem(last=False)
+        self.last_session = session
         if self.session is session:
             self.session = None
         self.call_ended.set()

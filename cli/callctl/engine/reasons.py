@@ -6,7 +6,7 @@ is for requests and devices that fail with an exception.
 
 from __future__ import annotations
 
-from callctl.media.errors import DeviceError
+from callctl.media.errors import BadSdp, DeviceError
 from callctl.signaling.client import AuthFailed, Forbidden, RequestRejected, SignalingError
 from callctl.signaling.protocol import EndReason
 
@@ -21,4 +21,6 @@ def reason_for(error: BaseException) -> EndReason:
         return EndReason.SERVER_UNREACHABLE
     if isinstance(error, DeviceError):
         return EndReason.DEVICE_ERROR
+    if isinstance(error, BadSdp):
+        return EndReason.BAD_SDP
     return EndReason.INTERNAL_ERROR

@@ -22,10 +22,11 @@ from callctl.engine.reasons import reason_for
 from callctl.engine.tasks import Tasks
 from callctl.media import assembly
 from callctl.media.assembly import MediaOptions
-from callctl.media.errors import DeviceError, MediaError
+from callctl.media.errors import BadSdp, DeviceError, MediaError
+from callctl.media.sdp import check_sdp
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from callctl.signaling import protocol as p
-from callctl.signaling.client import Conflict, SignalingError
+from callctl.signaling.client import Conflict, NotFound, SignalingError
 
 if TYPE_CHECKING:
     from callctl.engine.phone import Phone
@@ -40,8 +41,10 @@ PEER_CLOSE_GRACE_S = 1.0
 LEVEL_INTERVAL_S = 0.5
 #: A signaling request that takes longer than this has failed.
 REQUEST_TIMEOUT_S = 5.0
+#: Our own ring deadline runs this much past the server's (whose timeout normally decides).
+RING_GRACE_S = 3.0
 #: Failures that are a bad day, not a bug: logged without a traceback.
-EXPECTED = (SignalingError, DeviceError, MediaError, TimeoutError)
+EXPECTED = (SignalingError, DeviceError, MediaError, BadSdp, TimeoutError)
 
 
 @dataclass
@@ -76,9 +79,11 @@ class CallSession:
         self.muted = False
         self.accepted_at: float | None = None
         self._timers: list[asyncio.TimerHandle] = []
-        self._queue: asyncio.Queue[m.CallEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[m.CallEvent | None] = asyncio.Queue()  # None: look at _failure
         self._tasks = Tasks(on_error=self._task_failed, expected=EXPECTED)
         self._create_task: asyncio.Task[Any] | None = None
+        #: A failure goes before anything already queued (an Accept queued behind a bad offer).
+        self._failure: m.Failed | None = None
         self._runner = asyncio.ensure_future(self._run())  # awaited through ``ended``
 
     # ----------------------------------------------------------- event input
@@ -99,14 +104,21 @@ class CallSession:
         """Something raised: end the call with the reason that error stands for."""
         if self.call.state == m.State.ENDED:
             return
-        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-        self.phone.emit(Ev.ERROR, {"message": str(message)})
-        self.feed(m.Failed(reason_for(error)))
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        self.phone.emit(Ev.ERROR, {"call_id": self.call.call_id, "message": str(message)})
+        if self._failure is None:
+            self._failure = m.Failed(reason_for(error))
+            self._queue.put_nowait(None)
 
     async def _run(self) -> None:
         try:
             while self.call.state != m.State.ENDED:
-                event = await self._queue.get()
+                event: m.CallEvent | None = self._failure
+                self._failure = None
+                if event is None:
+                    event = await self._queue.get()
+                    if event is None:
+                        continue  # woken for a failure: it is taken at the top
                 try:
                     actions = self.call.handle(event, time.monotonic())
                 except m.ProtocolError as exc:
@@ -121,6 +133,8 @@ class CallSession:
                     except Exception as exc:  # a bug: it must end the call, not hang it
                         log.exception("action %s failed", type(action).__name__)
                         self._fail(exc)
+                    if self._failure is not None and self.call.state != m.State.ENDED:
+                        break  # the rest of this step is moot: the failure is handled next
         finally:
             await self._tasks.cancel_all()
             self.ended.set()
@@ -148,6 +162,8 @@ class CallSession:
             self._spawn(self._send_answer(), "answer")
         elif isinstance(action, m.ArmConnectTimeout):
             self._later(CONNECT_TIMEOUT_S, m.ConnectTimeout())
+        elif isinstance(action, m.ArmRingDeadline):
+            self._later(action.seconds + RING_GRACE_S, m.RingExpired())
         elif isinstance(action, m.SendDecline):
             assert c.call_id is not None
             await self._quietly(self.phone.client.decline(c.call_id, action.busy))
@@ -196,7 +212,8 @@ class CallSession:
         except (SignalingError, DeviceError, MediaError) as exc:
             self._fail(exc)
             return
-        self.feed(m.Created(info.call_id))
+        # the ring's length by the server's own clock (both times are its): no clock skew
+        self.feed(m.Created(info.call_id, ring_s=max(0.0, info.ring_expires_at - info.created_at)))
         self.phone.adopt(info.call_id, self)
         if info.state == p.CallState.ENDED and info.reason is not None:
             self.feed(m.RemoteEnded(info.reason, by_server=info.ended_by == p.Party.SERVER))
@@ -216,6 +233,14 @@ class CallSession:
         await self.phone.client.signal(self.call.call_id, "reoffer", {"sdp": sdp})
 
     async def _answer_reoffer(self, offer_sdp: str, start: bool) -> None:
+        assert self.call.call_id is not None
+        try:
+            check_sdp(offer_sdp, "re-offer")
+        except BadSdp as exc:  # refused, and the media we have goes on
+            self.phone.emit(Ev.ERROR, {"call_id": self.call.call_id, "message": str(exc)})
+            await self._quietly(self.phone.client.signal(
+                self.call.call_id, "reoffer-refused", {"reason": str(exc)}))
+            return
         old, self.peer = self.peer, self._new_peer()
         if old is not None:
             await old.close()
@@ -312,6 +337,27 @@ class CallSession:
         if self.peer is not None:
             await self.peer.close()
 
+    async def reconcile(self) -> None:
+        """After the stream came back: does the server still know this call, and how is it?
+
+        A server that restarted has no record (404): the call is gone for it, so
+        it ends here too instead of ringing forever.  One that ended it while we
+        were away says how.
+        """
+        call_id = self.call.call_id
+        if call_id is None or self.call.state in (m.State.ENDED, m.State.CONNECTED):
+            return  # a connected call's media is peer to peer: the server's record does not matter
+        try:
+            info = await asyncio.wait_for(self.phone.client.get_call(call_id), REQUEST_TIMEOUT_S)
+        except NotFound:
+            self.feed(m.CallForgotten())
+            return
+        except (SignalingError, TimeoutError) as exc:
+            log.info("could not reconcile call %s: %s", call_id, exc)
+            return
+        if info.state == p.CallState.ENDED and info.reason is not None:
+            self.feed(m.RemoteEnded(info.reason, by_server=info.ended_by == p.Party.SERVER))
+
     # ------------------------------------------------------- peer's signals
     def on_signal(self, event: p.CallSignal) -> None:
         """An in-call message from the peer, turned into a machine event."""
@@ -323,6 +369,8 @@ class CallSession:
             call_event = m.Reoffered(sdp)
         elif event.kind == "reanswer" and isinstance(sdp, str):
             call_event = m.Reanswered(sdp)
+        elif event.kind == "reoffer-refused":
+            call_event = m.ReofferRefused()
         elif event.kind in ("mute", "unmute"):
             call_event = m.PeerMuted(event.kind == "mute")
         elif event.kind == "video" and isinstance(event.data.get("state"), str):

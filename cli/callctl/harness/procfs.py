@@ -46,3 +46,19 @@ def machine_ticks() -> tuple[int, int]:
 def machine_busy_pct(start: tuple[int, int], end: tuple[int, int]) -> float:
     """All processes' CPU between two ``machine_ticks()``, in % of one CPU."""
     return (end[0] - start[0]) / max(1, end[1] - start[1]) * 100 * (os.cpu_count() or 1)
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def threads(pid: int) -> int:
+    """How many threads a process runs (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0

@@ -19,6 +19,10 @@ class DeviceError(Exception):
     """A microphone, speaker or camera cannot be opened."""
 
 
+class BadSdp(Exception):
+    """The peer's offer or answer cannot make a call (garbage, no audio, no ICE or DTLS)."""
+
+
 class UnsupportedStack(Exception):
     """aiortc or aioice is a version whose internals we have not verified."""
 
@@ -28,7 +32,9 @@ def probe_file(path: Path, kind: Literal["audio", "video"]) -> None:
     import av
 
     if not path.is_file():
-        raise MediaError(f"cannot read {path}: no such file")
+        why = ("no such file" if not path.exists() else "it is a directory" if path.is_dir()
+               else "not a regular file")
+        raise MediaError(f"cannot read {path}: {why}")
     try:
         with av.open(str(path)) as container:
             streams = container.streams.audio if kind == "audio" else container.streams.video

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,9 @@ import numpy as np
 
 from callctl.media.adjust import STOCK_AUDIO, tune_aiortc
 from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
+from callctl.media.errors import BadSdp
 from callctl.media.playout import PlayoutBuffer
+from callctl.media.sdp import check_sdp
 from callctl.media.stats import link_stats
 from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
 from callctl.media.video_sinks import VideoSink
@@ -29,6 +31,15 @@ from callctl.media.watchdog import watch_devices
 from callctl.signaling.protocol import IceServer
 
 log = logging.getLogger("callctl.media")
+
+
+@contextlib.contextmanager
+def _refusals(what: str) -> Iterator[None]:
+    """What aiortc raises for a description it cannot negotiate, as BadSdp."""
+    try:
+        yield
+    except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:
+        raise BadSdp(f"the {what} cannot be negotiated: {exc or type(exc).__name__}") from None
 
 #: A connected call with no RTP from the peer for this long has lost its media path.
 MEDIA_SILENCE_TIMEOUT_S = 3.0
@@ -123,8 +134,9 @@ class PeerConnection:
             raise RuntimeError("a different answer was already applied")
         from aiortc import RTCSessionDescription
 
+        check_sdp(sdp, "answer")
         self._remote_sdp = sdp
-        with voice_settings(self.voice):
+        with voice_settings(self.voice), _refusals("answer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     @property
@@ -135,7 +147,8 @@ class PeerConnection:
         """Callee: answer the offer with no track yet, so ICE/DTLS can start while ringing."""
         from aiortc import RTCSessionDescription
 
-        with voice_settings(self.voice):
+        check_sdp(offer_sdp, "offer")
+        with voice_settings(self.voice), _refusals("offer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "sendrecv"

@@ -91,6 +91,7 @@ class EndReason(str, enum.Enum):
     AUTH_FAILED = "auth_failed"
     DEVICE_ERROR = "device_error"
     MAX_DURATION = "max_duration"
+    BAD_SDP = "bad_sdp"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -101,6 +102,7 @@ HANGUP_REASONS = frozenset(
         EndReason.NETWORK_LOST,
         EndReason.DEVICE_ERROR,
         EndReason.MAX_DURATION,
+        EndReason.BAD_SDP,
         EndReason.INTERNAL_ERROR,
     }
 )

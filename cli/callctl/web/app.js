@@ -14,6 +14,7 @@ const REASONS = {
   auth_failed: "not allowed: the token was refused",
   device_error: "a microphone or camera could not be opened",
   max_duration: "the call reached its maximum length",
+  bad_sdp: "the other side's call set-up was unusable",
   internal_error: "something went wrong",
 };
 const $ = (id) => document.getElementById(id);
