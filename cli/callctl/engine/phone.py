@@ -40,6 +40,8 @@ log = logging.getLogger("callctl.engine")
 SIGNALING_GRACE_S = 5.0
 #: Events for call ids not known yet (the stream can beat the POST's response): at most this many ids.
 EARLY_CALLS_KEPT = 16
+#: A ring that arrives while the call before is ending waits this long for it.
+RING_AFTER_END_S = 3.0
 #: A hangup at close waits this long for the call to end.
 CLOSE_TIMEOUT_S = 6.0
 #: Ended calls remembered (their ids, to drop late and replayed events; their outcomes).
@@ -183,7 +185,13 @@ class Phone:
         )
         self.registered.set()
 
-    def _on_ring(self, ring: p.CallIncoming) -> None:
+    async def _ring_after(self, ending: CallSession, ring: p.CallIncoming) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ending.ended.wait(), RING_AFTER_END_S)
+        await asyncio.sleep(0)  # let the watcher clear the ended session first
+        self._on_ring(ring, retried=True)
+
+    def _on_ring(self, ring: p.CallIncoming, retried: bool = False) -> None:
         if ring.call_id in self.sessions_by_id or ring.ring_expires_at < time.time():
             return  # a replayed ring we know, or one that has expired meanwhile
         ids = {"call_id": ring.call_id, "peer": ring.caller, "media": ring.media.value}
@@ -193,6 +201,11 @@ class Phone:
             self._tasks.spawn(self.client.decline(ring.call_id, False), "decline-refused")
             return
         if self.session is not None and self.session.call.state != m.State.ENDED:
+            if self.session.ending and not retried:
+                # the call before is ending (its hangup arrived just ahead of this ring):
+                # wait for it instead of turning the caller away as busy
+                self._tasks.spawn(self._ring_after(self.session, ring), "ring-after-end")
+                return
             self.emit(Ev.CALL_MISSED, {**ids, "reason": "busy"})
             self._tasks.spawn(self.client.decline(ring.call_id, True), "decline-busy")
             return

@@ -77,6 +77,7 @@ class CallSession:
         self.answer_sdp: str | None = None
         self.ended = asyncio.Event()
         self.muted = False
+        self.ending = False
         self.accepted_at: float | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._queue: asyncio.Queue[m.CallEvent | None] = asyncio.Queue()  # None: look at _failure
@@ -89,6 +90,8 @@ class CallSession:
     # ----------------------------------------------------------- event input
     def feed(self, event: m.CallEvent) -> None:
         """Queue an event; events are handled one at a time, in order."""
+        if isinstance(event, m.RemoteEnded | m.Hangup | m.Decline | m.Failed | m.MediaLost):
+            self.ending = True  # the end is queued: a new ring need not be declined as busy
         self._queue.put_nowait(event)
 
     def _emit(self, event: Ev, **fields: Any) -> None:

@@ -326,6 +326,12 @@ PAGE_CSP = (
 )
 
 
+async def openapi(request: Request) -> Response:
+    from callctl.server.openapi import document_json
+
+    return Response(document_json(), media_type="application/json")
+
+
 async def softphone(request: Request) -> Response:
     html = (WEB_DIR / "index.html").read_bytes()
     return Response(html, media_type="text/html; charset=utf-8",
@@ -391,6 +397,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/openapi.json", openapi, methods=["GET"]),
             Route("/v1/events", events, methods=["GET"]),
             Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
             Route("/", softphone, methods=["GET"]),

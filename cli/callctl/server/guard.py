@@ -63,12 +63,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
-        if self._in_headers:
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES + 64 * 1024:  # headers plus a first body chunk
-                self._reject(431, f"request headers over {MAX_HEADER_BYTES} bytes")
-                return
         super().data_received(data)
+        # counted after parsing: a chunk that finished the headers may carry a body
+        if self._in_headers and not self._rejected:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:  # one header line without an end, say
+                self._reject(431, f"request headers over {MAX_HEADER_BYTES} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

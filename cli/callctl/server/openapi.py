@@ -32,7 +32,11 @@ def _errors(*codes: p.ErrorCode) -> dict[str, Any]:
     by_status: dict[str, list[str]] = {}
     for code in codes:
         by_status.setdefault(str(p.STATUS[code]), []).append(code.value)
-    return {status: _json(p.Error, "error: " + ", ".join(names)) for status, names in by_status.items()}
+    out = {status: _json(p.Error, "error: " + ", ".join(names)) for status, names in by_status.items()}
+    # any request, before it reaches the app (server/guard.py)
+    out["408"] = _json(p.Error, "malformed: the request headers did not arrive in time")
+    out["431"] = _json(p.Error, "too_large: request headers over 16 KiB or 64 headers")
+    return out
 
 
 E = p.ErrorCode
@@ -68,9 +72,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/healthz": {"get": {"summary": "liveness and counts", "security": [],
-                                 "responses": {"200": _json(p.Health, "the server is up")}}},
+                                 "responses": {"200": _json(p.Health, "the server is up"), **_errors()}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "security": [],
-                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}, **_errors()}}},
             "/v1/events": {"get": {
                 "summary": "this device's event stream (Server-Sent Events); the device is online while it is open",
                 "parameters": [
