@@ -329,6 +329,17 @@ Action = (
 # ----------------------------------------------------------------------- call
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an ended call ended."""
+
+    reason: EndReason
+    source: Source
+    call_id: str | None
+    duration_s: float
+
+
+
 @dataclass
 class Call:
     role: Role
@@ -361,6 +372,10 @@ class Call:
                 f"{self.state.value}"
             )
         return handler(self, event, now)
+
+    def outcome(self) -> Outcome:
+        assert self.reason is not None and self.source is not None, "the call has not ended"
+        return Outcome(self.reason, self.source, self.call_id, self.duration_s)
 
     def can(self, event_type: type) -> bool:
         return (self.role, self.state, event_type) in TRANSITIONS

@@ -21,7 +21,9 @@ from typing import Any
 from callctl.engine import machine as m
 from callctl.engine.events import Ev
 from callctl.engine.reasons import reason_for
-from callctl.engine.session import CallLimits, CallSession, Outcome
+from callctl.engine.machine import Outcome
+from callctl.engine.session import CallLimits, CallSession
+from callctl.engine.signals import event_for
 from callctl.engine.tasks import Tasks
 from callctl.media.assembly import MediaOptions
 from callctl.signaling import protocol as p
@@ -29,6 +31,7 @@ from callctl.signaling.client import (
     AuthFailed,
     Conflict,
     Disconnected,
+    NotFound,
     Received,
     SignalingClient,
     SignalingError,
@@ -40,6 +43,8 @@ log = logging.getLogger("callctl.engine")
 SIGNALING_GRACE_S = 5.0
 #: Events for call ids not known yet (the stream can beat the POST's response): at most this many ids.
 EARLY_CALLS_KEPT = 16
+#: Asking the server about our call after a reconnect may take this long.
+RECONCILE_TIMEOUT_S = 5.0
 #: A ring that arrives while the call before is ending waits this long for it.
 RING_AFTER_END_S = 3.0
 #: A hangup at close waits this long for the call to end.
@@ -166,7 +171,9 @@ class Phone:
         elif isinstance(event, p.CallEnded):
             s.feed(m.RemoteEnded(event.reason, by_server=event.by == p.Party.SERVER))
         elif isinstance(event, p.CallSignal):
-            s.on_signal(event)
+            signal_event = event_for(event)
+            if signal_event is not None:
+                s.feed(signal_event)
 
     def _on_registered(self, event: p.Registered) -> None:
         was_registered = self.registered.is_set()
@@ -177,7 +184,7 @@ class Phone:
             self._offline_timer.cancel()
             self._offline_timer = None
         if was_registered and self.session is not None:  # a ring may not have survived the outage
-            self._tasks.spawn(self.session.reconcile(), "reconcile")
+            self._tasks.spawn(self._reconcile(self.session), "reconcile")
         self.emit(
             Ev.SERVER_RESTORED if was_registered else Ev.REGISTERED,
             {"user": event.user, "service": event.service, "device": event.device,
@@ -190,6 +197,27 @@ class Phone:
             await asyncio.wait_for(ending.ended.wait(), RING_AFTER_END_S)
         await asyncio.sleep(0)  # let the watcher clear the ended session first
         self._on_ring(ring, retried=True)
+
+    async def _reconcile(self, session: CallSession) -> None:
+        """After the stream came back: does the server still know this call, and how is it?
+
+        A server that restarted has no record (404): the call is gone for it, so
+        it ends here too instead of ringing forever.  One that ended it while we
+        were away says how.
+        """
+        call_id = session.call.call_id
+        if call_id is None or session.call.state in (m.State.ENDED, m.State.CONNECTED):
+            return  # a connected call's media is peer to peer: the server's record does not matter
+        try:
+            info = await asyncio.wait_for(self.client.get_call(call_id), RECONCILE_TIMEOUT_S)
+        except NotFound:
+            session.feed(m.CallForgotten())
+            return
+        except (SignalingError, TimeoutError) as exc:
+            log.info("could not reconcile call %s: %s", call_id, exc)
+            return
+        if info.state == p.CallState.ENDED and info.reason is not None:
+            session.feed(m.RemoteEnded(info.reason, by_server=info.ended_by == p.Party.SERVER))
 
     def _on_ring(self, ring: p.CallIncoming, retried: bool = False) -> None:
         if ring.call_id in self.sessions_by_id or ring.ring_expires_at < time.time():

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from callctl.engine import machine as m
 from callctl.engine.events import VIDEO_STATES, Ev
@@ -26,10 +26,7 @@ from callctl.media.errors import BadSdp, DeviceError, MediaError
 from callctl.media.sdp import check_sdp
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from callctl.signaling import protocol as p
-from callctl.signaling.client import Conflict, NotFound, SignalingError
-
-if TYPE_CHECKING:
-    from callctl.engine.phone import Phone
+from callctl.signaling.client import Conflict, SignalingClient, SignalingError
 
 log = logging.getLogger("callctl.engine")
 
@@ -47,12 +44,16 @@ RING_GRACE_S = 3.0
 EXPECTED = (SignalingError, DeviceError, MediaError, BadSdp, TimeoutError)
 
 
-@dataclass
-class Outcome:
-    reason: p.EndReason
-    source: m.Source
-    call_id: str | None
-    duration_s: float
+class PhoneSide(Protocol):
+    """What a session needs of the phone it belongs to (``engine/phone.py`` is one)."""
+
+    client: SignalingClient
+    device: str
+    ice_servers: list[p.IceServer]
+
+    def emit(self, event: Ev, fields: dict[str, Any]) -> None: ...
+
+    def adopt(self, call_id: str, session: CallSession) -> None: ...
 
 
 @dataclass
@@ -67,7 +68,7 @@ class CallLimits:
 class CallSession:
     """One call on this device, from dial or ring to its end."""
 
-    def __init__(self, phone: Phone, role: m.Role, media: MediaOptions,
+    def __init__(self, phone: PhoneSide, role: m.Role, media: MediaOptions,
                  limits: CallLimits | None = None) -> None:
         self.phone = phone
         self.call = m.Call(role)
@@ -340,47 +341,6 @@ class CallSession:
         if self.peer is not None:
             await self.peer.close()
 
-    async def reconcile(self) -> None:
-        """After the stream came back: does the server still know this call, and how is it?
-
-        A server that restarted has no record (404): the call is gone for it, so
-        it ends here too instead of ringing forever.  One that ended it while we
-        were away says how.
-        """
-        call_id = self.call.call_id
-        if call_id is None or self.call.state in (m.State.ENDED, m.State.CONNECTED):
-            return  # a connected call's media is peer to peer: the server's record does not matter
-        try:
-            info = await asyncio.wait_for(self.phone.client.get_call(call_id), REQUEST_TIMEOUT_S)
-        except NotFound:
-            self.feed(m.CallForgotten())
-            return
-        except (SignalingError, TimeoutError) as exc:
-            log.info("could not reconcile call %s: %s", call_id, exc)
-            return
-        if info.state == p.CallState.ENDED and info.reason is not None:
-            self.feed(m.RemoteEnded(info.reason, by_server=info.ended_by == p.Party.SERVER))
-
-    # ------------------------------------------------------- peer's signals
-    def on_signal(self, event: p.CallSignal) -> None:
-        """An in-call message from the peer, turned into a machine event."""
-        sdp = event.data.get("sdp")
-        call_event: m.CallEvent | None = None
-        if event.kind == "prepare" and isinstance(sdp, str):
-            call_event = m.Prepared(sdp, str(event.data.get("device")))
-        elif event.kind == "reoffer" and isinstance(sdp, str):
-            call_event = m.Reoffered(sdp)
-        elif event.kind == "reanswer" and isinstance(sdp, str):
-            call_event = m.Reanswered(sdp)
-        elif event.kind == "reoffer-refused":
-            call_event = m.ReofferRefused()
-        elif event.kind in ("mute", "unmute"):
-            call_event = m.PeerMuted(event.kind == "mute")
-        elif event.kind == "video" and isinstance(event.data.get("state"), str):
-            call_event = m.PeerVideo(event.data["state"])
-        if call_event is not None:
-            self.feed(call_event)
-
     # -------------------------------------------------------------- commands
     @property
     def in_call(self) -> bool:
@@ -399,8 +359,6 @@ class CallSession:
         self._emit(VIDEO_STATES[state][0])
         self._signal("video", {"state": state})
 
-    def outcome(self) -> Outcome:
-        c = self.call
-        assert c.reason is not None and c.source is not None
-        return Outcome(c.reason, c.source, c.call_id, c.duration_s)
+    def outcome(self) -> m.Outcome:
+        return self.call.outcome()
 

@@ -1,0 +1,37 @@
+"""The in-call messages the two parties send each other (``POST /v1/calls/{id}/signal``).
+
+``event_for`` turns one received signal into the call machine's event, or
+None for a kind this version does not know (a newer peer's: ignored).  The
+kinds, with their ``data``:
+
+    prepare          {"sdp", "device"}   callee -> caller: the answer made while ringing
+    reoffer          {"sdp"}             caller -> callee: negotiate afresh (another device answered)
+    reanswer         {"sdp"}             callee -> caller: the answer to a reoffer
+    reoffer-refused  {"reason"}          callee -> caller: the reoffer was unusable; media goes on
+    mute, unmute     {"audio": true}     either way
+    video            {"state"}           paused | resumed | enabled | disabled
+"""
+
+from __future__ import annotations
+
+from callctl.engine import machine as m
+from callctl.signaling import protocol as p
+
+
+def event_for(signal: p.CallSignal) -> m.CallEvent | None:
+    sdp = signal.data.get("sdp")
+    kind = signal.kind
+    if kind == "prepare" and isinstance(sdp, str):
+        return m.Prepared(sdp, str(signal.data.get("device")))
+    if kind == "reoffer" and isinstance(sdp, str):
+        return m.Reoffered(sdp)
+    if kind == "reanswer" and isinstance(sdp, str):
+        return m.Reanswered(sdp)
+    if kind == "reoffer-refused":
+        return m.ReofferRefused()
+    if kind in ("mute", "unmute"):
+        return m.PeerMuted(kind == "mute")
+    state = signal.data.get("state")
+    if kind == "video" and isinstance(state, str):
+        return m.PeerVideo(state)
+    return None
