@@ -154,6 +154,16 @@ class ConnectTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class TalkTimeUp:
+    """``--hangup-after`` passed: a normal hangup."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaxDurationReached:
+    """``--max-duration`` passed."""
+
+
+@dataclass(frozen=True, slots=True)
 class RingExpired:
     """Our own ring deadline passed and the server said nothing (it may have been lost)."""
 
@@ -225,7 +235,8 @@ class PeerVideo:
 CallEvent = (
     ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
     | Hangup | RemoteEnded | Failed | MediaLost | SignalingLost | AnswerRefused | Prepared | Reoffered
-    | Reanswered | ReofferRefused | PeerMuted | PeerVideo | RingExpired | CallForgotten
+    | Reanswered | ReofferRefused | PeerMuted | PeerVideo | RingExpired | CallForgotten | TalkTimeUp
+    | MaxDurationReached
 )
 
 # --------------------------------------------------------------------- actions
@@ -550,6 +561,14 @@ def _reoffer_refused(c: Call, e: ReofferRefused, now: float) -> list[Action]:
     return _fail(c, EndReason.BAD_SDP, now)
 
 
+def _talk_time_up(c: Call, e: TalkTimeUp, now: float) -> list[Action]:
+    return _hangup(c, Hangup(EndReason.HANGUP), now)
+
+
+def _max_duration(c: Call, e: MaxDurationReached, now: float) -> list[Action]:
+    return _hangup(c, Hangup(EndReason.MAX_DURATION), now)
+
+
 def _ring_expired(c: Call, e: RingExpired, now: float) -> list[Action]:
     # the server's own timeout would have ended it before ours: it is gone, tell nobody
     return c._end(now, EndReason.NO_ANSWER, Source.LOCAL)
@@ -603,6 +622,9 @@ for _role, _states in ((_CALLER, (_O, _CG, _CD)), (_CALLEE, (_I, _CG, _CD))):
         TRANSITIONS[(_role, _state, MediaLost)] = _media_lost
         TRANSITIONS[(_role, _state, PeerMuted)] = _peer_muted
         TRANSITIONS[(_role, _state, PeerVideo)] = _peer_video
+        if _state in (_CG, _CD):  # the call timers start with the media
+            TRANSITIONS[(_role, _state, TalkTimeUp)] = _talk_time_up
+            TRANSITIONS[(_role, _state, MaxDurationReached)] = _max_duration
         if _state != _CD:  # a connected call outlives the server (media is peer to peer)
             TRANSITIONS[(_role, _state, SignalingLost)] = _signaling_lost
             TRANSITIONS[(_role, _state, CallForgotten)] = _forgotten

@@ -315,9 +315,9 @@ class CallSession:
             if self.peer.video.source is not None and not self.peer.video.sending:
                 self.video_changed("paused")  # PlanetKit's initial video state "paused": the peer is told
         if self.limits.hangup_after is not None:
-            self._later(self.limits.hangup_after, m.Hangup(p.EndReason.HANGUP))
+            self._later(self.limits.hangup_after, m.TalkTimeUp())
         if self.limits.max_duration is not None:
-            self._later(self.limits.max_duration, m.Hangup(p.EndReason.MAX_DURATION))
+            self._later(self.limits.max_duration, m.MaxDurationReached())
         self._spawn(self._report_levels(), "levels")
 
     async def _report_levels(self) -> None:
