@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callctl.config import ConfigError, check_server_url, load_file
-from callctl.engine.commands import Request
-from callctl.engine.control import MAX_LINE, parse_request
+from callctl.engine.control import MAX_LINE, Request, parse_request
 from callctl.media.errors import BadSdp, DeviceError, MediaError
 from callctl.media.registry import AUDIO_SINKS, AUDIO_SOURCES, VIDEO_SINKS, VIDEO_SOURCES
 from callctl.media.sdp import check_sdp

@@ -11,23 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from callctl.engine import machine as m
+from callctl.engine.control import Request
 from callctl.engine.phone import Phone
 from callctl.engine.session import CallSession
 from callctl.media import assembly
 from callctl.media.errors import DeviceError, MediaError
 
 Answer = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Request:
-    cmd: str
-    call_id: str | None = None
-    arg: str | None = None
 
 
 def call_status(s: CallSession) -> dict[str, Any]:
