@@ -8,6 +8,8 @@ drops it.  Nothing leaves 127.0.0.1 and this machine's own addresses.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import asyncio
 import random
 import re
@@ -43,10 +45,10 @@ class _Face(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.on_datagram = lambda data, addr: None
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
-    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.on_datagram(data, addr)
 
 
@@ -91,7 +93,9 @@ class LossyLink:
     def rewrite(self, sdp: str, side: str) -> str:
         """``side``'s SDP as the other side must see it: one candidate, at the relay."""
         other = "b" if side == "a" else "a"
-        relay_port = self.faces[other].transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        transport = self.faces[other].transport
+        assert transport is not None, "the relay is not started"
+        relay_port = transport.get_extra_info("sockname")[1]
         out, kept = [], False
         for line in sdp.splitlines():
             m = CANDIDATE.match(line)
