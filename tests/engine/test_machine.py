@@ -250,3 +250,11 @@ def test_a_connected_call_ignores_ring_deadlines_and_a_forgetful_server() -> Non
         with pytest.raises(m.RemoteProtocolError):
             call.handle(late, 9.0)
     assert call.state == m.State.CONNECTED
+
+
+def test_only_an_answer_to_our_reoffer_is_applied_and_only_once() -> None:
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp()])
+    assert call.handle(m.Reanswered("hostile"), 5.0) == []  # we never re-offered
+    call, _ = run(m.Role.CALLER, [*CALLER_START, m.Prepared("A", "kiosk"), m.Answered("B")])
+    assert call.handle(m.Reanswered("R1"), 5.0) == [m.ApplyReanswer("R1")]
+    assert call.handle(m.Reanswered("R2"), 6.0) == []

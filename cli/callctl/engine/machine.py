@@ -468,6 +468,9 @@ def _answered(c: Call, e: Answered, now: float) -> list[Action]:
 
 
 def _reanswered(c: Call, e: Reanswered, now: float) -> list[Action]:
+    if not c.reoffered:
+        return []  # an answer to a re-offer we never sent (or already answered): not ours
+    c.reoffered = False
     return [ApplyReanswer(e.sdp)]
 
 

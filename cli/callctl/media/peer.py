@@ -36,9 +36,12 @@ log = logging.getLogger("callctl.media")
 @contextlib.contextmanager
 def _refusals(what: str) -> Iterator[None]:
     """What aiortc raises for a description it cannot negotiate, as BadSdp."""
+    from aiortc import exceptions as rtc
+
     try:
         yield
-    except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, AssertionError, KeyError, IndexError, TypeError, rtc.InternalError,
+            rtc.InvalidAccessError, rtc.InvalidStateError, rtc.OperationError) as exc:
         raise BadSdp(f"the {what} cannot be negotiated: {exc or type(exc).__name__}") from None
 
 #: A connected call with no RTP from the peer for this long has lost its media path.
@@ -131,7 +134,7 @@ class PeerConnection:
         if self._remote_sdp == sdp:
             return
         if self._remote_sdp is not None:
-            raise RuntimeError("a different answer was already applied")
+            raise BadSdp("a second, different answer for the same offer")
         from aiortc import RTCSessionDescription
 
         check_sdp(sdp, "answer")
