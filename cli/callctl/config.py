@@ -70,6 +70,8 @@ def check_server_url(url: str) -> None:
         port = parts.port  # raises ValueError for a bad port
     except ValueError:
         raise ConfigError(f"bad server URL {url!r}: expected http://HOST:PORT or https://HOST") from None
+    if any(ord(ch) <= 32 or ord(ch) == 127 for ch in url) or parts.username or parts.password:
+        raise ConfigError(f"bad server URL {url!r}: no spaces, control characters or user:password@")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"bad server URL {url!r}: expected http://HOST:PORT or https://HOST")
     if port == 0:

@@ -163,3 +163,43 @@ async def test_a_control_connection_that_sends_nothing_is_closed(tmp_path: Path,
         writer.close()
     finally:
         await server.close()
+
+
+async def test_closed_event_feeds_do_not_lock_the_control_socket(cli: Callctl, tmp_path: Path) -> None:
+    await cli.listen("bob")
+    path = str(control_socket(tmp_path))
+    for _ in range(40):  # more than the cap, one after another, each closed at once
+        reader, writer = await asyncio.open_unix_connection(path)
+        assert (await exchange(reader, writer, b'{"cmd": "events"}'))["ok"] is True
+        writer.close()
+        await writer.wait_closed()
+    code, out, err = await cli.run("bob", "status")
+    assert code == 0 and "bob on kiosk" in out, err
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--server", "http://127.0.0.1:1/\x01", "call", "x", "--audio-in", "tone"], 2, "bad server URL"),
+    (["--server", "http://u:p@127.0.0.1:1", "call", "x", "--audio-in", "tone"], 2, "bad server URL"),
+    (["preview", "--video", "--camera-format", "foo"], 2, "--camera-format takes mjpeg or yuyv"),
+], ids=["control-char", "userinfo", "camera-format"])
+async def test_more_bad_command_lines(cli: Callctl, args: list[str], code: int, message: str) -> None:
+    got, _, err = await cli.run("alice", *args)
+    assert got == code and message in err, err
+    one_clean_line(err)
+
+
+@pytest.mark.parametrize("sub", ["a\u0000b", "../../x", "x" * 300])
+async def test_a_token_for_an_impossible_user_is_auth_failed(cli: Callctl, server: ServerProcess, sub: str) -> None:
+    import jwt
+
+    token = jwt.encode({"sub": sub, "svc": "default", "iat": 1, "exp": 2**39},
+                       server.secret_file.read_bytes().strip(), algorithm="HS256")
+    code, _, err = await cli.run(None, "--token", token, "call", "x", "--audio-in", "tone", "--audio-out", "null")
+    assert code == 11 and "not a valid callctl token" in err, err
+    one_clean_line(err)
+
+
+async def test_calling_yourself_is_a_usage_error(cli: Callctl) -> None:
+    code, _, err = await cli.run("alice", "call", "alice", "--audio-in", "tone", "--audio-out", "null",
+                                 "--video-out", "null")
+    assert code == 2 and "cannot call itself" in err, err

@@ -47,7 +47,13 @@ async def test_unusable_offers_are_refused_at_once_and_the_kiosk_stays_up(
     assert await alice_call.exit_code() == 0
 
 
-@pytest.mark.parametrize("reoffer", ["hello world", GARBAGE["no-ice"]], ids=["words", "no-ice"])
+NO_RTCP_MUX = HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" + ICE + FINGERPRINT + "a=rtpmap:111 opus/48000/2\r\n"
+OPUS_0_HZ = (HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" + ICE + FINGERPRINT
+             + "a=rtcp-mux\r\na=rtpmap:111 opus/0/2\r\n")
+
+
+@pytest.mark.parametrize("reoffer", ["hello world", GARBAGE["no-ice"], NO_RTCP_MUX, OPUS_0_HZ],
+                         ids=["words", "no-ice", "no-rtcp-mux", "opus-0-hz"])
 async def test_a_bad_reoffer_is_refused_and_the_media_goes_on(
     cli: Callctl, server: ServerProcess, reoffer: str
 ) -> None:
@@ -65,4 +71,31 @@ async def test_a_bad_reoffer_is_refused_and_the_media_goes_on(
     assert all(r["remote"] > 0.05 for r in bob.named("media.level")[levels:])
     assert not bob.named("call.ended") and not alice.named("call.ended")
     alice.signal(2)  # SIGINT: hang up cleanly
+    assert await alice.exit_code() == 130
+
+
+@pytest.mark.parametrize("sdp", [
+    HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" + ICE + FINGERPRINT + "a=rtcp-mux\r\na=rtpmap:111 opus/0/2\r\n",
+    HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\n" + ICE + FINGERPRINT
+    + "a=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=candidate:1 1 udp 2130706431 127.0.0.1 70000 typ host\r\n",
+], ids=["opus-0-hz", "port-70000"])
+async def test_offers_only_aiortc_can_refuse_are_bad_sdp_too(cli: Callctl, server: ServerProcess, sdp: str) -> None:
+    bob = await cli.listen("bob", "--auto-accept")
+    async with server.client("alice") as alice:
+        call = await alice.create_call("bob", sdp)
+        ended = await bob.wait_event("call.ended")
+    assert (ended["call_id"], ended["reason"]) == (call.call_id, "bad_sdp")
+    assert "Traceback" not in bob.stderr
+
+
+async def test_an_unsolicited_reanswer_does_not_end_the_call(cli: Callctl, server: ServerProcess) -> None:
+    await cli.listen("bob", "--auto-accept")
+    alice = await cli.call("alice", "bob", "--hangup-after", "30")
+    connected = await alice.wait_event("call.connected")
+    async with server.client("bob", "kiosk") as hostile:
+        await hostile.signal(connected["call_id"], "reanswer", {"sdp": "garbage"})
+    levels = len(alice.named("media.level"))
+    await alice.wait_event("media.level", count=levels + 3)
+    assert not alice.named("call.ended")
+    alice.signal(2)
     assert await alice.exit_code() == 130

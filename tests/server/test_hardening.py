@@ -42,7 +42,9 @@ def read_response(s: socket.socket) -> bytes:
     """One whole response: the head, then as many body bytes as it announces."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
+        chunk = s.recv(65536)
+        assert chunk, f"closed without a whole answer: {data!r}"
+        data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
@@ -224,3 +226,52 @@ def test_error_bodies_are_json_with_a_stable_code(strict: ServerProcess) -> None
     answer = raw_exchange(strict, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 100 + b"\r\n")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["error"] in {c.value for c in p.ErrorCode}
+
+
+def test_a_trickled_chunked_body_does_not_hold_the_connection(strict: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=WAIT) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffff\r\n")
+        data = b""
+        while chunk := s.recv(65536):  # the server answers, then closes within the deadline
+            data += chunk
+            s.sendall(b"x")  # a byte at a time keeps nothing open
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_a_long_request_line_and_malformed_http_get_json_errors(strict: ServerProcess) -> None:
+    answer = raw_exchange(strict, b"GET /healthz?" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n")
+    assert status_of(answer) == 431
+    for bad in (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n"):
+        answer = raw_exchange(strict, bad)
+        assert status_of(answer) == 400 and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "malformed"
+
+
+def test_bad_stream_tickets_count_as_failed_logins(strict: ServerProcess) -> None:
+    with httpx.Client(base_url=strict.url) as c:
+        codes = [c.get("/v1/events", params={"ticket": f"nope{i}"}).status_code for i in range(130)]
+    assert codes[0] == 401 and codes[-1] == 429
+
+
+def test_a_token_not_valid_yet_is_refused(strict: ServerProcess) -> None:
+    token = forged(strict, {"sub": "alice", "svc": "default", "iat": 1, "exp": 2**39, "nbf": 2**39 - 1})
+    assert httpx.get(f"{strict.url}/v1/calls/x", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+async def test_a_stream_that_stops_reading_is_closed_and_its_device_goes_offline(strict: ServerProcess) -> None:
+    token = strict.token("bob")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.connect(("127.0.0.1", strict.port))
+    try:
+        s.sendall(f"GET /v1/events?device=phone HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        auth = {"Authorization": f"Bearer {strict.token('alice')}"}
+        call = httpx.post(f"{strict.url}/v1/calls", json={"to": "bob", "sdp": OFFER}, headers=auth).json()
+        big = {"kind": "blob", "data": {"x": "y" * 60_000}}
+        for _ in range(60):  # bob never reads: his queue fills, the writes block
+            httpx.post(f"{strict.url}/v1/calls/{call['call_id']}/signal", json=big, headers=auth)
+        deadline = asyncio.get_running_loop().time() + 3 * WAIT
+        while httpx.get(f"{strict.url}/healthz").json()["streams"] != 0:
+            assert asyncio.get_running_loop().time() < deadline, "the stalled stream was never closed"
+            await asyncio.sleep(0.2)
+    finally:
+        s.close()

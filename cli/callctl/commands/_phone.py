@@ -39,10 +39,14 @@ def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
     if settings.token:
         import jwt
 
+        from callctl.signaling.protocol import valid_id
+
         try:
             claims = jwt.decode(settings.token, options={"verify_signature": False})
-            user, service = str(claims["sub"]), str(claims["svc"])
-        except (jwt.InvalidTokenError, KeyError):
+            user, service = claims["sub"], claims["svc"]
+            if not (valid_id(user) and valid_id(service)):
+                raise KeyError("sub")
+        except (jwt.InvalidTokenError, KeyError, TypeError):
             fail("the access token is not a valid callctl token (check --token / CALLCTL_TOKEN)",
                  ExitCode.AUTH_FAILED)
         if settings.user and settings.user != user:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -62,6 +63,9 @@ def call(
     limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
 
     async def body(phone: Phone, interrupted: asyncio.Event) -> int:
+        if peer == phone.user:
+            print(f"callctl: {peer} cannot call itself", file=sys.stderr)
+            return ExitCode.USAGE
         session = phone.dial(peer, call_media, limits)
         ended = asyncio.ensure_future(session.ended.wait())
         stop = asyncio.ensure_future(interrupted.wait())

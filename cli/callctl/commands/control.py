@@ -94,6 +94,9 @@ def status(ctx: typer.Context, device: DeviceOpt = None,
         fail(str(exc), ExitCode.INTERNAL_ERROR)
     if ctx.obj.json or as_json:
         print(json.dumps(answer))
+    if not answer.get("ok"):
+        fail(str(answer.get("error", "refused")), ExitCode.INTERNAL_ERROR)
+    if ctx.obj.json or as_json:
         return
     call = answer.get("call")
     print(f"{answer.get('user')} on {answer.get('device')}: {'online' if answer.get('online') else 'offline'}")

@@ -141,6 +141,8 @@ def _video_preview(camera: str, snapshot: Path | None, size: str, fps: float,
     from callctl.media.video_sources import VideoFormat, parse_size
     from callctl.ui.terminal_video import TerminalSink
 
+    if camera_format is not None and camera_format.lower() not in ("mjpeg", "yuyv"):
+        fail("--camera-format takes mjpeg or yuyv", ExitCode.USAGE)
     try:
         w, h = parse_size(size)
         spec = camera if camera in ("testsrc",) or camera.startswith(("file:", "camera")) else f"camera:{camera}"

@@ -122,7 +122,7 @@ class ControlServer:
                     await _send(writer, {"ok": False, "error": req})
                     continue
                 if req.cmd == "events":
-                    await self._stream_events(writer)
+                    await self._stream_events(reader, writer)
                     return
                 await _send(writer, self.handle(req))
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -131,14 +131,22 @@ class ControlServer:
             writer.close()
             self._clients.discard(task)
 
-    async def _stream_events(self, writer: asyncio.StreamWriter) -> None:
+    async def _stream_events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
         self._subscribers.add(queue)
+
+        async def hung_up() -> None:  # a feed whose reader left is let go at once, not at the next event
+            while await reader.read(4096):
+                pass
+            queue.put_nowait(None)
+
+        watcher = asyncio.ensure_future(hung_up())
         try:
             await _send(writer, {"ok": True})
             while (record := await queue.get()) is not None:
                 await _send(writer, record)
         finally:
+            watcher.cancel()
             self._subscribers.discard(queue)
 
     async def close(self) -> None:
@@ -290,6 +298,10 @@ def tail(path: Path, on_record: Callable[[dict[str, Any]], None]) -> None:
             first = f.readline()
             if not first:
                 raise ControlError(f"no answer from {path}")
+            with contextlib.suppress(ValueError):
+                answer = json.loads(first)
+                if isinstance(answer, dict) and answer.get("ok") is False:
+                    raise ControlError(str(answer.get("error", "refused")))
             for line in f:
                 with contextlib.suppress(ValueError):
                     on_record(json.loads(line))

@@ -23,7 +23,7 @@ from callctl.engine.tasks import Tasks
 from callctl.media import assembly
 from callctl.media.assembly import MediaOptions
 from callctl.media.errors import BadSdp, DeviceError, MediaError
-from callctl.media.sdp import check_sdp
+from callctl.media.sdp import check_negotiable
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from callctl.signaling import protocol as p
 from callctl.signaling.client import Conflict, SignalingClient, SignalingError
@@ -239,7 +239,7 @@ class CallSession:
     async def _answer_reoffer(self, offer_sdp: str, start: bool) -> None:
         assert self.call.call_id is not None
         try:
-            check_sdp(offer_sdp, "re-offer")
+            await check_negotiable(offer_sdp, "re-offer")
         except BadSdp as exc:  # refused, and the media we have goes on
             self.phone.emit(Ev.ERROR, {"call_id": self.call.call_id, "message": str(exc)})
             await self._quietly(self.phone.client.signal(

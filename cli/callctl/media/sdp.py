@@ -38,7 +38,31 @@ def check_sdp(sdp: str, what: str = "offer") -> None:
             raise BadSdp(f"the {what}'s {media.kind} has no ICE credentials")
         if media.dtls is None or not media.dtls.fingerprints:
             raise BadSdp(f"the {what}'s {media.kind} has no DTLS fingerprint")
+        for candidate in media.ice_candidates:
+            if not 0 < candidate.port < 65536:
+                raise BadSdp(f"the {what} has a candidate with port {candidate.port}")
         if media.kind == "audio" and not any(
             c.mimeType.split("/")[-1].lower() in AUDIO_CODECS for c in media.rtp.codecs
         ):
             raise BadSdp(f"the {what} offers no audio codec callctl speaks (Opus, PCMU, PCMA)")
+
+
+async def check_negotiable(sdp: str, what: str = "offer") -> None:
+    """``check_sdp``, then what only aiortc can tell: it takes the offer and can answer it.
+
+    Uses a throwaway peer connection with no tracks and no devices, so a call
+    in progress keeps its own while a re-offer is judged.
+    """
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc import exceptions as rtc
+
+    check_sdp(sdp, what)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.createAnswer()
+    except (ValueError, AssertionError, KeyError, IndexError, TypeError, rtc.InternalError,
+            rtc.InvalidAccessError, rtc.InvalidStateError, rtc.OperationError) as exc:
+        raise BadSdp(f"the {what} cannot be negotiated: {exc or type(exc).__name__}") from None
+    finally:
+        await pc.close()

@@ -223,6 +223,9 @@ async def _stream_identity(request: Request) -> Identity:
         return await _identity(request)
     value = await _hub(request).store.take_ticket(ticket)
     if value is None:
+        client = request.client.host if request.client else "unknown"
+        await _limit(request, f"authfail:{client}", AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST,
+                     "failed authentications")
         raise Refused(p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
     user, service, expires_at = msgspec.json.decode(value)
     return Identity(user=user, service=service, expires_at=expires_at)
@@ -248,6 +251,10 @@ def _sse(event: StoredEvent) -> bytes:
     )
 
 
+#: An event stream whose client does not take a write for this long (or two heartbeats) is closed.
+WRITE_TIMEOUT_S = 10.0
+
+
 class EventStreamResponse(Response):
     """``text/event-stream`` fed from the stream's subscription queue.
 
@@ -270,8 +277,15 @@ class EventStreamResponse(Response):
         self.backlog = backlog
         self.registered = registered
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, asgi_send: Send) -> None:
         sub = self.stream.sub
+        # a reader that stops reading must not pin this stream (and its device's
+        # presence) forever: a write that cannot go out in time ends the stream
+        write_timeout = max(WRITE_TIMEOUT_S, 2 * self.hub.config.heartbeat_s)
+
+        async def send(message: Message) -> None:
+            async with asyncio.timeout(write_timeout):  # no task per write: thousands of streams
+                await asgi_send(message)
 
         async def watch_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -307,8 +321,8 @@ class EventStreamResponse(Response):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except OSError:
-            return  # the client went away mid-write
+        except (OSError, TimeoutError):
+            return  # the client went away, or stopped reading, mid-write
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,8 +18,10 @@ HEADER_TIMEOUT_S = 10.0
 #: The request line and headers together, and how many headers.
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 64
+#: The connection itself is closed this long after the app's body deadline.
+BODY_GRACE_S = 2.0
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -80,6 +82,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         if not self._rejected:
             super().on_url(url)
+            if len(self.url) > MAX_HEADER_BYTES:
+                self._reject(431, f"request line over {MAX_HEADER_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -96,12 +100,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._cancel_timer()
         if not self._rejected:
+            # the body has the same deadline: a client trickling a body (or an endless
+            # chunked one) must not hold the connection, whatever the app does with it
+            # (a little later than the app's own body deadline, so that one answers first)
+            self._header_timer = self.loop.call_later(
+                self.header_timeout + BODY_GRACE_S, self._body_too_slow)
             super().on_headers_complete()
+
+    def _body_too_slow(self) -> None:
+        self._header_timer = None
+        self._rejected = True
+        if not self.transport.is_closing():
+            self.transport.close()  # the app sees the client gone; nothing more is read
 
     def on_body(self, body: bytes) -> None:
         if not self._rejected:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._cancel_timer()
         if not self._rejected:
             super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what its parser refuses, as our JSON error and no log noise."""
+        self._reject(400, "malformed HTTP request")

@@ -323,6 +323,7 @@ class Hub:
         if await self.store.connected_call_of(call.callee_key) is not None:
             call.state = p.CallState.ENDED
             call.reason, call.ended_by, call.ended_at = p.EndReason.BUSY, p.Party.SERVER, now
+            call.offer_sdp = ""  # an ended call keeps no SDP
             await self.store.create_call(call)
             log.info("call %s %s -> %s busy", call.call_id[:8], call.caller, call.callee)
             await self._emit(

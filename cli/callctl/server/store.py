@@ -286,7 +286,8 @@ class MemoryStore(Store):
         self._seq = 0
         self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._devices: dict[str, dict[str, str]] = collections.defaultdict(dict)
-        self._buckets: dict[str, tuple[float, float]] = {}
+        #: key -> (tokens, when counted, when it is full again)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
         self._tickets: dict[str, tuple[bytes, float]] = {}
 
     # -- calls
@@ -436,13 +437,15 @@ class MemoryStore(Store):
     # -- rate limits
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
         now = time.monotonic()
-        tokens, last = self._buckets.get(key, (float(burst), now))
+        tokens, last, _ = self._buckets.get(key, (float(burst), now, now))
         tokens = min(float(burst), tokens + (now - last) * rate_per_s)
+        wait = 0.0
         if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / rate_per_s
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / rate_per_s
+        self._buckets[key] = (tokens, now, now + (burst - tokens) / rate_per_s)
+        return wait
 
     # -- housekeeping
     async def purge(self, now: float) -> None:
@@ -460,5 +463,5 @@ class MemoryStore(Store):
             del self._log_touched[key]
             self._log_bytes.pop(key, None)
         self._tickets = {k: v for k, v in self._tickets.items() if v[1] >= mono}
-        # a full bucket is the same as no bucket
-        self._buckets = {k: v for k, v in self._buckets.items() if mono - v[1] < 600}
+        # a full bucket is the same as no bucket: forget it as soon as it would be full again
+        self._buckets = {k: v for k, v in self._buckets.items() if mono < v[2]}

@@ -141,6 +141,8 @@ def verify_token(secret: bytes, token: str) -> Identity:
         raise TokenError("token expired")
     if iat > now + CLOCK_SKEW_S:
         raise TokenError("invalid token: issued in the future")
+    if "nbf" in claims and _timestamp(claims, "nbf") > now + CLOCK_SKEW_S:
+        raise TokenError("invalid token: not valid yet (nbf)")
     user, service = claims.get("sub"), claims.get("svc")
     if not valid_id(user):
         raise TokenError("invalid token: bad sub claim")
