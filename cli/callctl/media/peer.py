@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from callctl.media.adjust import STOCK_AUDIO, tune_aiortc
 from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
 from callctl.media.errors import BadSdp
 from callctl.media.playout import PlayoutBuffer
-from callctl.media.sdp import check_sdp
+from callctl.media.sdp import check_sdp, refusals
 from callctl.media.stats import link_stats
 from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
 from callctl.media.video_sinks import VideoSink
@@ -31,18 +31,6 @@ from callctl.media.watchdog import watch_devices
 from callctl.signaling.protocol import IceServer
 
 log = logging.getLogger("callctl.media")
-
-
-@contextlib.contextmanager
-def _refusals(what: str) -> Iterator[None]:
-    """What aiortc raises for a description it cannot negotiate, as BadSdp."""
-    from aiortc import exceptions as rtc
-
-    try:
-        yield
-    except (ValueError, AssertionError, KeyError, IndexError, TypeError, rtc.InternalError,
-            rtc.InvalidAccessError, rtc.InvalidStateError, rtc.OperationError) as exc:
-        raise BadSdp(f"the {what} cannot be negotiated: {exc or type(exc).__name__}") from None
 
 #: A connected call with no RTP from the peer for this long has lost its media path.
 MEDIA_SILENCE_TIMEOUT_S = 3.0
@@ -139,7 +127,7 @@ class PeerConnection:
 
         check_sdp(sdp, "answer")
         self._remote_sdp = sdp
-        with voice_settings(self.voice), _refusals("answer"):
+        with voice_settings(self.voice), refusals("answer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     @property
@@ -151,7 +139,7 @@ class PeerConnection:
         from aiortc import RTCSessionDescription
 
         check_sdp(offer_sdp, "offer")
-        with voice_settings(self.voice), _refusals("offer"):
+        with voice_settings(self.voice), refusals("offer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "sendrecv"

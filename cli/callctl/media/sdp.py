@@ -8,6 +8,9 @@ once with ``bad_sdp`` instead of ringing, "connecting" and timing out.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from callctl.media.errors import BadSdp
 
 #: Media sections we accept in one description (ours has two: audio and video).
@@ -54,15 +57,24 @@ async def check_negotiable(sdp: str, what: str = "offer") -> None:
     in progress keeps its own while a re-offer is judged.
     """
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from aiortc import exceptions as rtc
 
     check_sdp(sdp, what)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await pc.createAnswer()
+        with refusals(what):
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.createAnswer()
+    finally:
+        await pc.close()
+
+
+@contextlib.contextmanager
+def refusals(what: str) -> Iterator[None]:
+    """What aiortc raises for a description it cannot negotiate, as BadSdp."""
+    from aiortc import exceptions as rtc
+
+    try:
+        yield
     except (ValueError, AssertionError, KeyError, IndexError, TypeError, rtc.InternalError,
             rtc.InvalidAccessError, rtc.InvalidStateError, rtc.OperationError) as exc:
         raise BadSdp(f"the {what} cannot be negotiated: {exc or type(exc).__name__}") from None
-    finally:
-        await pc.close()

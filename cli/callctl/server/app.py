@@ -78,10 +78,15 @@ async def _identity(request: Request) -> Identity:
             raise TokenError("missing bearer token")
         return verify_token(request.app.state.secret, token.strip())
     except TokenError as exc:
-        client = request.client.host if request.client else "unknown"
-        await _limit(request, f"authfail:{client}", AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST,
-                     "failed authentications")
+        await _failed_login(request)
         raise Refused(p.ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+
+async def _failed_login(request: Request) -> None:
+    """Count a refused token or ticket against the client's address (429 past the burst)."""
+    client = request.client.host if request.client else "unknown"
+    await _limit(request, f"authfail:{client}", AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST,
+                 "failed authentications")
 
 
 def _device(value: str | None) -> str:
@@ -223,9 +228,7 @@ async def _stream_identity(request: Request) -> Identity:
         return await _identity(request)
     value = await _hub(request).store.take_ticket(ticket)
     if value is None:
-        client = request.client.host if request.client else "unknown"
-        await _limit(request, f"authfail:{client}", AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST,
-                     "failed authentications")
+        await _failed_login(request)
         raise Refused(p.ErrorCode.UNAUTHORIZED, "stream ticket unknown, used or expired")
     user, service, expires_at = msgspec.json.decode(value)
     return Identity(user=user, service=service, expires_at=expires_at)
