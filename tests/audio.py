@@ -26,11 +26,17 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
 
 
-def tone_fraction(path: Path, hz: float, tolerance: float = 5.0) -> tuple[float, float]:
-    """(duration in s, fraction of 100 ms windows whose dominant frequency is ``hz``)."""
+def tone_fraction(path: Path, hz: float, tolerance: float = 5.0, *, start_s: float = 0.0,
+                  end_s: float | None = None) -> tuple[float, float]:
+    """(duration in s, fraction of 100 ms windows whose dominant frequency is ``hz``).
+
+    ``start_s``/``end_s``: only the windows in that part of the recording count.
+    """
     samples, rate = read_mono(path)
     window = rate // 10
-    windows = [samples[i : i + window] for i in range(0, samples.size - window + 1, window)]
+    first = int(start_s * rate)
+    last = samples.size if end_s is None else min(samples.size, int(end_s * rate))
+    windows = [samples[i : i + window] for i in range(first, last - window + 1, window)]
     if not windows:
         return 0.0, 0.0
     hits = sum(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +16,7 @@ from callctl.commands import preview as preview_cmd
 from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import token as token_cmd
-from callctl.config import ConfigError, resolve
+from callctl.config import ConfigError, Settings, resolve
 from callctl.exitcodes import ExitCode
 from callctl.ui.console import fail
 
@@ -74,8 +74,37 @@ def main_options(
         ctx.obj = resolve(
             server=server, user=user, service=service, token=token, json=json, config=config
         )
+        ctx.default_map = command_defaults(ctx, ctx.obj)
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
+
+
+def command_defaults(ctx: typer.Context, settings: Settings) -> dict[str, dict[str, Any]]:
+    """``[command.NAME]`` tables of the config file as option defaults (flag > env > file).
+
+    Keys are option names without the dashes' prefix (``turn-secret-file``);
+    an unknown command or option is an error, not silently ignored.
+    """
+    tables = settings.extra.get("command", {})
+    where = f"config file {settings.config_file}"
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: 'command' must be a table of [command.NAME] tables")
+    group = ctx.command
+    commands: dict[str, Any] = getattr(group, "commands", {})
+    defaults: dict[str, dict[str, Any]] = {}
+    for name, table in tables.items():
+        command = commands.get(name)
+        if command is None or not isinstance(table, dict):
+            raise ConfigError(f"{where}: [command.{name}] is not a command's table")
+        options = {param.name: param for param in command.params if param.param_type_name == "option"}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            param_name = str(key).replace("-", "_")
+            if param_name not in options:
+                raise ConfigError(f"{where}: [command.{name}] has no option {key!r}")
+            values[param_name] = value
+        defaults[name] = values
+    return defaults
 
 
 app.command("server", help=server_cmd.__doc__)(server_cmd.server)

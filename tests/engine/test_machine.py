@@ -58,9 +58,14 @@ FLOWS = [
      [*CALLEE_START, m.Decline(busy=True)], m.State.ENDED, R.BUSY, m.Source.LOCAL),
     ("hangup while ringing is a decline", m.Role.CALLEE,
      [*CALLEE_START, m.Hangup()], m.State.ENDED, R.DECLINED, m.Source.LOCAL),
-    ("media lost (an event, not a reason)", m.Role.CALLEE,
-     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp(), m.MediaLost()], m.State.ENDED,
-     R.NETWORK_LOST, m.Source.LOCAL),
+    ("media lost while connecting (an event, not a reason)", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.MediaLost()], m.State.ENDED, R.NETWORK_LOST, m.Source.LOCAL),
+    ("media lost when connected: reconnecting", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp(), m.MediaLost()], m.State.RECONNECTING,
+     None, None),
+    ("the media path does not come back", m.Role.CALLEE,
+     [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp(), m.MediaLost(), m.ReconnectTimeout(1, 20)],
+     m.State.ENDED, R.NETWORK_LOST, m.Source.LOCAL),
     ("media never came up", m.Role.CALLER,
      [*CALLER_START, m.Answered("a"), m.ConnectTimeout()], m.State.ENDED, R.NETWORK_LOST, m.Source.LOCAL),
     ("server lost while ringing", m.Role.CALLER,
@@ -114,7 +119,7 @@ def test_flows(name: str, role: m.Role, events: list[m.CallEvent], state: m.Stat
 def test_caller_actions_in_order() -> None:
     _, actions = run(m.Role.CALLER, [*CALLER_START, m.Ringing(), m.Answered("ans"), m.MediaUp()])
     kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
-    assert kinds == ["CreateCall", "ApplyAnswer", "ArmConnectTimeout", "StartMedia"]
+    assert kinds == ["CreateCall", "ApplyAnswer", "ArmConnectTimeout", "StartMedia", "ArmCallTimers"]
     assert notified(actions) == ["call.outgoing", "call.created", "call.ringback",
                                  "call.connecting", "call.connected"]
 
@@ -122,7 +127,7 @@ def test_caller_actions_in_order() -> None:
 def test_callee_prepares_on_ring_and_answers_on_accept() -> None:
     _, actions = run(m.Role.CALLEE, [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp()])
     kinds = [type(a).__name__ for a in actions if not isinstance(a, m.Notify)]
-    assert kinds == ["Prepare", "SendAnswer", "ArmConnectTimeout", "StartMedia"]
+    assert kinds == ["Prepare", "SendAnswer", "ArmConnectTimeout", "StartMedia", "ArmCallTimers"]
 
 
 def test_connected_duration_and_setup_time() -> None:
@@ -175,7 +180,7 @@ def non_notify(actions: list[m.Action]) -> list[m.Action]:
         ("no preparation: the answer is applied", [m.Answered("A")], m.ApplyAnswer("A")),
         ("the device that prepared answered", [m.Prepared("A", "kiosk"), m.Answered("A")],
          m.ApplyAnswer("A")),
-        ("another device answered: re-offer", [m.Prepared("A", "kiosk"), m.Answered("B")], m.Reoffer()),
+        ("another device answered: re-offer", [m.Prepared("A", "kiosk"), m.Answered("B")], m.Reoffer(1)),
     ],
 )
 def test_the_machine_decides_when_to_reoffer(name: str, events: list[m.CallEvent],
@@ -205,6 +210,7 @@ def test_callee_answers_a_reoffer_and_starts_media_only_once_accepted(
 ) -> None:
     call, actions = run(m.Role.CALLEE, [*CALLEE_START, *events, m.Reoffered("O2")])
     assert actions[-1] == m.AnswerReoffer("O2", start=start)
+    assert call.state != m.State.RECONNECTING or events[-1] == m.MediaUp()
 
 
 def test_peer_mute_and_video_are_tracked_and_notified() -> None:
@@ -256,5 +262,99 @@ def test_only_an_answer_to_our_reoffer_is_applied_and_only_once() -> None:
     call, _ = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp()])
     assert call.handle(m.Reanswered("hostile"), 5.0) == []  # we never re-offered
     call, _ = run(m.Role.CALLER, [*CALLER_START, m.Prepared("A", "kiosk"), m.Answered("B")])
-    assert call.handle(m.Reanswered("R1"), 5.0) == [m.ApplyReanswer("R1")]
-    assert call.handle(m.Reanswered("R2"), 6.0) == []
+    assert call.handle(m.Reanswered("R0", attempt=0), 5.0) == []  # not the attempt we sent
+    assert call.handle(m.Reanswered("R1", attempt=1), 5.0) == [m.ApplyReanswer("R1", 1)]
+    assert call.handle(m.Reanswered("R2", attempt=1), 6.0) == []
+
+
+CONNECTED_CALLER = [*CALLER_START, m.Answered("a"), m.MediaUp()]
+CONNECTED_CALLEE = [*CALLEE_START, m.Accept(), m.AnswerSent(), m.MediaUp()]
+
+
+def test_call_timers_count_from_connected_not_from_connecting() -> None:
+    _, actions = run(m.Role.CALLER, [*CALLER_START, m.Answered("a")])
+    assert m.ArmCallTimers() not in actions  # a call that never connects never "hangs up" as if it had
+    call, actions = run(m.Role.CALLER, CONNECTED_CALLER)
+    assert actions.count(m.ArmCallTimers()) == 1
+    call.handle(m.MediaLost(), 10.0)
+    assert m.ArmCallTimers() not in call.handle(m.MediaUp(), 11.0)  # reconnected: the same timers run on
+
+
+def test_a_call_that_never_connects_says_why() -> None:
+    call, actions = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.ConnectTimeout(15, "no relay")])
+    assert (call.state, call.reason) == (m.State.ENDED, R.NETWORK_LOST)
+    errors = [a.fields["message"] for a in actions if isinstance(a, m.Notify) and a.event == "error"]
+    assert errors == ["the media path could not be established in 15 s: no relay"]
+
+
+def test_the_caller_reoffers_until_one_attempt_connects() -> None:
+    call, _ = run(m.Role.CALLER, CONNECTED_CALLER)
+    lost = call.handle(m.MediaLost(), 10.0)
+    assert call.state == m.State.RECONNECTING
+    assert notified(lost) == ["call.reconnecting"]
+    assert non_notify(lost) == [m.ArmReconnectDeadline(1), m.RefreshSignaling(), m.Reoffer(1),
+                                m.ArmReconnectRetry(1)]
+    assert call.handle(m.ReconnectRetry(1), 12.0) == [m.Reoffer(2), m.ArmReconnectRetry(2)]
+    assert call.handle(m.ReconnectRetry(1), 12.5) == []  # an old attempt's timer
+    assert call.handle(m.Reanswered("old", attempt=1), 12.6) == []  # the answer to a replaced offer
+    assert call.handle(m.Reanswered("new", attempt=2), 12.7) == [m.ApplyReanswer("new", 2),
+                                                                m.ArmReconnectRetry(2)]
+    assert call.handle(m.ReconnectRetry(2), 14.0) == []  # the answer came at 12.7: ICE gets until 14.7
+    assert call.handle(m.MediaLost(), 12.8) == []  # an attempt failing: the retries go on
+    back = call.handle(m.MediaUp(), 13.5)
+    assert call.state == m.State.CONNECTED
+    assert [(a.event, a.fields["down_ms"]) for a in back if isinstance(a, m.Notify)] == [
+        ("call.reconnected", 3500.0)]
+    for stale in (m.ReconnectTimeout(1, 20), m.ReconnectRetry(2)):  # timers of the reconnect that worked
+        with pytest.raises(m.RemoteProtocolError):
+            call.handle(stale, 30.0)
+    assert call.state == m.State.CONNECTED
+    assert call.connected_at == 3.0  # the call's duration runs on through the reconnect
+
+
+def test_the_callee_asks_the_caller_and_answers_each_reoffer() -> None:
+    call, _ = run(m.Role.CALLEE, CONNECTED_CALLEE)
+    lost = call.handle(m.MediaLost(), 10.0)
+    assert non_notify(lost) == [m.ArmReconnectDeadline(1), m.RefreshSignaling(), m.RequestReconnect()]
+    assert call.handle(m.Reoffered("O1", attempt=1), 11.0) == [m.AnswerReoffer("O1", True, 1)]
+    assert call.handle(m.Reoffered("O2", attempt=2), 12.0) == [m.AnswerReoffer("O2", True, 2)]
+    call.handle(m.MediaUp(), 12.5)
+    assert call.state == m.State.CONNECTED
+
+
+def test_a_reoffer_in_a_connected_call_means_the_caller_is_reconnecting() -> None:
+    call, _ = run(m.Role.CALLEE, CONNECTED_CALLEE)
+    actions = call.handle(m.Reoffered("O1", attempt=1), 10.0)
+    assert call.state == m.State.RECONNECTING
+    assert notified(actions) == ["call.reconnecting"]
+    assert actions[-1] == m.AnswerReoffer("O1", True, 1)
+
+
+def test_the_caller_reconnects_when_the_callee_asks() -> None:
+    call, _ = run(m.Role.CALLER, CONNECTED_CALLER)
+    actions = call.handle(m.ReconnectRequested(), 10.0)
+    assert call.state == m.State.RECONNECTING
+    assert m.Reoffer(1) in actions and m.RefreshSignaling() not in actions  # our stream works
+    assert call.handle(m.ReconnectRequested(), 10.2) == []  # already at it
+    assert call.handle(m.ReconnectRequested(), 11.0) == [m.Reoffer(2), m.ArmReconnectRetry(2)]
+
+
+def test_signaling_back_while_reconnecting_starts_a_fresh_attempt_at_once() -> None:
+    call, _ = run(m.Role.CALLER, [*CONNECTED_CALLER, m.MediaLost()])  # attempt 1 at t=3
+    assert call.handle(m.SignalingBack(), 8.0) == [m.Reoffer(2), m.ArmReconnectRetry(2)]
+    call, _ = run(m.Role.CALLEE, [*CONNECTED_CALLEE, m.MediaLost()])
+    assert call.handle(m.SignalingBack(), 8.0) == [m.RequestReconnect()]  # the caller re-offers
+
+
+def test_a_reconnecting_call_can_be_hung_up_and_outlives_signaling() -> None:
+    call, _ = run(m.Role.CALLER, [*CONNECTED_CALLER, m.MediaLost()])
+    with pytest.raises(m.RemoteProtocolError):
+        call.handle(m.SignalingLost(), 11.0)  # the retries go on until the reconnect timeout
+    call.handle(m.Hangup(), 12.0)
+    assert (call.state, call.reason) == (m.State.ENDED, R.HANGUP)
+    call, _ = run(m.Role.CALLEE, [*CONNECTED_CALLEE, m.MediaLost()])
+    call.handle(m.CallForgotten(), 11.0)  # no server to reconnect through
+    assert call.state == m.State.ENDED
+    call, actions = run(m.Role.CALLER, [*CONNECTED_CALLER, m.MediaLost(), m.ReconnectTimeout(1, 20)])
+    assert (call.state, call.reason) == (m.State.ENDED, R.NETWORK_LOST)
+    assert m.SendHangup(R.NETWORK_LOST) in actions  # the peer is told, through the server

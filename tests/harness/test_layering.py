@@ -7,7 +7,7 @@ import sys
 
 from callctl.harness.child import callctl_env
 
-MODULES = ["bench", "child", "looplag", "machine", "procfs", "relay", "server", "stats"]
+MODULES = ["bench", "child", "looplag", "machine", "netns", "procfs", "relay", "server", "stats", "turn"]
 
 
 def test_the_harness_imports_no_engine_media_or_server() -> None:

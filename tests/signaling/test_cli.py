@@ -75,7 +75,7 @@ def test_json_server_says_it_listens_in_one_ndjson_line(tmp_path: Path) -> None:
         (["token", "issue", "bob", "--secret-file", "/nonexistent/secret"], "cannot read secret file"),
         (["server", "--log-level", "loud"], "--log-level"),
         (["server", "--tls-cert", "/nonexistent.pem"], "go together"),
-        (["server", "--ice-server", "http://x"], "bad --ice-server"),
+        (["server", "--ice-server", "http://x"], "bad ICE server URL"),
         (["--config", "/nonexistent.toml", "token", "issue", "bob"], "does not exist"),
     ],
 )

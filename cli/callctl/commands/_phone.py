@@ -88,6 +88,20 @@ VideoOut = Annotated[str | None, typer.Option(
 VideoSize = Annotated[str, typer.Option(help="Video size WIDTHxHEIGHT.")]
 Fps = Annotated[float, typer.Option(min=1, max=60, help="Video frames per second.")]
 VideoPaused = Annotated[bool, typer.Option("--video-paused", help="Negotiate video but start without sending it.")]
+IceServerUrl = Annotated[list[str] | None, typer.Option(
+    "--ice-server", envvar="CALLCTL_ICE_SERVER",
+    help="A STUN/TURN URL of our own, tried before the server's (repeatable; aiortc uses the first "
+         "STUN and the first TURN).")]
+IceUsername = Annotated[str | None, typer.Option(envvar="CALLCTL_ICE_USERNAME", help="Username for our --ice-server TURN.")]
+IceCredential = Annotated[str | None, typer.Option(envvar="CALLCTL_ICE_CREDENTIAL", help="Password for our --ice-server TURN.")]
+RelayOnly = Annotated[bool, typer.Option("--relay-only", envvar="CALLCTL_RELAY_ONLY",
+                                         help="Media only through a TURN relay (ICE transport policy relay).")]
+ReconnectTimeout = Annotated[float, typer.Option(
+    envvar="CALLCTL_RECONNECT_TIMEOUT", min=1, max=3600,
+    help="Seconds a broken media path may take to come back before the call ends (network_lost).")]
+ConnectTimeout = Annotated[float, typer.Option(
+    envvar="CALLCTL_CONNECT_TIMEOUT", min=1, max=300,
+    help="Seconds the media path may take to come up after the answer before the call ends (network_lost).")]
 CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
@@ -114,6 +128,41 @@ def device_and_media(settings: Settings, device: str | None, media: MediaOptions
     media.video_out = video_out
     check_media(media)
     return dev, media
+
+
+def network(media: MediaOptions, urls: list[str] | None, username: str | None,
+            credential: str | None, relay_only: bool) -> None:
+    """Our own ICE servers and relay policy into ``media`` (usage errors exit 2)."""
+    from callctl.server.ice import IceConfigError, check_url
+    from callctl.signaling.protocol import IceServer
+
+    if (username is None) != (credential is None):
+        fail("--ice-username and --ice-credential go together", ExitCode.USAGE)
+    try:
+        for url in urls or []:
+            check_url(url)
+    except IceConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    media.ice_servers = [
+        IceServer(urls=[u], username=username if u.startswith("turn") else None,
+                  credential=credential if u.startswith("turn") else None)
+        for u in urls or []
+    ]
+    media.relay_only = relay_only
+
+
+def _log_to_stderr() -> None:
+    """``CALLCTL_LOG=debug|info|warning``: callctl's own log lines on stderr (for a bug report)."""
+    import logging
+    import os
+
+    level = os.environ.get("CALLCTL_LOG", "").upper()
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger = logging.getLogger("callctl")
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 def check_media(media: MediaOptions) -> None:
@@ -151,6 +200,8 @@ async def run_phone(
     body: Callable[[Phone, asyncio.Event], Awaitable[int]],
     *,
     wait_registered: bool,
+    reconnect_timeout: float = 20.0,
+    connect_timeout: float = 15.0,
 ) -> int:
     """Bring a Phone online with its control socket and output, run ``body``, clean up."""
     from callctl.engine.commands import Request, run_command
@@ -161,6 +212,7 @@ async def run_phone(
     from callctl.signaling.client import SignalingClient
 
     token, user, service = identity(settings)
+    _log_to_stderr()
     try:
         preload()
     except UnsupportedStack as exc:
@@ -172,7 +224,8 @@ async def run_phone(
 
         listeners, live = [PlainOutput()], False  # the video owns the screen
     client = SignalingClient(settings.server, token, device=device)
-    phone = Phone(client=client, media=media, policy=policy, user=user, device=device)
+    phone = Phone(client=client, media=media, policy=policy, user=user, device=device,
+                  reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout)
     phone.listeners.extend(listeners)
     control = ControlServer(socket_path(service, user, device), lambda req: run_command(phone, req))
     try:

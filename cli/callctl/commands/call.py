@@ -42,6 +42,12 @@ def call(
     fps: _phone.Fps = 15.0,
     video_paused: _phone.VideoPaused = False,
     camera_format: _phone.CameraFormat = None,
+    ice_server: _phone.IceServerUrl = None,
+    ice_username: _phone.IceUsername = None,
+    ice_credential: _phone.IceCredential = None,
+    relay_only: _phone.RelayOnly = False,
+    reconnect_timeout: _phone.ReconnectTimeout = 20.0,
+    connect_timeout: _phone.ConnectTimeout = 15.0,
 ) -> None:
     from callctl.engine.phone import CallPolicy
     from callctl.engine.session import CallLimits
@@ -58,6 +64,7 @@ def call(
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
                                        video_paused=video_paused),
         video_out=video_out, size=video_size, camera_format=camera_format)
+    _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     call_media = Media.VIDEO if video else Media.AUDIO
 
     limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
@@ -80,4 +87,5 @@ def call(
             return ExitCode.INTERRUPTED
         return for_reason(session.outcome().reason)
 
-    _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True))
+    _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True,
+                                reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))

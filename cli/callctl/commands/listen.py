@@ -46,6 +46,12 @@ def listen(
     fps: _phone.Fps = 15.0,
     video_paused: _phone.VideoPaused = False,
     camera_format: _phone.CameraFormat = None,
+    ice_server: _phone.IceServerUrl = None,
+    ice_username: _phone.IceUsername = None,
+    ice_credential: _phone.IceCredential = None,
+    relay_only: _phone.RelayOnly = False,
+    reconnect_timeout: _phone.ReconnectTimeout = 20.0,
+    connect_timeout: _phone.ConnectTimeout = 15.0,
 ) -> None:
     from callctl.engine.phone import CallPolicy
     from callctl.media.assembly import MediaOptions
@@ -63,6 +69,7 @@ def listen(
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
                                        video_paused=video_paused),
         video_out=video_out, size=video_size, camera_format=camera_format)
+    _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed)
     hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}
 
@@ -100,7 +107,8 @@ def listen(
             for task in list(running):
                 await asyncio.wait([task], timeout=5)
 
-    _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False))
+    _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False,
+                                reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))
 
 
 async def _run_hook(cmd: str, record: dict[str, Any]) -> None:

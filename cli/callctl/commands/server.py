@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from callctl.exitcodes import ExitCode
 from callctl.paths import default_secret_file
 from callctl.ui.console import fail
+
+if TYPE_CHECKING:
+    from callctl.server.ice import IcePolicy
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -46,12 +49,33 @@ def server(
     offline_grace: Annotated[
         float, typer.Option(min=1, help="Seconds a party's device may stay offline before its call ends.")
     ] = 20.0,
+    stun: Annotated[
+        list[str] | None,
+        typer.Option(envvar="CALLCTL_STUN", help="STUN URL handed to clients, e.g. stun:turn.example.com:3478 (repeatable)."),
+    ] = None,
+    turn: Annotated[
+        list[str] | None,
+        typer.Option(envvar="CALLCTL_TURN", help="TURN URL handed to clients with credentials that expire, "
+                     "e.g. turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file)."),
+    ] = None,
+    turn_secret_file: Annotated[
+        Path | None,
+        typer.Option(envvar="CALLCTL_TURN_SECRET_FILE",
+                     help="The TURN server's shared secret (coturn's static-auth-secret), one line."),
+    ] = None,
+    turn_ttl: Annotated[
+        str, typer.Option(envvar="CALLCTL_TURN_TTL", help="How long a TURN credential works: 3600, 30m, 1h (at most 24h).")
+    ] = "1h",
     ice_server: Annotated[
         list[str] | None,
-        typer.Option(help="STUN/TURN URL handed to clients (repeatable). None by default: LAN only."),
+        typer.Option(envvar="CALLCTL_ICE_SERVER",
+                     help="A STUN/TURN URL handed out as it is, with --ice-username/--ice-credential "
+                     "(a TURN service with its own long-lived credentials; repeatable)."),
     ] = None,
-    ice_username: Annotated[str | None, typer.Option(help="TURN username.")] = None,
-    ice_credential: Annotated[str | None, typer.Option(help="TURN password.")] = None,
+    ice_username: Annotated[str | None, typer.Option(envvar="CALLCTL_ICE_USERNAME", help="Static TURN username.")] = None,
+    ice_credential: Annotated[
+        str | None, typer.Option(envvar="CALLCTL_ICE_CREDENTIAL", help="Static TURN password.")
+    ] = None,
     request_timeout: Annotated[
         float, typer.Option(envvar="CALLCTL_REQUEST_TIMEOUT", min=0.5, max=300,
                             help="Seconds a client may take to send a request's headers, and its body.")
@@ -66,13 +90,9 @@ def server(
             fail(f"cannot read {path}", ExitCode.USAGE)
     if tls_cert is not None and tls_key is not None:
         _check_tls(tls_cert, tls_key)
-    ice = []
-    for url in ice_server or []:
-        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
-            fail(f"bad --ice-server {url!r}: expected stun:, stuns:, turn: or turns: URL", ExitCode.USAGE)
-        ice.append(url)
+    ice = _ice_policy(stun or [], turn or [], turn_secret_file, turn_ttl,
+                      ice_server or [], ice_username, ice_credential)
 
-    from callctl.signaling import protocol as p
     from callctl.signaling.auth import SecretError, load_or_create_secret
     from callctl.server.app import create_app
     from callctl.server.hub import HubConfig
@@ -92,14 +112,7 @@ def server(
         max_devices=max_devices,
         calls_per_minute=calls_per_minute,
         offline_grace_s=offline_grace,
-        ice_servers=tuple(
-            p.IceServer(
-                urls=[u],
-                username=ice_username if u.startswith("turn") else None,
-                credential=ice_credential if u.startswith("turn") else None,
-            )
-            for u in ice
-        ),
+        ice=ice,
     )
     configure_logging(log_level)
     app = create_app(secret, config=config, request_timeout=request_timeout,
@@ -107,6 +120,42 @@ def server(
     options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                             log_level=log_level.lower(), request_timeout=request_timeout)
     serve(app, sock, options, announce=_announce_json if ctx.obj.json else _announce_plain)
+
+
+def _ice_policy(stun: list[str], turn: list[str], secret_file: Path | None, ttl: str,
+                static: list[str], username: str | None, credential: str | None) -> IcePolicy:
+    """The ICE servers to hand out, checked (usage errors exit 2)."""
+    from callctl.server.ice import MAX_TURN_TTL_S, MIN_TURN_TTL_S, IceConfigError, IcePolicy, check_url, \
+        parse_duration, read_secret
+    from callctl.signaling import protocol as p
+
+    try:
+        for url in stun:
+            check_url(url, kind="stun")
+        for url in turn:
+            check_url(url, kind="turn")
+        for url in static:
+            check_url(url)
+        ttl_s = parse_duration(ttl)
+        if not MIN_TURN_TTL_S <= ttl_s <= MAX_TURN_TTL_S:
+            raise IceConfigError(f"--turn-ttl {ttl!r}: between {MIN_TURN_TTL_S} s and 24h")
+        if turn and secret_file is None:
+            raise IceConfigError("--turn needs --turn-secret-file (or use --ice-server with "
+                                 "--ice-username/--ice-credential for static credentials)")
+        if secret_file is not None and not turn:
+            raise IceConfigError("--turn-secret-file is for --turn URLs: give at least one")
+        if (username is None) != (credential is None):
+            raise IceConfigError("--ice-username and --ice-credential go together")
+        secret = read_secret(secret_file) if secret_file is not None else None
+    except IceConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    servers = tuple(
+        p.IceServer(urls=[u], username=username if u.startswith("turn") else None,
+                    credential=credential if u.startswith("turn") else None)
+        for u in static
+    )
+    return IcePolicy(stun=tuple(stun), turn=tuple(turn), turn_secret=secret, turn_ttl_s=ttl_s,
+                     turn_secret_file=secret_file, static=servers)
 
 
 def _check_tls(cert: Path, key: Path) -> None:

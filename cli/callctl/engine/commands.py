@@ -35,8 +35,10 @@ def call_status(s: CallSession) -> dict[str, Any]:
         "muted": s.muted,
         "peer_muted": c.peer_muted,
     }
-    if c.connected_at is not None and c.state == m.State.CONNECTED:
+    if c.connected_at is not None and c.state in (m.State.CONNECTED, m.State.RECONNECTING):
         out["duration_s"] = round(time.monotonic() - c.connected_at, 1)
+    if c.reconnects:
+        out["reconnects"] = c.reconnects
     if s.peer is not None:
         peer = s.peer
         out["frames_sent"] = peer.sent.frames
@@ -50,6 +52,9 @@ def call_status(s: CallSession) -> dict[str, Any]:
         out["level_out"] = round(peer.sent.level, 3)
         out["level_in"] = round(peer.received.level, 3)
         out["codec"] = "opus/48000"
+        route = peer.route()
+        if route and c.state == m.State.CONNECTED:
+            out["route"] = route
     if c.reason is not None:
         out["reason"] = c.reason.value
     return out

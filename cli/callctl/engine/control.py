@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,8 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            with unix_address(self.path) as address:
+                self._server = await asyncio.start_unix_server(self._client, path=address)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -229,11 +230,34 @@ def parse_request(line: bytes) -> Request | str:
     return Request(cmd, call_id, arg)
 
 
+#: A socket address holds 107 bytes of path: a deeper one is reached through its folder's descriptor.
+MAX_UNIX_PATH = 100
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """``path`` as an AF_UNIX address, also when it is longer than the 107 bytes one may hold.
+
+    A long runtime directory (a deep ``XDG_RUNTIME_DIR``) and long ids make
+    long paths; ``/proc/self/fd/N/NAME`` names the same file in a few bytes
+    (Linux), for bind and connect alike, while the folder's descriptor is open.
+    """
+    if len(os.fsencode(path)) <= MAX_UNIX_PATH:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
+
+
 def _alive(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         try:
-            s.connect(str(path))
+            with unix_address(path) as address:
+                s.connect(address)
         except OSError:
             return False
         return True
@@ -269,7 +293,8 @@ def request(path: Path, cmd: str, call_id: str | None = None, timeout: float = 1
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
-            s.connect(str(path))
+            with unix_address(path) as address:
+                s.connect(address)
             s.sendall(json.dumps({"cmd": cmd, "call_id": call_id, "arg": arg}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -292,7 +317,8 @@ def tail(path: Path, on_record: Callable[[dict[str, Any]], None]) -> None:
     """Follow a running process's events until it exits (blocking)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
-            s.connect(str(path))
+            with unix_address(path) as address:
+                s.connect(address)
             s.sendall(b'{"cmd":"events"}\n')
             f = s.makefile("rb")
             first = f.readline()

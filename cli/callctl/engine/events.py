@@ -24,6 +24,8 @@ class Ev(str, enum.Enum):
     CALL_MISSED = "call.missed"
     CALL_CONNECTING = "call.connecting"
     CALL_CONNECTED = "call.connected"
+    CALL_RECONNECTING = "call.reconnecting"
+    CALL_RECONNECTED = "call.reconnected"
     CALL_ENDED = "call.ended"
 
     MEDIA_FLOWING = "media.flowing"
@@ -47,6 +49,7 @@ class Ev(str, enum.Enum):
     DEVICE_RESTORED = "device.restored"
 
     ERROR = "error"
+    WARNING = "warning"
     DEMO_SUMMARY = "demo.summary"
 
     def __str__(self) -> str:

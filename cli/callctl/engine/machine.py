@@ -9,6 +9,14 @@ the actions lives in ``session.py``.
 
     caller:  idle ─Dial─▶ outgoing ─Answered─▶ connecting ─MediaUp─▶ connected ─▶ ended
     callee:  idle ─Ring─▶ incoming ─Accept──▶ connecting ─MediaUp─▶ connected ─▶ ended
+    either:  connected ─MediaLost─▶ reconnecting ─MediaUp─▶ connected
+                                    reconnecting ─ReconnectTimeout─▶ ended (network_lost)
+
+Reconnecting: the caller negotiates a fresh media path through the server
+(``Reoffer`` with a new attempt number, again every ``ArmReconnectRetry``
+until one connects); the callee answers each and asks the caller to start
+when it noticed the loss first (``RequestReconnect``).  The call's id, timers,
+mute and video state carry over.
 
 Callee preparation: the media path may come up while still ringing
 (``MediaUp`` in outgoing/incoming only sets ``media_up``), so that answering
@@ -33,6 +41,12 @@ from callctl.engine.events import VIDEO_STATES, Ev
 from callctl.signaling.protocol import EndReason, Media, hangup_reason
 
 
+#: Reconnecting: a re-offer that has not connected after this long is replaced by the next.
+RETRY_S = 2.0
+#: Reconnecting: asked for a fresh attempt sooner than this after the last one: it is on its way.
+MIN_ATTEMPT_GAP_S = 0.5
+
+
 class Role(str, enum.Enum):
     CALLER = "caller"
     CALLEE = "callee"
@@ -44,6 +58,7 @@ class State(str, enum.Enum):
     INCOMING = "incoming"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
     ENDED = "ended"
 
 
@@ -152,6 +167,41 @@ class Failed:
 class ConnectTimeout:
     """ICE/DTLS did not complete in time after answer/accept (only counts while connecting)."""
 
+    seconds: float = 0.0
+    #: What the session knows of why (e.g. no relay candidate was gathered).
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequested:
+    """Caller: the callee lost the media path and asks us to negotiate a new one.
+
+    ``attempt``: the last re-offer the callee had answered.  A request that
+    names an older one than ours was held up by the outage: its loss is over.
+    """
+
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SignalingBack:
+    """Our event stream is back while the media path is down: the peer can be reached again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRetry:
+    """Caller: re-offer attempt ``attempt`` did not connect in time; try again."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectTimeout:
+    """The media path did not come back within the reconnect timeout (of reconnect ``epoch``)."""
+
+    epoch: int
+    seconds: float = 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class TalkTimeUp:
@@ -203,16 +253,18 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Reoffered:
-    """Callee: the caller negotiates afresh (another device had prepared)."""
+    """Callee: the caller negotiates afresh (another device had prepared, or the media path broke)."""
 
     sdp: str
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Reanswered:
-    """Caller: the callee's answer to our re-offer."""
+    """Caller: the callee's answer to our re-offer number ``attempt``."""
 
     sdp: str
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +288,7 @@ CallEvent = (
     ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
     | Hangup | RemoteEnded | Failed | MediaLost | SignalingLost | AnswerRefused | Prepared | Reoffered
     | Reanswered | ReofferRefused | PeerMuted | PeerVideo | RingExpired | CallForgotten | TalkTimeUp
-    | MaxDurationReached
+    | MaxDurationReached | ReconnectRequested | ReconnectRetry | ReconnectTimeout | SignalingBack
 )
 
 # --------------------------------------------------------------------- actions
@@ -296,6 +348,8 @@ class ApplyEarlyAnswer:
 class Reoffer:
     """Caller: a fresh peer connection and offer, sent as a ``reoffer`` signal."""
 
+    attempt: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class AnswerReoffer:
@@ -303,11 +357,47 @@ class AnswerReoffer:
 
     sdp: str
     start: bool
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyReanswer:
     sdp: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCallTimers:
+    """The call is connected: ``--hangup-after`` and ``--max-duration`` count from now."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmReconnectDeadline:
+    """The media path must come back within the reconnect timeout (ends reconnect ``epoch``)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArmReconnectRetry:
+    """Caller: if re-offer ``attempt`` has not connected after the retry interval, try again."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSignaling:
+    """Reconnect the event stream now: the network that broke the media may have broken it too."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReconnect:
+    """Callee: ask the caller (``reconnect`` signal) to negotiate a new media path.
+
+    ``attempt``: the last re-offer we answered (the caller drops a request older than its own).
+    """
+
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +423,8 @@ class Notify:
 Action = (
     CreateCall | ApplyAnswer | Prepare | SendAnswer | SendDecline | SendHangup | StartMedia
     | Release | Notify | ApplyEarlyAnswer | Reoffer | AnswerReoffer | ApplyReanswer
-    | ArmConnectTimeout | ArmRingDeadline
+    | ArmConnectTimeout | ArmRingDeadline | ArmCallTimers | ArmReconnectDeadline | ArmReconnectRetry
+    | RefreshSignaling | RequestReconnect
 )
 
 
@@ -363,8 +454,16 @@ class Call:
     #: Caller: the answer a callee's device prepared (applied early), and that device.
     early_answer: str | None = None
     prepared_by: str | None = None
-    #: Caller: we sent a re-offer (so a refusal of one is news about ours).
+    #: Caller: we sent a re-offer (so a refusal of one is news about ours), and its number.
     reoffered: bool = False
+    attempt: int = 0
+    #: Times the media path broke and a reconnect began; when the current one began.
+    reconnects: int = 0
+    lost_at: float | None = None
+    #: Caller: when the current re-offer attempt started (or got its answer).
+    attempt_at: float | None = None
+    #: Callee: the last re-offer attempt we answered.
+    answered_attempt: int = 0
     peer_muted: bool = False
     peer_video: str | None = None
     reason: EndReason | None = None
@@ -407,7 +506,7 @@ class Call:
             self.state = State.CONNECTED
             self.connected_at = now
             setup_ms = round((now - (self.started_at or now)) * 1000, 1)
-            return [Notify(Ev.CALL_CONNECTED, {**self._ids(), "setup_ms": setup_ms})]
+            return [ArmCallTimers(), Notify(Ev.CALL_CONNECTED, {**self._ids(), "setup_ms": setup_ms})]
         return []
 
     def _end(
@@ -462,16 +561,21 @@ def _answered(c: Call, e: Answered, now: float) -> list[Action]:
     c.state, c.accepted = State.CONNECTING, True
     # another device prepared, this one answered: negotiate afresh with it
     c.reoffered = c.early_answer not in (None, e.sdp)
-    negotiate: Action = Reoffer() if c.reoffered else ApplyAnswer(e.sdp)
+    if c.reoffered:
+        c.attempt += 1
+    negotiate: Action = Reoffer(c.attempt) if c.reoffered else ApplyAnswer(e.sdp)
     return [negotiate, ArmConnectTimeout(), StartMedia(), Notify(Ev.CALL_CONNECTING, c._ids()),
             *c._connect_if_ready(now)]
 
 
 def _reanswered(c: Call, e: Reanswered, now: float) -> list[Action]:
-    if not c.reoffered:
-        return []  # an answer to a re-offer we never sent (or already answered): not ours
+    if not c.reoffered or e.attempt != c.attempt:
+        return []  # an answer to a re-offer we never sent, answered already, or an older one
+    if c.state == State.RECONNECTING:
+        c.attempt_at = now  # the answer is here: give ICE a whole retry interval from now
+        return [ApplyReanswer(e.sdp, e.attempt), ArmReconnectRetry(e.attempt)]
     c.reoffered = False
-    return [ApplyReanswer(e.sdp)]
+    return [ApplyReanswer(e.sdp, e.attempt)]
 
 
 def _ring(c: Call, e: Ring, now: float) -> list[Action]:
@@ -503,7 +607,81 @@ def _answer_refused(c: Call, e: AnswerRefused, now: float) -> list[Action]:
 
 
 def _reoffered(c: Call, e: Reoffered, now: float) -> list[Action]:
-    return [AnswerReoffer(e.sdp, start=c.state != State.INCOMING)]
+    c.answered_attempt = max(c.answered_attempt, e.attempt)
+    answer = AnswerReoffer(e.sdp, start=c.state != State.INCOMING, attempt=e.attempt)
+    if c.state == State.CONNECTED:  # the caller found the media path broken before we did
+        return [*_reconnecting(c, now), answer]
+    return [answer]
+
+
+def _reconnecting(c: Call, now: float) -> list[Action]:
+    c.state, c.lost_at = State.RECONNECTING, now
+    c.reconnects += 1
+    return [Notify(Ev.CALL_RECONNECTING, {"call_id": c.call_id, "peer": c.peer}),
+            ArmReconnectDeadline(c.reconnects)]
+
+
+def _caller_reoffers(c: Call, now: float) -> list[Action]:
+    c.attempt += 1
+    c.reoffered, c.attempt_at = True, now
+    return [Reoffer(c.attempt), ArmReconnectRetry(c.attempt)]
+
+
+def _attempt_now(c: Call, e: ReconnectRequested | SignalingBack, now: float) -> list[Action]:
+    """The peer is reachable again (it asked, or our stream is back): a fresh attempt now."""
+    if isinstance(e, ReconnectRequested) and e.attempt >= c.attempt:
+        return []  # it has our current attempt: its answer is on its way
+    if c.attempt_at is not None and now - c.attempt_at < MIN_ATTEMPT_GAP_S:
+        return []  # one is on its way
+    return _caller_reoffers(c, now)
+
+
+def _lost_connected(c: Call, e: MediaLost | ReconnectRequested, now: float) -> list[Action]:
+    """The media path of a connected call broke: reconnect instead of hanging up."""
+    if isinstance(e, ReconnectRequested) and e.attempt < c.attempt:
+        return []  # about a media path we have replaced since
+    actions = _reconnecting(c, now)
+    if isinstance(e, MediaLost):
+        actions.append(RefreshSignaling())  # the network that broke media may have broken the stream
+    if c.role == Role.CALLER:
+        return [*actions, *_caller_reoffers(c, now)]
+    return [*actions, RequestReconnect(c.answered_attempt)]
+
+
+def _retry(c: Call, e: ReconnectRetry, now: float) -> list[Action]:
+    if e.attempt != c.attempt or (c.attempt_at is not None and now - c.attempt_at < RETRY_S - 0.1):
+        return []  # an older attempt's timer, or this one got its answer lately: let ICE work
+    return _caller_reoffers(c, now)
+
+
+def _callee_signaling_back(c: Call, e: SignalingBack, now: float) -> list[Action]:
+    return [RequestReconnect(c.answered_attempt)]  # the caller's re-offers may have gone nowhere while we were away
+
+
+def _reconnected(c: Call, e: MediaUp, now: float) -> list[Action]:
+    c.state, c.media_up, c.reoffered = State.CONNECTED, True, False
+    down_ms = round((now - (c.lost_at or now)) * 1000, 1)
+    return [Notify(Ev.CALL_RECONNECTED, {"call_id": c.call_id, "peer": c.peer, "down_ms": down_ms})]
+
+
+def _reconnect_timeout(c: Call, e: ReconnectTimeout, now: float) -> list[Action]:
+    if e.epoch != c.reconnects:
+        return []  # the deadline of a reconnect that succeeded
+    message = f"the media path did not come back within {e.seconds:g} s"
+    return [Notify(Ev.ERROR, {"call_id": c.call_id, "message": message}),
+            *_fail(c, EndReason.NETWORK_LOST, now)]
+
+
+def _connect_timeout(c: Call, e: ConnectTimeout, now: float) -> list[Action]:
+    message = f"the media path could not be established in {e.seconds:g} s"
+    if e.detail:
+        message += f": {e.detail}"
+    return [Notify(Ev.ERROR, {"call_id": c.call_id, "message": message}),
+            *_fail(c, EndReason.NETWORK_LOST, now)]
+
+
+def _ignore(c: Call, e: object, now: float) -> list[Action]:
+    return []
 
 
 def _decline(c: Call, e: Decline, now: float) -> list[Action]:
@@ -550,7 +728,7 @@ def _failed(c: Call, e: Failed, now: float) -> list[Action]:
     return _fail(c, e.reason, now)
 
 
-def _media_lost(c: Call, e: MediaLost | ConnectTimeout, now: float) -> list[Action]:
+def _media_lost(c: Call, e: MediaLost, now: float) -> list[Action]:
     return _fail(c, EndReason.NETWORK_LOST, now)
 
 
@@ -589,6 +767,7 @@ LOCAL_EVENTS = frozenset({Dial, Accept, Decline, Hangup})
 
 _CALLER, _CALLEE = Role.CALLER, Role.CALLEE
 _O, _I, _CG, _CD = State.OUTGOING, State.INCOMING, State.CONNECTING, State.CONNECTED
+_RC = State.RECONNECTING
 
 TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
     (_CALLER, State.IDLE, Dial): _dial,
@@ -610,25 +789,38 @@ TRANSITIONS: dict[tuple[Role, State, type], Handler] = {
     (_CALLEE, _CG, AnswerSent): _answer_sent,
     (_CALLEE, _CG, AnswerRefused): _answer_refused,
     (_CALLEE, _CG, MediaUp): _media_up,
-    (_CALLER, _CG, ConnectTimeout): _media_lost,
-    (_CALLEE, _CG, ConnectTimeout): _media_lost,
+    (_CALLER, _CG, ConnectTimeout): _connect_timeout,
+    (_CALLEE, _CG, ConnectTimeout): _connect_timeout,
+    (_CALLER, _RC, Reanswered): _reanswered,
+    (_CALLER, _RC, ReofferRefused): _reoffer_refused,
+    (_CALLER, _CD, ReconnectRequested): _lost_connected,
+    (_CALLER, _RC, ReconnectRequested): _attempt_now,
+    (_CALLER, _RC, SignalingBack): _attempt_now,
+    (_CALLEE, _RC, SignalingBack): _callee_signaling_back,
+    (_CALLER, _RC, ReconnectRetry): _retry,
 }
-for _state in (_I, _CG, _CD):
+for _state in (_I, _CG, _CD, _RC):
     TRANSITIONS[(_CALLEE, _state, Reoffered)] = _reoffered
+for _role in (_CALLER, _CALLEE):
+    TRANSITIONS[(_role, _CD, MediaLost)] = _lost_connected
+    TRANSITIONS[(_role, _RC, MediaLost)] = _ignore  # an attempt failed: the retries go on
+    TRANSITIONS[(_role, _RC, MediaUp)] = _reconnected
+    TRANSITIONS[(_role, _RC, ReconnectTimeout)] = _reconnect_timeout
+    TRANSITIONS[(_role, _RC, CallForgotten)] = _forgotten  # no server to reconnect through
 TRANSITIONS[(_CALLER, _O, RingExpired)] = _ring_expired
 TRANSITIONS[(_CALLEE, _I, RingExpired)] = _ring_expired
-for _role, _states in ((_CALLER, (_O, _CG, _CD)), (_CALLEE, (_I, _CG, _CD))):
+for _role, _states in ((_CALLER, (_O, _CG, _CD, _RC)), (_CALLEE, (_I, _CG, _CD, _RC))):
     for _state in _states:
         TRANSITIONS.setdefault((_role, _state, Hangup), _hangup)
         TRANSITIONS[(_role, _state, RemoteEnded)] = _remote_ended
         TRANSITIONS[(_role, _state, Failed)] = _failed
-        TRANSITIONS[(_role, _state, MediaLost)] = _media_lost
+        TRANSITIONS.setdefault((_role, _state, MediaLost), _media_lost)
         TRANSITIONS[(_role, _state, PeerMuted)] = _peer_muted
         TRANSITIONS[(_role, _state, PeerVideo)] = _peer_video
-        if _state in (_CG, _CD):  # the call timers start with the media
+        if _state in (_CG, _CD, _RC):  # the call timers start once connected
             TRANSITIONS[(_role, _state, TalkTimeUp)] = _talk_time_up
             TRANSITIONS[(_role, _state, MaxDurationReached)] = _max_duration
-        if _state != _CD:  # a connected call outlives the server (media is peer to peer)
+        if _state not in (_CD, _RC):  # a connected call outlives the server (media is peer to peer)
             TRANSITIONS[(_role, _state, SignalingLost)] = _signaling_lost
             TRANSITIONS[(_role, _state, CallForgotten)] = _forgotten
 
@@ -639,5 +831,5 @@ def describe() -> str:
     for (role, state, event), handler in sorted(
         TRANSITIONS.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value, kv[0][2].__name__)
     ):
-        rows.append(f"{role.value:7} {state.value:11} {event.__name__:15} {handler.__name__}")
+        rows.append(f"{role.value:7} {state.value:12} {event.__name__:18} {handler.__name__}")
     return "\n".join(rows)

@@ -22,7 +22,7 @@ from callctl.engine import machine as m
 from callctl.engine.events import Ev
 from callctl.engine.reasons import reason_for
 from callctl.engine.machine import Outcome
-from callctl.engine.session import CallLimits, CallSession
+from callctl.engine.session import CONNECT_TIMEOUT_S, CallLimits, CallSession
 from callctl.engine.signals import event_for
 from callctl.engine.tasks import Tasks
 from callctl.media.assembly import MediaOptions
@@ -31,6 +31,7 @@ from callctl.signaling.client import (
     AuthFailed,
     Conflict,
     Disconnected,
+    EventStream,
     NotFound,
     Received,
     SignalingClient,
@@ -49,6 +50,12 @@ RECONCILE_TIMEOUT_S = 5.0
 RING_AFTER_END_S = 3.0
 #: A hangup at close waits this long for the call to end.
 CLOSE_TIMEOUT_S = 6.0
+#: After a reconnect, the replayed events are taken within this (they come in one burst).
+REPLAY_WAIT_S = 0.3
+#: TURN credentials are fetched again when this share of their lifetime is left.
+ICE_REFRESH_AT = 0.5
+#: After a failed refresh, the next try.
+ICE_RETRY_S = 30.0
 #: Ended calls remembered (their ids, to drop late and replayed events; their outcomes).
 ENDED_KEPT = 64
 
@@ -73,7 +80,13 @@ class Phone:
     policy: CallPolicy = field(default_factory=CallPolicy)
     user: str = ""
     device: str = "default"
-    ice_servers: list[p.IceServer] = field(default_factory=list)
+    #: The server's STUN/TURN servers (credentials refreshed before they expire).
+    server_ice: list[p.IceServer] = field(default_factory=list)
+    ice_expires_at: float | None = None
+    #: Seconds a call's broken media path may take to come back (``--reconnect-timeout``).
+    reconnect_timeout: float = 20.0
+    #: Seconds ICE and DTLS may take after answer/accept (``--connect-timeout``).
+    connect_timeout: float = CONNECT_TIMEOUT_S
     listeners: list[Emit] = field(default_factory=list)
     session: CallSession | None = None
     sessions_by_id: dict[str, CallSession] = field(default_factory=dict)
@@ -90,7 +103,15 @@ class Phone:
     last_session: CallSession | None = None
     _tasks: Tasks = field(default_factory=lambda: Tasks(expected=(SignalingError,)))
     _stream_task: asyncio.Task[None] | None = None
+    _events: EventStream | None = None
+    #: Events still to come of the replay that followed the last ``registered``.
+    _replaying: int = 0
+    #: While it lasts, a reconnecting call's newest re-offer (older ones are moot) and
+    #: whether the call is to hear that signaling is back once it ends.
+    _held_reoffer: tuple[CallSession, p.CallSignal] | None = None
+    _back_pending: CallSession | None = None
     _offline_timer: asyncio.TimerHandle | None = None
+    _ice_timer: asyncio.TimerHandle | None = None
     _early: dict[str, list[p.Event]] = field(default_factory=dict)
     #: Ids of calls that ended here: a late or replayed event for one is dropped.
     _ended_ids: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
@@ -99,7 +120,36 @@ class Phone:
         """Bind a call id to its session and hand it what already arrived for it."""
         self.sessions_by_id[call_id] = session
         for event in self._early.pop(call_id, []):
-            self._on_event(event)
+            self._route(event, replayed=False)
+
+    @property
+    def ice_servers(self) -> list[p.IceServer]:
+        """Ours (``--ice-server``) first, then the server's: aiortc uses the first STUN and TURN."""
+        return [*self.media.ice_servers, *self.server_ice]
+
+    def _set_ice(self, servers: list[p.IceServer], expires_at: float | None) -> None:
+        self.server_ice, self.ice_expires_at = list(servers), expires_at
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
+            self._ice_timer = None
+        if expires_at is not None:
+            self._refresh_ice_in(max(1.0, (expires_at - time.time()) * ICE_REFRESH_AT))
+
+    def _refresh_ice_in(self, delay: float) -> None:
+        self._ice_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._tasks.spawn(self._refresh_ice(), "ice-refresh"))
+
+    async def _refresh_ice(self) -> None:
+        """Fresh TURN credentials before the ones we hold expire (a call needs them to allocate)."""
+        self._ice_timer = None
+        try:
+            fresh = await asyncio.wait_for(self.client.ice_servers(), RECONCILE_TIMEOUT_S)
+        except (SignalingError, TimeoutError) as exc:
+            log.info("could not refresh the ICE servers: %s", exc)
+            if self._ice_timer is None:
+                self._refresh_ice_in(ICE_RETRY_S)
+            return
+        self._set_ice(fresh.ice_servers, fresh.expires_at)
 
     def emit(self, event: Ev, fields: dict[str, Any]) -> None:
         record = {"v": 1, "ts": round(time.time(), 3), "event": event.value, **fields}
@@ -115,7 +165,8 @@ class Phone:
 
     async def _stream(self) -> None:
         try:
-            async for item in self.client.events():
+            self._events = self.client.events()
+            async for item in self._events:
                 if isinstance(item, Disconnected):
                     self._went_offline(item)
                 elif isinstance(item, Received):
@@ -131,7 +182,14 @@ class Phone:
                 self.session.feed(m.Failed(reason_for(exc)))
             self.stopped.set()
 
+    def refresh_signaling(self) -> None:
+        """Open the event stream afresh now, and keep retrying fast while a call reconnects."""
+        if self._events is not None:
+            self._events.restart(hurry_s=self.reconnect_timeout)
+
     def _went_offline(self, item: Disconnected) -> None:
+        if item.deliberate:
+            return  # we reopen it ourselves: the server is not known to be gone
         if self.online or not self.registered.is_set():
             self.emit(Ev.SERVER_LOST, {"message": item.error.message,
                                        "retry_in_s": round(item.retry_in, 2)})
@@ -150,6 +208,14 @@ class Phone:
         if isinstance(event, p.Registered):
             self._on_registered(event)
             return
+        replayed, self._replaying = self._replaying > 0, max(0, self._replaying - 1)
+        try:
+            self._route(event, replayed)
+        finally:
+            if replayed and self._replaying == 0:
+                self._replay_done()
+
+    def _route(self, event: p.Event, replayed: bool) -> None:
         call_id = getattr(event, "call_id", None)
         if call_id is None or call_id in self._ended_ids:
             return  # news of a call that is over here (a replayed ring among them)
@@ -171,20 +237,43 @@ class Phone:
         elif isinstance(event, p.CallEnded):
             s.feed(m.RemoteEnded(event.reason, by_server=event.by == p.Party.SERVER))
         elif isinstance(event, p.CallSignal):
+            if replayed and event.kind == "reoffer" and s.call.state == m.State.RECONNECTING:
+                self._held_reoffer = (s, event)  # re-offers made while we were away: the newest counts
+                return
             signal_event = event_for(event)
             if signal_event is not None:
                 s.feed(signal_event)
+
+    def _replay_done(self) -> None:
+        """The replay after a reconnect is through: the newest re-offer, then "signaling is back"."""
+        self._replaying = 0
+        held, self._held_reoffer = self._held_reoffer, None
+        back, self._back_pending = self._back_pending, None
+        if held is not None:
+            session, signal = held
+            signal_event = event_for(signal)
+            if signal_event is not None:
+                session.feed(signal_event)
+        if back is not None:
+            back.feed(m.SignalingBack())
 
     def _on_registered(self, event: p.Registered) -> None:
         was_registered = self.registered.is_set()
         self.online = True
         self.user = event.user
-        self.ice_servers = list(event.ice_servers)
+        self._set_ice(event.ice_servers, event.ice_expires_at)
         if self._offline_timer is not None:
             self._offline_timer.cancel()
             self._offline_timer = None
+        self._replaying = event.replayed
         if was_registered and self.session is not None:  # a ring may not have survived the outage
             self._tasks.spawn(self._reconcile(self.session), "reconcile")
+            if self.session.call.state == m.State.RECONNECTING:
+                self._back_pending = self.session
+                if self._replaying:  # after the replay (a duplicate dropped by the stream: in a moment)
+                    asyncio.get_running_loop().call_later(REPLAY_WAIT_S, self._replay_done)
+                else:
+                    self._replay_done()
         self.emit(
             Ev.SERVER_RESTORED if was_registered else Ev.REGISTERED,
             {"user": event.user, "service": event.service, "device": event.device,
@@ -284,5 +373,7 @@ class Phone:
             self._stream_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stream_task
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
         await self._tasks.cancel_all()
         await self.client.aclose()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from callctl.signaling.client import Conflict, SignalingClient, SignalingError
 
 log = logging.getLogger("callctl.engine")
 
-#: ICE + DTLS must complete within this after answer/accept.
+#: ICE + DTLS must complete within this after answer/accept (``--connect-timeout``).
 CONNECT_TIMEOUT_S = 15.0
 #: After the peer closes the media path, how long its signalled hangup may take to arrive.
 PEER_CLOSE_GRACE_S = 1.0
@@ -40,6 +40,10 @@ LEVEL_INTERVAL_S = 0.5
 REQUEST_TIMEOUT_S = 5.0
 #: Our own ring deadline runs this much past the server's (whose timeout normally decides).
 RING_GRACE_S = 3.0
+#: Reconnecting: a signaling request gives up after this long (the next attempt retries it).
+RECONNECT_REQUEST_TIMEOUT_S = 2.0
+#: Reconnecting: the callee asks the caller for a re-offer this many times at most.
+RECONNECT_REQUEST_TRIES = 5
 #: Failures that are a bad day, not a bug: logged without a traceback.
 EXPECTED = (SignalingError, DeviceError, MediaError, BadSdp, TimeoutError)
 
@@ -49,11 +53,21 @@ class PhoneSide(Protocol):
 
     client: SignalingClient
     device: str
-    ice_servers: list[p.IceServer]
+    #: Seconds a broken media path may take to come back before the call ends.
+    reconnect_timeout: float
+    #: Seconds ICE and DTLS may take after answer/accept before the call ends.
+    connect_timeout: float
+    #: The event stream is up (registered, not lost since).
+    online: bool
+
+    @property
+    def ice_servers(self) -> list[p.IceServer]: ...
 
     def emit(self, event: Ev, fields: dict[str, Any]) -> None: ...
 
     def adopt(self, call_id: str, session: CallSession) -> None: ...
+
+    def refresh_signaling(self) -> None: ...
 
 
 @dataclass
@@ -84,6 +98,14 @@ class CallSession:
         self._queue: asyncio.Queue[m.CallEvent | None] = asyncio.Queue()  # None: look at _failure
         self._tasks = Tasks(on_error=self._task_failed, expected=EXPECTED)
         self._create_task: asyncio.Task[Any] | None = None
+        #: Re-offers and re-answers one at a time (each restarts the peer connection).
+        self._negotiating = asyncio.Lock()
+        #: The re-offer attempt whose offer the current peer connection holds.
+        self._offered_attempt = 0
+        #: Callee: the newest re-offer to answer (an older one still waiting is skipped).
+        self._newest_reoffer = 0
+        #: Gathering problems already reported in this call (each is told once).
+        self._warned: set[str] = set()
         #: A failure goes before anything already queued (an Accept queued behind a bad offer).
         self._failure: m.Failed | None = None
         self._runner = asyncio.ensure_future(self._run())  # awaited through ``ended``
@@ -147,7 +169,10 @@ class CallSession:
     async def _do(self, action: m.Action) -> None:
         c = self.call
         if isinstance(action, m.Notify):
-            self.phone.emit(action.event, action.fields)
+            fields = action.fields
+            if action.event in (Ev.CALL_CONNECTED, Ev.CALL_RECONNECTED) and self.peer is not None:
+                fields = {**fields, "route": self.peer.route()}
+            self.phone.emit(action.event, fields)
         elif isinstance(action, m.CreateCall):
             self._create_task = self._spawn(self._create(action), "create")
         elif isinstance(action, m.ApplyAnswer):
@@ -155,17 +180,36 @@ class CallSession:
         elif isinstance(action, m.ApplyEarlyAnswer):
             self._spawn(self._early_answer(action.sdp), "early-answer")
         elif isinstance(action, m.Reoffer):
-            await self._reoffer()
+            if c.state == m.State.RECONNECTING:
+                self._spawn(self._reoffer_quietly(action.attempt), "reoffer")
+            else:
+                await self._reoffer(action.attempt)
         elif isinstance(action, m.AnswerReoffer):
-            self._spawn(self._answer_reoffer(action.sdp, action.start), "answer-reoffer")
+            self._newest_reoffer = max(self._newest_reoffer, action.attempt)
+            self._spawn(self._answer_reoffer(action.sdp, action.start, action.attempt),
+                        "answer-reoffer")
         elif isinstance(action, m.ApplyReanswer):
-            self._spawn(self._peer().apply_answer(action.sdp), "reanswer")
+            self._spawn(self._apply_reanswer(action.sdp, action.attempt), "reanswer")
         elif isinstance(action, m.Prepare):
             await self._prepare(action.sdp)
         elif isinstance(action, m.SendAnswer):
             self._spawn(self._send_answer(), "answer")
         elif isinstance(action, m.ArmConnectTimeout):
-            self._later(CONNECT_TIMEOUT_S, m.ConnectTimeout())
+            self._later_call(self.phone.connect_timeout, self._connect_timed_out)
+        elif isinstance(action, m.ArmCallTimers):
+            if self.limits.hangup_after is not None:
+                self._later(self.limits.hangup_after, m.TalkTimeUp())
+            if self.limits.max_duration is not None:
+                self._later(self.limits.max_duration, m.MaxDurationReached())
+        elif isinstance(action, m.ArmReconnectDeadline):
+            timeout = self.phone.reconnect_timeout
+            self._later(timeout, m.ReconnectTimeout(action.epoch, timeout))
+        elif isinstance(action, m.ArmReconnectRetry):
+            self._later(m.RETRY_S, m.ReconnectRetry(action.attempt))
+        elif isinstance(action, m.RefreshSignaling):
+            self.phone.refresh_signaling()
+        elif isinstance(action, m.RequestReconnect):
+            self._spawn(self._request_reconnect(action.attempt), "request-reconnect")
         elif isinstance(action, m.ArmRingDeadline):
             self._later(action.seconds + RING_GRACE_S, m.RingExpired())
         elif isinstance(action, m.SendDecline):
@@ -201,15 +245,22 @@ class CallSession:
         log.info("media lost: %s", why)
         if self.peer is not None and self.peer.closed_by_peer:
             # a peer that hangs up may close the media path a moment before its
-            # hangup reaches us through the server: let the hangup win
-            self._later(PEER_CLOSE_GRACE_S, m.MediaLost())
+            # hangup reaches us through the server: let the hangup win.  One that
+            # reconnects closes it too: then a new connection has replaced it meanwhile
+            generation = self.peer.generation
+            self._later_call(PEER_CLOSE_GRACE_S, lambda: self._still_lost(generation))
             return
         self.feed(m.MediaLost())
+
+    def _still_lost(self, generation: int) -> None:
+        if self.peer is not None and self.peer.generation == generation:
+            self.feed(m.MediaLost())
 
     async def _create(self, action: m.CreateCall) -> None:
         try:
             self.peer = self._new_peer()
             sdp = await self.peer.create_offer()
+            self._check_gathering(self.peer)
             info = await self.phone.client.create_call(
                 action.peer, sdp, action.media, ring_timeout=self.limits.ring_timeout
             )
@@ -228,15 +279,86 @@ class CallSession:
         except Exception as exc:  # a bad prepared answer: fall back to the real one
             log.info("prepared answer not applied: %s", exc)
 
-    async def _reoffer(self) -> None:
-        assert self.call.call_id is not None
-        old, self.peer = self.peer, self._new_peer()
-        if old is not None:
-            await old.close()
-        sdp = await self.peer.create_offer()
-        await self.phone.client.signal(self.call.call_id, "reoffer", {"sdp": sdp})
+    async def _restarted_peer(self) -> PeerConnection:
+        """The call's peer connection made afresh on the same endpoints (or a first one)."""
+        if self.peer is None:
+            self.peer = self._new_peer()
+        else:
+            await self.peer.restart(self.phone.ice_servers)
+        return self.peer
 
-    async def _answer_reoffer(self, offer_sdp: str, start: bool) -> None:
+    async def _reoffer(self, attempt: int) -> None:
+        assert self.call.call_id is not None
+        async with self._negotiating:
+            if attempt < self.call.attempt:
+                return  # a newer attempt is on its way
+            peer = await self._restarted_peer()
+            sdp = await peer.create_offer()
+            self._offered_attempt = attempt
+            self._check_gathering(peer)
+        timeout = RECONNECT_REQUEST_TIMEOUT_S if self.call.state == m.State.RECONNECTING else REQUEST_TIMEOUT_S
+        await asyncio.wait_for(self.phone.client.signal(
+            self.call.call_id, "reoffer", {"sdp": sdp, "attempt": attempt}), timeout)
+        log.debug("re-offer %d sent", attempt)
+
+    async def _reoffer_quietly(self, attempt: int) -> None:
+        """Reconnecting: an attempt that fails (no network yet) is retried, not an end."""
+        try:
+            await self._reoffer(attempt)
+        except EXPECTED as exc:
+            log.info("reconnect attempt %d: %s", attempt, exc)
+
+    async def _request_reconnect(self, attempt: int) -> None:
+        """Ask the caller for a fresh re-offer, again until it goes through (the network is shaky).
+
+        Not while our event stream is down: the request is made again when it is back
+        (``SignalingBack``), and one held up by the outage would arrive late.
+        """
+        assert self.call.call_id is not None
+        for _ in range(RECONNECT_REQUEST_TRIES):
+            if self.call.state != m.State.RECONNECTING or not self.phone.online:
+                return
+            try:
+                await asyncio.wait_for(self.phone.client.signal(
+                    self.call.call_id, "reconnect", {"attempt": attempt}), RECONNECT_REQUEST_TIMEOUT_S / 2)
+                log.debug("reconnect request sent (we answered %d)", attempt)
+                return
+            except EXPECTED as exc:
+                log.info("reconnect request not sent: %s", exc)
+                await asyncio.sleep(0.2)
+
+    async def _apply_reanswer(self, sdp: str, attempt: int) -> None:
+        async with self._negotiating:
+            if attempt != self._offered_attempt:
+                log.debug("re-answer %d dropped: we offer %d now", attempt, self._offered_attempt)
+                return  # the answer to an offer we have replaced
+            log.debug("re-answer %d applied", attempt)
+            await self._peer().apply_answer(sdp)
+
+    def _check_gathering(self, peer: PeerConnection) -> None:
+        """A STUN/TURN server that refused us or never answered: one warning, never silence."""
+        for problem in peer.gathering_problems():
+            if problem not in self._warned:
+                self._warned.add(problem)
+                self._emit(Ev.WARNING, message=problem)
+
+    def _connect_timed_out(self) -> None:
+        self.feed(m.ConnectTimeout(self.phone.connect_timeout, self._why_no_media()))
+
+    def _why_no_media(self) -> str:
+        if self.peer is None:
+            return ""
+        if self.media_opts.relay_only and not self.phone.ice_servers:
+            return "--relay-only needs a TURN server, and none is configured"
+        if not any(u.startswith("turn") for s in self.phone.ice_servers for u in s.urls):
+            return ("no relay candidate was gathered (no TURN server configured); "
+                    "between two NATs a TURN server is needed (see docs/NETWORK.md)")
+        problems = self.peer.gathering_problems()
+        if problems:
+            return problems[0]
+        return "no candidate pair worked, not even through the TURN relay"
+
+    async def _answer_reoffer(self, offer_sdp: str, start: bool, attempt: int = 0) -> None:
         assert self.call.call_id is not None
         try:
             await check_negotiable(offer_sdp, "re-offer")
@@ -245,20 +367,34 @@ class CallSession:
             await self._quietly(self.phone.client.signal(
                 self.call.call_id, "reoffer-refused", {"reason": str(exc)}))
             return
-        old, self.peer = self.peer, self._new_peer()
-        if old is not None:
-            await old.close()
-        sdp = await self.peer.create_answer(offer_sdp)
-        if start:
-            self.peer.start()
-            self.peer.muted = self.muted
+        async with self._negotiating:
+            if attempt < self._newest_reoffer:
+                log.debug("re-offer %d skipped: %d came after it", attempt, self._newest_reoffer)
+                return
+            log.debug("answering re-offer %d", attempt)
+            peer = await self._restarted_peer()
+            sdp = await peer.create_answer(offer_sdp)
+            self._check_gathering(peer)
+            if start:
+                peer.start()
+                peer.muted = self.muted
         assert self.call.call_id is not None
-        await self.phone.client.signal(self.call.call_id, "reanswer", {"sdp": sdp})
+        reconnecting = self.call.state == m.State.RECONNECTING
+        try:
+            await asyncio.wait_for(self.phone.client.signal(
+                self.call.call_id, "reanswer", {"sdp": sdp, "attempt": attempt}),
+                RECONNECT_REQUEST_TIMEOUT_S if reconnecting else REQUEST_TIMEOUT_S)
+            log.debug("re-answer %d sent", attempt)
+        except EXPECTED as exc:
+            if not reconnecting:
+                raise
+            log.info("re-answer %d not sent: %s", attempt, exc)  # the caller's next attempt retries
 
     async def _prepare(self, offer_sdp: str) -> None:
         """Callee preparation: answer now, media held, so accepting is instant."""
         self.peer = self._new_peer()
         self.answer_sdp = await self.peer.create_answer(offer_sdp)
+        self._check_gathering(self.peer)
         assert self.call.call_id is not None
         await self._quietly(self.phone.client.signal(
             self.call.call_id, "prepare", {"sdp": self.answer_sdp, "device": self.phone.device}
@@ -314,22 +450,21 @@ class CallSession:
             self.peer.muted = self.muted
             if self.peer.video.source is not None and not self.peer.video.sending:
                 self.video_changed("paused")  # PlanetKit's initial video state "paused": the peer is told
-        if self.limits.hangup_after is not None:
-            self._later(self.limits.hangup_after, m.TalkTimeUp())
-        if self.limits.max_duration is not None:
-            self._later(self.limits.max_duration, m.MaxDurationReached())
         self._spawn(self._report_levels(), "levels")
 
     async def _report_levels(self) -> None:
         """``media.level`` twice a second: peak levels (0..1) of our mic and of the peer."""
         while True:
             await asyncio.sleep(LEVEL_INTERVAL_S)
-            if self.peer is not None and self.call.state == m.State.CONNECTED:
+            if self.peer is not None and self.call.state in (m.State.CONNECTED, m.State.RECONNECTING):
                 self._emit(Ev.MEDIA_LEVEL, mic=round(self.peer.sent.take_peak(), 3),
                            remote=round(self.peer.received.take_peak(), 3))
 
     def _later(self, delay: float, event: m.CallEvent) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(delay, self.feed, event))
+
+    def _later_call(self, delay: float, callback: Callable[[], None]) -> None:
+        self._timers.append(asyncio.get_running_loop().call_later(delay, callback))
 
     async def _release(self) -> None:
         for timer in self._timers:
@@ -344,7 +479,7 @@ class CallSession:
     # -------------------------------------------------------------- commands
     @property
     def in_call(self) -> bool:
-        return self.call.state in (m.State.CONNECTING, m.State.CONNECTED)
+        return self.call.state in (m.State.CONNECTING, m.State.CONNECTED, m.State.RECONNECTING)
 
     def set_muted(self, muted: bool) -> None:
         self.muted = muted

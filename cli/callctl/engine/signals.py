@@ -5,9 +5,12 @@ None for a kind this version does not know (a newer peer's: ignored).  The
 kinds, with their ``data``:
 
     prepare          {"sdp", "device"}   callee -> caller: the answer made while ringing
-    reoffer          {"sdp"}             caller -> callee: negotiate afresh (another device answered)
-    reanswer         {"sdp"}             callee -> caller: the answer to a reoffer
+    reoffer          {"sdp", "attempt"}  caller -> callee: negotiate afresh (another device answered,
+                                         or the media path broke); attempt numbers each re-offer
+    reanswer         {"sdp", "attempt"}  callee -> caller: the answer to re-offer ``attempt``
     reoffer-refused  {"reason"}          callee -> caller: the reoffer was unusable; media goes on
+    reconnect        {"attempt"}         callee -> caller: our media path broke, please re-offer
+                                         (attempt: the last re-offer we answered)
     mute, unmute     {"audio": true}     either way
     video            {"state"}           paused | resumed | enabled | disabled
 """
@@ -23,10 +26,15 @@ def event_for(signal: p.CallSignal) -> m.CallEvent | None:
     kind = signal.kind
     if kind == "prepare" and isinstance(sdp, str):
         return m.Prepared(sdp, str(signal.data.get("device")))
+    attempt = signal.data.get("attempt", 0)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt < 2**31:
+        return None  # not a number we could have sent
     if kind == "reoffer" and isinstance(sdp, str):
-        return m.Reoffered(sdp)
+        return m.Reoffered(sdp, attempt)
     if kind == "reanswer" and isinstance(sdp, str):
-        return m.Reanswered(sdp)
+        return m.Reanswered(sdp, attempt)
+    if kind == "reconnect":
+        return m.ReconnectRequested(attempt)
     if kind == "reoffer-refused":
         return m.ReofferRefused()
     if kind in ("mute", "unmute"):

@@ -147,8 +147,7 @@ class Child:
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
-            with self._cond:
-                self._stderr_chunks.append(raw.decode(errors="replace"))
+            self._changed(functools.partial(self._stderr_chunks.append, raw.decode(errors="replace")))
         self.proc.stderr.close()
 
     def _changed(self, update: Callable[[], None]) -> None:
@@ -214,6 +213,13 @@ class Child:
         if found is None:
             raise ChildError(f"no {event} within {timeout:g} s; {self.describe()}")
         return found
+
+    async def await_stderr(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until ``text`` shows on stderr; all of stderr then (ChildError if it does not)."""
+        found = await self._await(lambda: text in "".join(self._stderr_chunks) or None, timeout)
+        if found is None:
+            raise ChildError(f"no {text!r} on stderr within {timeout:g} s; {self.describe()}")
+        return "".join(self._stderr_chunks)
 
     def wait_exit(self, timeout: float) -> int | None:
         """The exit status, or None if the child still runs after ``timeout`` s."""

@@ -10,6 +10,11 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
 - Host candidates on a machine whose only interface is loopback (a
   container, a network namespace): aioice skips 127.0.0.1 and would gather
   nothing, so the call would never connect; we fall back to it.
+- Gathering is bounded: aioice waits up to 5 s for a STUN or TURN server
+  that does not answer, before the offer (or answer) can go out;
+  ``GATHER_TIMEOUT_S`` bounds it, and what each server did (answered,
+  refused our credentials, never answered) is recorded on the connection
+  (``gathering_report``), because aioice drops those failures silently.
 - Consent freshness: detect a vanished peer in ~3-4 s instead of ~30 s.
 - Opus for voice: mono, the call's bitrate, in-band FEC (``voice.py``),
   through the sender's ``get_encoder`` hook; the SDP is unchanged
@@ -24,6 +29,8 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 from importlib import metadata
 from typing import Any
@@ -34,12 +41,16 @@ from callctl.media.errors import UnsupportedStack
 CONSENT_INTERVAL_S = 1
 CONSENT_FAILURES = 3
 
+#: A STUN or TURN server gets this long to answer while candidates are gathered.
+GATHER_TIMEOUT_S = 0.8
+
 #: Versions whose internals (below) were read and tested: (first, first not verified).
 VERIFIED = {"aiortc": ((1, 16), (1, 17)), "aioice": ((0, 13), (0, 14))}
 
 #: The internals we replace, by module: each must exist, or the guard refuses.
 INTERNALS = {
-    "aioice.ice": ("get_host_addresses", "CONSENT_INTERVAL", "CONSENT_FAILURES"),
+    "aioice.ice": ("get_host_addresses", "CONSENT_INTERVAL", "CONSENT_FAILURES", "relayed_candidate",
+                   "server_reflexive_candidate", "Connection"),
     "aiortc.rtcicetransport": ("RTCIceGatherer",),
     "aiortc.rtcrtpsender": ("get_encoder",),
     "aiortc.rtp": ("compute_audio_level_dbov",),
@@ -49,6 +60,65 @@ INTERNALS = {
 STOCK_AUDIO = os.environ.get("CALLCTL_STOCK_AUDIO") == "1"
 
 _tuned = False
+
+#: The outcomes of one connection's gathering: ("stun"|"turn", "ok"|"refused"|"unreachable"|detail).
+_gathering: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "callctl_gathering", default=None)
+
+
+def gathering_report(connection: Any) -> list[tuple[str, str]]:
+    """What the STUN and TURN servers did for this aioice connection's gathering."""
+    return list(getattr(connection, "_callctl_gathering", []))
+
+
+def _ice_connection(pc: Any) -> Any:
+    """The aioice connection under an aiortc peer connection (bundled: one), or None."""
+    for transceiver in pc.getTransceivers():
+        dtls = getattr(transceiver.sender, "transport", None)
+        ice = getattr(dtls, "transport", None)
+        gatherer = getattr(ice, "iceGatherer", None)
+        connection = getattr(gatherer, "_connection", None)
+        if connection is not None:
+            return connection
+    return None
+
+
+def gathering_outcomes(pc: Any) -> tuple[dict[str, str], set[str]] | None:
+    """What STUN and TURN did while ``pc`` gathered ({kind: outcome}), and the candidate types got."""
+    connection = _ice_connection(pc)
+    if connection is None:
+        return None
+    outcomes = dict(gathering_report(connection))
+    return outcomes, {c.type for c in connection.local_candidates}
+
+
+def selected_pair(pc: Any) -> tuple[str, str] | None:
+    """(local, remote) candidate types of the pair ICE nominated, once it has one."""
+    connection = _ice_connection(pc)
+    nominated = getattr(connection, "_nominated", None) or {}
+    pair = nominated.get(1)
+    if pair is None:
+        return None
+    return str(pair.local_candidate.type), str(pair.remote_candidate.type)
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, asyncio.CancelledError):
+        return "unreachable"  # still waiting at the deadline
+    from aioice import stun
+
+    if isinstance(exc, stun.TransactionTimeout):
+        return "unreachable"
+    if isinstance(exc, stun.TransactionFailed):
+        code = exc.response.attributes.get("ERROR-CODE", (0, ""))
+        if code[0] in (401, 403, 431, 441):
+            return "refused"
+        return f"error {code[0]} {code[1]}".strip()
+    if isinstance(exc, OSError):
+        return "unreachable"
+    return f"error {type(exc).__name__}: {exc}"
 
 
 def _version(package: str) -> tuple[int, ...]:
@@ -111,6 +181,7 @@ def tune_aiortc() -> None:
         return original(use_ipv4=use_ipv4, use_ipv6=use_ipv6) or ["127.0.0.1"]
 
     aioice.ice.get_host_addresses = host_addresses
+    _bound_gathering(aioice.ice)
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
     RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign,assignment]  # a run-time replacement
@@ -136,6 +207,40 @@ def tune_aiortc() -> None:
         # reordered packets now reach the decoder: map their timestamps correctly
         setattr(aiortc.rtcrtpreceiver, "TimestampMapper", SerialTimestampMapper)  # noqa: B010
     _tuned = True
+
+
+def _bound_gathering(ice: Any) -> None:
+    """A deadline for STUN/TURN while gathering, and a record of what each server did."""
+    stock_relayed, stock_reflexive = ice.relayed_candidate, ice.server_reflexive_candidate
+    stock_component = ice.Connection.get_component_candidates
+
+    def recorded(kind: str, stock: Any) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            report = _gathering.get()
+            try:
+                result = await stock(*args, **kwargs)
+            except BaseException as exc:
+                if report is not None:
+                    report.append((kind, _outcome(exc)))
+                raise
+            if report is not None:
+                report.append((kind, "ok"))
+            return result
+        return call
+
+    async def get_component_candidates(self: Any, component: int, addresses: list[str],
+                                       timeout: float = GATHER_TIMEOUT_S) -> Any:
+        report: list[tuple[str, str]] = []
+        self._callctl_gathering = report
+        token = _gathering.set(report)  # the tasks aioice starts below inherit it
+        try:
+            return await stock_component(self, component, addresses, timeout=GATHER_TIMEOUT_S)
+        finally:
+            _gathering.reset(token)
+
+    ice.relayed_candidate = recorded("turn", stock_relayed)
+    ice.server_reflexive_candidate = recorded("stun", stock_reflexive)
+    ice.Connection.get_component_candidates = get_component_candidates
 
 
 def preload() -> None:

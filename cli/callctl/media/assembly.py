@@ -8,7 +8,7 @@ never names a source, a sink or a device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
@@ -39,6 +39,10 @@ class MediaOptions:
     camera_format: str | None = None
     #: Start with video negotiated but not sent (resume later).
     video_paused: bool = False
+    #: STUN/TURN servers of our own (``--ice-server``), tried before the server's.
+    ice_servers: list[IceServer] = field(default_factory=list)
+    #: Media only through a TURN relay (ICE transport policy "relay").
+    relay_only: bool = False
 
     @property
     def video_format(self) -> VideoFormat:
@@ -101,7 +105,8 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
             if video_call:
                 video.sinks.append(RecordedVideo(recorder))
         return PeerConnection(ice_servers, source, sinks, callbacks, video=video,
-                              voice=VoiceSettings(bitrate=opts.bitrate_kbps * 1000))
+                              voice=VoiceSettings(bitrate=opts.bitrate_kbps * 1000),
+                              relay_only=opts.relay_only)
     except BaseException:
         for endpoint in reversed(opened):  # nothing opened for a call that never starts stays open
             endpoint.close()

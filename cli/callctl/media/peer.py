@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from callctl.media.adjust import STOCK_AUDIO, tune_aiortc
+from callctl.media.adjust import STOCK_AUDIO, gathering_outcomes, selected_pair, tune_aiortc
 from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
 from callctl.media.errors import BadSdp
 from callctl.media.playout import PlayoutBuffer
@@ -32,6 +32,8 @@ from callctl.signaling.protocol import IceServer
 
 log = logging.getLogger("callctl.media")
 
+#: Closing the peer connection gives up after this long (the call has ended anyway).
+CLOSE_TIMEOUT_S = 1.0
 #: A connected call with no RTP from the peer for this long has lost its media path.
 MEDIA_SILENCE_TIMEOUT_S = 3.0
 
@@ -68,6 +70,7 @@ class PeerConnection:
         callbacks: MediaCallbacks,
         video: VideoSetup | None = None,
         voice: VoiceSettings | None = None,
+        relay_only: bool = False,
     ) -> None:
         tune_aiortc()
         self.voice = voice or VoiceSettings()
@@ -75,8 +78,6 @@ class PeerConnection:
         self.video_sent = Meter()
         self.video_received = Meter()
         self._video_track: Any = None
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-
         self.source = source
         self.sinks = sinks
         self.callbacks = callbacks
@@ -92,16 +93,55 @@ class PeerConnection:
         self._last_rx = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
         self._remote_sdp: str | None = None
-        self.pc = RTCPeerConnection(
+        self.ice_servers = ice_servers
+        self.relay_only = relay_only
+        #: Which peer connection this is: a restart makes a new one on the same endpoints.
+        self.generation = 0
+        self.pc = self._new_pc()
+
+    def _new_pc(self) -> Any:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
+
+        pc = RTCPeerConnection(
             RTCConfiguration(
                 iceServers=[
                     RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-                    for s in ice_servers
-                ]
+                    for s in self.ice_servers
+                ],
+                iceTransportPolicy=(
+                    RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+                ),
             )
         )
-        self.pc.on("connectionstatechange", self._state_changed)
-        self.pc.on("track", self._on_track)
+        generation = self.generation
+        pc.on("connectionstatechange", lambda: self._state_changed(generation))
+        pc.on("track", self._on_track)
+        return pc
+
+    async def restart(self, ice_servers: list[IceServer]) -> None:
+        """A new peer connection (new ICE credentials, candidates, DTLS) on the same endpoints.
+
+        The call's source, sinks, recording, mute and video carry over; the old
+        connection is closed.  Then negotiate again with ``create_offer`` or
+        ``create_answer``.  Used to reconnect after the media path broke, and
+        when another device than the prepared one answered.
+        """
+        old = self.pc
+        self.generation += 1
+        self.ice_servers = ice_servers
+        self._up = False
+        self._remote_sdp = None
+        self._video_track = None
+        self.playout = PlayoutBuffer()  # the new stream's timestamps start anywhere
+        for transceiver in old.getTransceivers():
+            transceiver.sender.replaceTrack(None)  # our source feeds the new connection only
+        self.pc = self._new_pc()
+        # closing releases its TURN allocation, which can take seconds on a path that
+        # just came back: the new connection does not wait for it
+        self._spawn(self._close_quietly(old))
+        if self.playing:
+            self._last_rx = time.monotonic()
+            self._spawn(self._watch_rtp(self.generation))
 
     # ------------------------------------------------------------ negotiation
     def _audio_track(self) -> Any:
@@ -115,6 +155,8 @@ class PeerConnection:
         self.pc.addTransceiver("video", direction="sendrecv")
         with voice_settings(self.voice):  # the sender tasks aiortc spawns take it along
             await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.playing and self.video.source is not None and self.video.sending:
+            self.set_video_sending(True)  # a restarted call goes on sending its video
         return str(self.pc.localDescription.sdp)
 
     async def apply_answer(self, sdp: str) -> None:
@@ -146,6 +188,8 @@ class PeerConnection:
                 if transceiver.kind == "audio":
                     transceiver.sender.replaceTrack(self._audio_track())
             await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if self.playing and self.video.source is not None and self.video.sending:
+            self.set_video_sending(True)
         return str(self.pc.localDescription.sdp)
 
     # ------------------------------------------------------------------ media
@@ -158,7 +202,7 @@ class PeerConnection:
         self._started.set()  # the audio track, attached at offer/answer, starts sending
         if self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
-        self._spawn(self._watch_rtp())
+        self._spawn(self._watch_rtp(self.generation))
         self._spawn(watch_devices([self.source, *self.sinks], self.callbacks.on_device))
         if not STOCK_AUDIO:
             self._spawn(self._playout_clock())
@@ -246,15 +290,18 @@ class PeerConnection:
             if kind != "wait":
                 self._play(pcm)
 
-    async def _watch_rtp(self) -> None:
+    async def _watch_rtp(self, generation: int) -> None:
         """A peer that stops sending while connected has vanished (killed, link cut)."""
-        while not self._closing:
+        while not self._closing and generation == self.generation:
             await asyncio.sleep(0.5)
-            if self._up and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S:
+            if (generation == self.generation and self._up
+                    and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S):
                 self.callbacks.on_lost(f"no media from the peer for {MEDIA_SILENCE_TIMEOUT_S:g} s")
                 return
 
-    def _state_changed(self) -> None:
+    def _state_changed(self, generation: int) -> None:
+        if generation != self.generation:
+            return  # a connection we replaced: its end is no news
         state = self.pc.connectionState
         log.debug("peer connection %s", state)
         if state == "connected" and not self._up:
@@ -263,6 +310,46 @@ class PeerConnection:
             self.callbacks.on_up()
         elif state in ("failed", "closed") and not self._closing:
             self.callbacks.on_lost(f"media path {state}")
+
+    # --------------------------------------------------------------- network
+    def route(self) -> dict[str, str]:
+        """The candidate pair the media goes over: its local and remote types, and how.
+
+        ``via`` is ``relay`` when either end is a TURN relay, ``nat`` for a
+        server- or peer-reflexive pair, ``host`` for two host candidates.
+        """
+        pair = selected_pair(self.pc)
+        if pair is None:
+            return {}
+        local, remote = pair
+        via = "relay" if "relay" in (local, remote) else "host" if local == remote == "host" else "nat"
+        return {"via": via, "local": local, "remote": remote}
+
+    def gathering_problems(self) -> list[str]:
+        """What went wrong with STUN and TURN while gathering (empty: nothing, or none configured)."""
+        turns = [u for s in self.ice_servers for u in s.urls if u.startswith("turn")]
+        stuns = [u for s in self.ice_servers for u in s.urls if u.startswith("stun")]
+        report = gathering_outcomes(self.pc)
+        if report is None:
+            return []
+        kinds, candidates = report
+        problems = []
+        if turns and "relay" not in candidates:
+            outcome = kinds.get("turn", "unreachable")
+            if outcome == "refused":
+                problems.append(f"TURN server {turns[0]} refused our credentials: no relay for this call")
+            elif outcome == "ok":
+                pass
+            else:
+                problems.append(f"TURN server {turns[0]} {outcome}: no relay for this call")
+        if stuns and not self.relay_only and "srflx" not in candidates and kinds.get("stun") != "ok":
+            problems.append(f"STUN server {stuns[0]} {kinds.get('stun', 'unreachable')}")
+        return problems
+
+    @staticmethod
+    async def _close_quietly(pc: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT_S * 10)
 
     @property
     def closed_by_peer(self) -> bool:
@@ -284,8 +371,10 @@ class PeerConnection:
         if self._closing:
             return
         self._closing = True
+        # on a dead path, aiortc would wait out its TURN server (releasing the
+        # allocation) for many seconds: the allocation expires by itself
         with contextlib.suppress(Exception):
-            await self.pc.close()
+            await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

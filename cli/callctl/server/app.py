@@ -30,6 +30,7 @@ from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity, SecretError, TokenError, read_secret, verify_token
 from callctl.server.errors import Refused
 from callctl.server.hub import Hub, HubConfig, Stream
+from callctl.server.ice import IceConfigError
 from callctl.server.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
 
 log = logging.getLogger("callctl.server")
@@ -203,6 +204,13 @@ async def call_action(request: Request) -> Response:
     raise Refused(p.ErrorCode.NOT_FOUND, f"no such action {action!r}")
 
 
+@endpoint
+async def ice_servers(request: Request) -> Response:
+    """This user's STUN/TURN servers with fresh TURN credentials (the page refreshes with it)."""
+    me = await _identity(request)
+    return JSONResponse(_hub(request).ice_servers(me), headers={"Cache-Control": "no-store"})
+
+
 TICKET_TTL_S = 30.0
 
 
@@ -296,6 +304,7 @@ class EventStreamResponse(Response):
             sub.close("disconnect")
 
         watcher = asyncio.create_task(watch_disconnect())
+        gone = False  # the client closed the connection (as opposed to stalling, or us closing it)
         try:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
@@ -317,6 +326,7 @@ class EventStreamResponse(Response):
                     chunk = b": hb\n\n"
                 else:
                     assert isinstance(item, Close)
+                    gone = item.reason == "disconnect"
                     if item.reason != "disconnect":
                         closing = p.StreamClosing(reason=item.reason)  # type: ignore[arg-type]  # every Close reason but "disconnect" is one of the Literal's
                         body = b"event: stream.closing\ndata: %s\n\n" % p.encode(closing)
@@ -324,13 +334,15 @@ class EventStreamResponse(Response):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (OSError, TimeoutError):
-            return  # the client went away, or stopped reading, mid-write
+        except OSError:
+            gone = True  # the client went away mid-write
+        except TimeoutError:
+            return  # it stopped reading
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await self.hub.close_stream(self.stream)
+            await self.hub.close_stream(self.stream, gone=gone)
 
 
 # ---------------------------------------------------------------- softphone
@@ -382,6 +394,7 @@ def create_app(
 
     With a ``secret_file``, SIGHUP reads it again: tokens signed with the new
     secret are accepted from then on, and tokens of the old one are refused.
+    The TURN secret file, if any, is read again too.
     """
     hub = Hub(store or MemoryStore(), config or HubConfig())
 
@@ -408,8 +421,16 @@ def create_app(
             app.state.secret = read_secret(secret_file)
         except SecretError as exc:
             log.error("SIGHUP: kept the old secret: %s", exc)
-            return
-        log.info("SIGHUP: secret reloaded from %s", secret_file)
+        else:
+            log.info("SIGHUP: secret reloaded from %s", secret_file)
+        policy = hub.config.ice
+        if policy.turn_secret_file is not None:
+            try:
+                hub.config.ice = policy.reloaded()
+            except IceConfigError as exc:
+                log.error("SIGHUP: kept the old TURN secret: %s", exc)
+            else:
+                log.info("SIGHUP: TURN secret reloaded from %s", policy.turn_secret_file)
 
     app = Starlette(
         routes=[
@@ -417,6 +438,7 @@ def create_app(
             Route("/v1/openapi.json", openapi, methods=["GET"]),
             Route("/v1/events", events, methods=["GET"]),
             Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),
+            Route("/v1/ice-servers", ice_servers, methods=["GET"]),
             Route("/", softphone, methods=["GET"]),
             Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
             Mount("/web", app=StaticFiles(directory=str(WEB_DIR)), name="web"),

@@ -14,12 +14,13 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity
 from callctl.server.errors import Refused
+from callctl.server.ice import IcePolicy
 from callctl.server.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subscription
 
 log = logging.getLogger("callctl.server")
@@ -35,7 +36,10 @@ class HubConfig:
     call_burst: int = 10
     #: A party whose call device stays offline this long ends the call.
     offline_grace_s: float = 20.0
-    ice_servers: tuple[p.IceServer, ...] = ()
+    #: ... and this long when its device closed the stream itself (a process that died:
+    #: its kernel closes the connection; a network that broke closes nothing).
+    gone_grace_s: float = 2.0
+    ice: IcePolicy = field(default_factory=IcePolicy)
 
 
 @dataclass(eq=False, slots=True)
@@ -200,6 +204,7 @@ class Hub:
                     continue  # the client has seen this ring already
                 ring = _ring_event(call)
                 backlog.append(StoredEvent(call.ring_event_id, "call.incoming", p.encode(ring)))
+            ice_servers, ice_expires = self.config.ice.for_user(identity.user, time.time())
             registered = p.Registered(
                 user=identity.user,
                 service=identity.service,
@@ -207,7 +212,8 @@ class Hub:
                 devices_online=online,
                 heartbeat_s=self.config.heartbeat_s,
                 server_id=self.server_id,
-                ice_servers=list(self.config.ice_servers),
+                ice_servers=ice_servers,
+                ice_expires_at=ice_expires,
                 replayed=len(backlog),
                 cursor=cursor,
             )
@@ -222,7 +228,8 @@ class Hub:
             await self.store.unregister_device(user_key, device, stream_id)
             raise
 
-    async def close_stream(self, stream: Stream) -> None:
+    async def close_stream(self, stream: Stream, gone: bool = False) -> None:
+        """The stream ended; ``gone``: its client closed the connection (it did not just stall)."""
         user_key = stream.identity.key
         self.store.unsubscribe(stream.sub)
         if self._streams.get((user_key, stream.device)) is not stream:
@@ -231,13 +238,15 @@ class Hub:
         await self.store.unregister_device(user_key, stream.device, stream.stream_id)
         log.debug("stream closed %s device=%s", user_key, stream.device)
         if not self.closing:
+            grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
+                else self.config.offline_grace_s
             self._offline_since[(user_key, stream.device)] = time.monotonic()
-            self._later(self.config.offline_grace_s, self._check_offline, user_key, stream.device)
+            self._later(grace, self._check_offline, user_key, stream.device, grace)
 
-    async def _check_offline(self, user_key: str, device: str) -> None:
+    async def _check_offline(self, user_key: str, device: str, grace: float) -> None:
         """End a call whose party's device did not come back within the grace."""
         since = self._offline_since.get((user_key, device))
-        if since is None or time.monotonic() - since < self.config.offline_grace_s - 0.05:
+        if since is None or time.monotonic() - since < grace - 0.05:
             return  # came back (maybe left again later: that disconnect has its own timer)
         del self._offline_since[(user_key, device)]
         if device in await self.store.devices_online(user_key):
@@ -287,7 +296,7 @@ class Hub:
             reason=call.reason,
             ended_by=call.ended_by,
             answer_sdp=call.answer_sdp,
-            ice_servers=list(self.config.ice_servers),
+            ice_servers=self.config.ice.shared(),
         )
 
     async def create_call(self, me: Identity, device: str, req: p.CreateCall) -> p.CallInfo:
@@ -475,6 +484,11 @@ class Hub:
                 raise Refused(p.ErrorCode.FORBIDDEN, "another device has this call")
             await self._emit(call.caller_key, event, only_device=call.caller_device)
         return self.info(call)
+
+    def ice_servers(self, me: Identity) -> p.IceServers:
+        """This user's ICE servers, with TURN credentials issued now."""
+        servers, expires = self.config.ice.for_user(me.user, time.time())
+        return p.IceServers(ice_servers=servers, expires_at=expires)
 
     async def health(self) -> p.Health:
         from callctl import __version__

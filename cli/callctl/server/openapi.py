@@ -17,7 +17,7 @@ from callctl.signaling import protocol as p
 
 _REF = "#/components/schemas/{name}"
 _BODIES = [p.CreateCall, p.AnswerCall, p.DeclineCall, p.HangupCall, p.SignalCall, p.CreateTicket]
-_ANSWERS = [p.CallInfo, p.StreamTicket, p.Health, p.Error]
+_ANSWERS = [p.CallInfo, p.StreamTicket, p.Health, p.Error, p.IceServers]
 
 
 def _ref(kind: type) -> dict[str, str]:
@@ -95,6 +95,10 @@ def document() -> dict[str, Any]:
                 "requestBody": {"required": False,
                                 "content": {"application/json": {"schema": _ref(p.CreateTicket)}}},
                 "responses": {"201": _json(p.StreamTicket, "the ticket"), **_errors(*_AUTH, *_BODY)},
+            }},
+            "/v1/ice-servers": {"get": {
+                "summary": "this user's STUN/TURN servers, TURN credentials issued now (docs/NETWORK.md)",
+                "responses": {"200": _json(p.IceServers, "the servers"), **_errors(*_AUTH)},
             }},
             "/v1/calls": {"post": {
                 "summary": "ring a user",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import ssl
+import time
 import sys
 import types
 from collections.abc import AsyncIterator, Callable
@@ -130,12 +132,17 @@ class Disconnected:
 
     error: SignalingError
     retry_in: float
+    #: We closed it ourselves (``restart``): not news of an outage.
+    deliberate: bool = False
 
 
 StreamItem = Received | Disconnected
 
 #: The ``registered`` event must arrive this soon after the stream is requested.
 FIRST_EVENT_TIMEOUT_S = 10.0
+#: While hurrying (``EventStream.restart``): connect timeout and longest wait between tries.
+HURRY_CONNECT_S = 0.7
+HURRY_BACKOFF_S = 0.2
 
 
 class SignalingClient:
@@ -231,6 +238,10 @@ class SignalingClient:
             p.CallInfo,
         )
 
+    async def ice_servers(self) -> p.IceServers:
+        """This user's STUN/TURN servers, with TURN credentials issued now."""
+        return await self._request("GET", "/v1/ice-servers", None, p.IceServers)
+
     async def health(self) -> p.Health:
         try:
             resp = await self._http.get("/healthz")
@@ -262,6 +273,35 @@ class EventStream:
         self._seen_set: set[str] = set()
         self.connected = False
         self.heartbeat_s = 15.0
+        #: Until this (monotonic) time, reconnect with short timeouts and no backoff.
+        self._hurry_until = 0.0
+        self._restart_asked = False
+        #: The deadline of what the stream waits on now (a connect or a line), to cut it short.
+        self._deadline: asyncio.Timeout | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def hurrying(self) -> bool:
+        return time.monotonic() < self._hurry_until
+
+    def restart(self, hurry_s: float = 0.0) -> None:
+        """Drop the current connection and open a new one now; for ``hurry_s`` retry fast.
+
+        For a network that just broke: a TCP connection that was cut may take
+        many seconds of retransmission back-off to move again, a new one
+        moves as soon as the path is back.
+        """
+        self._hurry_until = max(self._hurry_until, time.monotonic() + hurry_s)
+        self._restart_asked = True
+        self._wake.set()
+        deadline = self._deadline
+        if deadline is not None:
+            with contextlib.suppress(RuntimeError):  # it has just finished
+                deadline.reschedule(asyncio.get_running_loop().time())
+
+    def _wait_at_most(self, seconds: float) -> asyncio.Timeout:
+        self._deadline = asyncio.timeout(seconds)
+        return self._deadline
 
     def _remember(self, event_id: str) -> bool:
         """False if this id was seen already."""
@@ -276,6 +316,7 @@ class EventStream:
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         attempt = 0
         while True:
+            self._restart_asked = False
             try:
                 async for item in self._connect_once():
                     attempt = 0
@@ -284,10 +325,14 @@ class EventStream:
             except ServerUnreachable as exc:
                 error = exc
             self.connected = False
-            delay = min(self._max_backoff, 0.1 * (2**attempt)) * random.uniform(0.8, 1.2)
+            deliberate, self._restart_asked = self._restart_asked, False
+            longest = HURRY_BACKOFF_S if self.hurrying else self._max_backoff
+            delay = 0.0 if deliberate else min(longest, 0.1 * (2**attempt)) * random.uniform(0.8, 1.2)
             attempt += 1
-            yield Disconnected(error, delay)
-            await asyncio.sleep(delay)
+            yield Disconnected(error, delay, deliberate=deliberate)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)  # restart() cuts it short
 
     def _silence_limit(self) -> float:
         """A stream silent this long is dead (the server stopped, the path broke).
@@ -310,11 +355,13 @@ class EventStream:
             try:
                 # asyncio.timeout, not wait_for: the read stays in this task (httpcore's
                 # cancel scopes must be entered and left by one task)
-                async with asyncio.timeout(self._silence_limit()):
+                async with self._wait_at_most(self._silence_limit()):
                     line = await lines.__anext__()
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if self._restart_asked:
+                    raise ServerUnreachable("event stream reopened") from None
                 raise ServerUnreachable(
                     f"{self._client.server}: no event or heartbeat for {self._silence_limit():g} s"
                 ) from None
@@ -340,16 +387,23 @@ class EventStream:
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         # our own deadline per event (below) decides; httpx's read timeout is a backstop
-        timeout = httpx.Timeout(10.0, read=max(60.0, self.heartbeat_s * 3))
+        connect_s = HURRY_CONNECT_S if self.hurrying else 10.0
+        timeout = httpx.Timeout(connect_s, read=max(60.0, self.heartbeat_s * 3))
         try:
-            async with aconnect_sse(
-                c._http,
-                "GET",
-                "/v1/events",
-                params={"device": c.device},
-                headers=headers,
-                timeout=timeout,
-            ) as source:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with self._wait_at_most(connect_s + 1.0):  # restart() cuts it short
+                        source = await stack.enter_async_context(aconnect_sse(
+                            c._http,
+                            "GET",
+                            "/v1/events",
+                            params={"device": c.device},
+                            headers=headers,
+                            timeout=timeout,
+                        ))
+                except TimeoutError:
+                    why = "event stream reopened" if self._restart_asked else "timed out connecting"
+                    raise ServerUnreachable(f"{c.server}: {why}") from None
                 resp = source.response
                 if resp.status_code != 200:
                     body = await resp.aread()

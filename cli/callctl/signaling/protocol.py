@@ -177,6 +177,14 @@ class IceServer(msgspec.Struct, omit_defaults=True):
     credential: str | None = None
 
 
+class IceServers(msgspec.Struct):
+    """``GET /v1/ice-servers``: this user's STUN/TURN servers, TURN credentials fresh."""
+
+    ice_servers: list[IceServer] = []
+    #: When the TURN credentials stop working (Unix time; none: they do not expire).
+    expires_at: float | None = None
+
+
 # --------------------------------------------------------------------- requests
 
 
@@ -269,6 +277,8 @@ class Registered(Event, tag="registered"):
     heartbeat_s: float
     server_id: str
     ice_servers: list[IceServer] = []
+    #: When the TURN credentials in ``ice_servers`` stop working (Unix time; none: never).
+    ice_expires_at: float | None = None
     #: How many events follow at once (replayed after Last-Event-ID, pending rings).
     replayed: int = 0
     #: Resume point for a client that has no event id yet: replaying from it

@@ -28,7 +28,10 @@ PLAIN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     Ev.CALL_REFUSED: lambda r: f"refused a call from {r['peer']} (not in --allow)",
     Ev.CALL_MISSED: lambda r: f"missed a call from {r['peer']} (busy)",
     Ev.CALL_CONNECTING: lambda r: "connecting",
-    Ev.CALL_CONNECTED: lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms)",
+    Ev.CALL_CONNECTED: lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms"
+    + (f", via {r['route']['via']}" if r.get("route") else "") + ")",
+    Ev.CALL_RECONNECTING: lambda r: "media path lost: reconnecting",
+    Ev.CALL_RECONNECTED: lambda r: f"reconnected (media was down {r['down_ms'] / 1000:.1f} s)",
     Ev.CALL_ENDED: lambda r: f"call ended: {r['reason']} ({r['source']}) after {r['duration_s']:.1f} s",
     Ev.MEDIA_MUTED: lambda r: "microphone muted",
     Ev.MEDIA_UNMUTED: lambda r: "microphone unmuted",
@@ -37,6 +40,7 @@ PLAIN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     Ev.DEVICE_LOST: lambda r: f"{r['kind']} {r['device']!r} stopped (unplugged?): silent until it is back",
     Ev.DEVICE_RESTORED: lambda r: f"{r['kind']} {r['device']!r} is back",
     Ev.ERROR: lambda r: f"error: {r['message']}",
+    Ev.WARNING: lambda r: f"warning: {r['message']}",
 }
 
 
@@ -44,6 +48,8 @@ class JsonOutput:
     def __call__(self, event: str, record: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         sys.stdout.flush()
+        if event == Ev.WARNING:  # a degraded call is said on stderr too, whatever reads stdout
+            print(f"callctl: {PLAIN_EVENTS[Ev.WARNING](record)}", file=sys.stderr, flush=True)
 
 
 class PlainOutput:
@@ -100,6 +106,9 @@ class LiveView:
             table.add_row("call", state)
             table.add_row("mic", _meter(call.get("level_out", 0.0)) + ("  MUTED" if call.get("muted") else ""))
             table.add_row("remote", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
+            if call.get("route"):
+                route = call["route"]
+                table.add_row("path", f"{route['via']} ({route['local']} → {route['remote']})")
             if call.get("codec"):
                 table.add_row("codec", call["codec"])
             if self.stats:

@@ -25,6 +25,9 @@ const state = {
   me: null,
   device: null,
   iceServers: [],
+  iceExpiresAt: null,
+  // ?relay-only: media only through the TURN relay (as callctl's --relay-only)
+  relayOnly: new URLSearchParams(location.search).has("relay-only"),
   events: null,
   lastEventId: null,
   online: false,
@@ -143,7 +146,7 @@ async function connect() {
   });
   on("registered", (ev) => {
     state.me = ev;
-    state.iceServers = (ev.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+    setIce(ev.ice_servers, ev.ice_expires_at);
     if (!state.lastEventId && ev.cursor) state.lastEventId = ev.cursor;
     state.backoff = 250;
     $("identity").textContent = ev.user + (ev.service !== "default" ? " @ " + ev.service : "");
@@ -195,6 +198,21 @@ function scheduleReconnect() {
   }, delay);
 }
 
+// STUN/TURN from the server; TURN credentials expire, so fetch fresh ones
+// before a call when less than a minute of them is left
+function setIce(servers, expiresAt) {
+  state.iceServers = (servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+  state.iceExpiresAt = expiresAt || null;
+}
+
+async function freshIce() {
+  if (!state.iceExpiresAt || state.iceExpiresAt * 1000 - Date.now() > 60000) return;
+  try {
+    const r = await api("GET", "/v1/ice-servers");
+    setIce(r.ice_servers, r.expires_at);
+  } catch (e) { /* the ones we have may still do */ }
+}
+
 function forCall(ev, fn) {
   if (state.call && state.call.id === ev.call_id) fn(state.call, ev);
 }
@@ -202,8 +220,9 @@ function forCall(ev, fn) {
 // --------------------------------------------------------------------- media
 
 function newPeerConnection(call) {
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: state.relayOnly ? "relay" : "all" });
   pc.ontrack = (e) => {
+    if (call.pc !== pc) return;
     const stream = e.streams[0] || new MediaStream([e.track]);
     if (e.track.kind === "audio") {
       // the first packet from the peer unmutes the remote track
@@ -218,18 +237,108 @@ function newPeerConnection(call) {
     }
   };
   pc.onconnectionstatechange = () => {
+    if (call.pc !== pc) return;  // a connection we replaced
     const s = pc.connectionState;
     if (s === "connected") {
       call.mediaUp = true;
-      maybeConnected(call);
-    } else if (s === "failed") {
-      endCall(call, "network_lost", "local", true);
-    } else if (s === "disconnected") {
-      // a peer that vanished: give ICE 5 s to come back
-      setTimeout(() => { if (pc.connectionState === "disconnected") endCall(call, "network_lost", "local", true); }, 5000);
+      if (call.state === "reconnecting") reconnected(call);
+      else maybeConnected(call);
+    } else if (s === "failed" || s === "disconnected") {
+      mediaLost(call, pc);
     }
   };
   return pc;
+}
+
+// ------------------------------------------------------------- reconnecting
+// As callctl does (docs/NETWORK.md): when the media path breaks, the caller
+// negotiates a fresh peer connection through the server ("reoffer", numbered
+// attempts, a new one every 2 s); the callee answers each and, when it saw the
+// loss first, asks the caller to start ("reconnect").
+
+const RECONNECT_TIMEOUT_MS = 20000;
+const RECONNECT_RETRY_MS = 2000;
+
+function mediaLost(call, pc) {
+  if (!call.connectedAt) {
+    if (pc.connectionState === "failed") endCall(call, "network_lost", "local", true, "the media path could not be established");
+    return;
+  }
+  startReconnecting(call, false);
+}
+
+function startReconnecting(call, asked) {
+  if (call.state === "reconnecting" || call.state === "ended") return;
+  call.lostAt = Date.now();
+  call.reconnects = (call.reconnects || 0) + 1;
+  setCallState(call, "reconnecting");
+  say("Connection lost: reconnecting…");
+  const epoch = call.reconnects;
+  call.reconnectDeadline = setTimeout(() => {
+    if (state.call === call && call.state === "reconnecting" && call.reconnects === epoch) {
+      endCall(call, "network_lost", "local", true, "the media path did not come back");
+    }
+  }, RECONNECT_TIMEOUT_MS);
+  if (call.role === "caller") reoffer(call);
+  else if (!asked) signal("reconnect", {});
+}
+
+function attachLocal(call, pc) {
+  for (const t of pc.getTransceivers()) {
+    const kind = t.receiver.track.kind;
+    const track = kind === "audio" ? call.local.getAudioTracks()[0]
+      : call.videoSending ? call.local.getVideoTracks()[0] : null;
+    t.direction = "sendrecv";
+    if (track) {
+      t.sender.replaceTrack(track);
+      t.sender.setStreams && t.sender.setStreams(call.local);
+    }
+    if (kind === "video") call.videoTransceiver = t;
+  }
+}
+
+async function reoffer(call) {
+  if (state.call !== call || call.state !== "reconnecting") return;
+  const attempt = call.attempt = (call.attempt || 0) + 1;
+  const old = call.pc;
+  const pc = call.pc = newPeerConnection(call);
+  if (old) old.close();
+  pc.addTransceiver(call.local.getAudioTracks()[0], { direction: "sendrecv", streams: [call.local] });
+  const vt = call.videoSending ? call.local.getVideoTracks()[0] : null;
+  call.videoTransceiver = vt
+    ? pc.addTransceiver(vt, { direction: "sendrecv", streams: [call.local] })
+    : pc.addTransceiver("video", { direction: "sendrecv" });
+  try {
+    await freshIce();
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    if (call.pc === pc) signal("reoffer", { sdp: pc.localDescription.sdp, attempt });
+  } catch (e) { /* the next attempt tries again */ }
+  setTimeout(() => { if (call.attempt === attempt) reoffer(call); }, RECONNECT_RETRY_MS);
+}
+
+async function answerReoffer(call, sdp, attempt) {
+  if (!call.local) return;
+  if (call.state === "connected") startReconnecting(call, true);
+  const old = call.pc;
+  const pc = call.pc = newPeerConnection(call);
+  if (old) old.close();
+  try {
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    attachLocal(call, pc);
+    await pc.setLocalDescription(await pc.createAnswer());
+    await gathered(pc);
+    if (call.pc === pc) signal("reanswer", { sdp: pc.localDescription.sdp, attempt });
+  } catch (e) {
+    signal("reoffer-refused", { reason: String(e.message || e) });
+  }
+}
+
+function reconnected(call) {
+  clearTimeout(call.reconnectDeadline);
+  call.attempt = (call.attempt || 0) + 1000000;  // no retry of an attempt that is not needed
+  setCallState(call, "connected");
+  say("Reconnected to " + call.peer + " (" + ((Date.now() - call.lostAt) / 1000).toFixed(1) + " s without media)");
 }
 
 async function localMedia(video) {
@@ -321,6 +430,7 @@ function updateButtons(call) {
 
 async function placeCall(peer, video) {
   if (state.call) return;
+  await freshIce();
   const call = newCall({ peer, role: "caller", media: video ? "video" : "audio" });
   state.call = call;
   showCall(call);
@@ -384,6 +494,7 @@ function onIncoming(ev) {
 async function accept() {
   const call = state.call;
   if (!call || call.role !== "callee" || call.state !== "ringing") return;
+  await freshIce();
   call.timeline.start = Date.now();  // the callee's set-up runs from accept
   setCallState(call, "connecting");
   showCall(call);
@@ -444,6 +555,12 @@ function onSignal(call, ev) {
     // a callctl callee prepares while ringing: start ICE/DTLS right away
     call.prepared = ev.data.sdp;
     call.pc.setRemoteDescription({ type: "answer", sdp: ev.data.sdp }).catch(() => { call.prepared = null; });
+  } else if (ev.kind === "reoffer" && call.role === "callee" && typeof ev.data.sdp === "string") {
+    answerReoffer(call, ev.data.sdp, ev.data.attempt || 0);
+  } else if (ev.kind === "reanswer" && call.role === "caller" && ev.data.attempt === call.attempt && call.pc) {
+    call.pc.setRemoteDescription({ type: "answer", sdp: ev.data.sdp }).catch(() => {});
+  } else if (ev.kind === "reconnect" && call.role === "caller" && call.connectedAt) {
+    startReconnecting(call, true);
   } else if (ev.kind === "mute" || ev.kind === "unmute") {
     call.peerFlags.muted = ev.kind === "mute";
   } else if (ev.kind === "video") {
@@ -514,6 +631,7 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
     const r = ["network_lost", "device_error", "internal_error"].includes(reason) ? reason : "hangup";
     api("POST", `/v1/calls/${call.id}/hangup`, { reason: r }).catch(() => {});
   }
+  clearTimeout(call.reconnectDeadline);
   if (call.pc) call.pc.close();
   if (call.local) call.local.getTracks().forEach((t) => t.stop());
   if (call.audioContext) call.audioContext.close().catch(() => {});
