@@ -82,6 +82,7 @@ def setups(site: Site, kiosk_on: list[str], caller_on: list[str], calls: int, re
         if code != 0:
             raise RuntimeError(f"call {i} exited {code}: {caller.describe()}")
         kiosk.wait_event("call.ended", count=i + 1, timeout=20)
+    kiosk.stop(grace=3)
     if relay and routes != {"relay"}:
         raise RuntimeError(f"calls through the NATs took {routes}, not the relay")
     return {"dial_to_connected_ms": round(statistics.median(connected), 1),
@@ -115,6 +116,7 @@ def reconnects(site: Site, net: netns.Topology, times: int) -> dict:
         back_ms.append((last - up) * 1000)
         log(f"reconnect {i + 1}/{times}: {back_ms[-1]:.0f} ms after the cable was back")
     caller.stop(grace=3)
+    kiosk.stop(grace=3)
     return {"times": times, "link_up_to_reconnected_ms_median": round(statistics.median(back_ms), 1),
             "link_up_to_reconnected_ms_worst": round(max(back_ms), 1),
             "link_down_to_reconnecting_ms_median": round(statistics.median(detect_ms), 1),
@@ -172,9 +174,8 @@ def main() -> int:
     net = netns.Topology()
     try:
         log(f"direct on loopback: {args.calls} calls")
-        direct = Site(tmp, "direct", ServerProcess(tmp / "direct", ["--log-level", "warning"]))
         (tmp / "direct").mkdir()
-        direct.server.start()
+        direct = Site(tmp, "direct", ServerProcess(tmp / "direct", ["--log-level", "warning"]).start())
         sites.append(direct)
         report["direct"] = setups(direct, [], [], args.calls, relay=False)
         direct.stop()

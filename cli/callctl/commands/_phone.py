@@ -152,17 +152,24 @@ def network(media: MediaOptions, urls: list[str] | None, username: str | None,
 
 
 def _log_to_stderr() -> None:
-    """``CALLCTL_LOG=debug|info|warning``: callctl's own log lines on stderr (for a bug report)."""
+    """``CALLCTL_LOG=debug|info|warning``: callctl's own log lines on stderr (for a bug report).
+
+    ``trace``: aiortc's and aioice's debug lines too (every ICE check).
+    """
     import logging
     import os
 
     level = os.environ.get("CALLCTL_LOG", "").upper()
+    names = ["callctl", "aiortc", "aioice"] if level == "TRACE" else ["callctl"]
+    if level == "TRACE":
+        level = "DEBUG"
     if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger = logging.getLogger("callctl")
-        logger.addHandler(handler)
-        logger.setLevel(level)
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            logger.setLevel(level)
 
 
 def check_media(media: MediaOptions) -> None:

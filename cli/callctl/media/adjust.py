@@ -15,6 +15,15 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
   ``GATHER_TIMEOUT_S`` bounds it, and what each server did (answered,
   refused our credentials, never answered) is recorded on the connection
   (``gathering_report``), because aioice drops those failures silently.
+- Triggered checks (RFC 8445 7.3.1.4): a check that arrives on a pair whose
+  own check is in progress retransmits that check at once; aioice waits out
+  its 500 ms retransmission timer instead.  Through TURN that is every
+  call: our first check to the peer's relay is dropped until the peer's check
+  has made the relay's permission for us, and the retransmission is what
+  gets through (measured: ~450 ms of a 600 ms set-up).
+- Check pacing: aioice starts one connectivity check every 20 ms, highest
+  priority first, so a relay pair (the lowest) starts ~80 ms after the
+  first; ``CHECKS_PER_TICK`` start per tick: all of a bundled call's (at most 3 x 3).
 - Consent freshness: detect a vanished peer in ~3-4 s instead of ~30 s.
 - Opus for voice: mono, the call's bitrate, in-band FEC (``voice.py``),
   through the sender's ``get_encoder`` hook; the SDP is unchanged
@@ -44,13 +53,17 @@ CONSENT_FAILURES = 3
 #: A STUN or TURN server gets this long to answer while candidates are gathered.
 GATHER_TIMEOUT_S = 0.8
 
+#: Connectivity checks started per 20 ms tick (aioice: 1).
+CHECKS_PER_TICK = 9
+
 #: Versions whose internals (below) were read and tested: (first, first not verified).
 VERIFIED = {"aiortc": ((1, 16), (1, 17)), "aioice": ((0, 13), (0, 14))}
 
 #: The internals we replace, by module: each must exist, or the guard refuses.
 INTERNALS = {
     "aioice.ice": ("get_host_addresses", "CONSENT_INTERVAL", "CONSENT_FAILURES", "relayed_candidate",
-                   "server_reflexive_candidate", "Connection"),
+                   "server_reflexive_candidate", "Connection", "CandidatePair"),
+    "aioice.stun": ("Transaction",),
     "aiortc.rtcicetransport": ("RTCIceGatherer",),
     "aiortc.rtcrtpsender": ("get_encoder",),
     "aiortc.rtp": ("compute_audio_level_dbov",),
@@ -158,6 +171,15 @@ def check_versions() -> None:
         missing = [n for n in names if not hasattr(module, n)]
         if missing:
             raise UnsupportedStack(f"{module_name} lacks {', '.join(missing)}: aiortc changed")
+    from aioice import stun
+
+    missing = [n for n in ("_check_periodic", "check_incoming", "check_start_task", "get_component_candidates")
+               if not hasattr(importlib.import_module("aioice.ice").Connection, n)]
+    if missing:
+        raise UnsupportedStack(f"aioice.ice.Connection lacks {', '.join(missing)}: aioice changed")
+    # the triggered-check retransmit reads a transaction's request and address
+    if not {"_Transaction__request", "_Transaction__addr"} <= set(stun.Transaction.__init__.__code__.co_names):
+        raise UnsupportedStack("aioice.stun.Transaction changed: no request/address to retransmit")
 
 
 def tune_aiortc() -> None:
@@ -182,6 +204,8 @@ def tune_aiortc() -> None:
 
     aioice.ice.get_host_addresses = host_addresses
     _bound_gathering(aioice.ice)
+    _retransmit_triggered_checks(aioice.ice)
+    _pace_checks(aioice.ice)
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
     RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign,assignment]  # a run-time replacement
@@ -241,6 +265,41 @@ def _bound_gathering(ice: Any) -> None:
     ice.relayed_candidate = recorded("turn", stock_relayed)
     ice.server_reflexive_candidate = recorded("stun", stock_reflexive)
     ice.Connection.get_component_candidates = get_component_candidates
+
+
+def _retransmit_triggered_checks(ice: Any) -> None:
+    """A check received on a pair whose own check is in progress: send ours again now."""
+    in_progress = ice.CandidatePair.State.IN_PROGRESS
+    stock = ice.Connection.check_incoming
+
+    def check_incoming(self: Any, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        stock(self, message, addr, protocol)
+        for pair in self._check_list:
+            if pair.protocol is protocol and pair.remote_addr == addr and pair.state == in_progress:
+                for transaction in list(protocol.transactions.values()):
+                    if getattr(transaction, "_Transaction__addr", None) == addr:
+                        protocol.send_stun(transaction._Transaction__request, addr)
+
+    ice.Connection.check_incoming = check_incoming
+
+
+def _pace_checks(ice: Any) -> None:
+    """Up to ``CHECKS_PER_TICK`` checks started per tick of aioice's 20 ms pacing timer."""
+    waiting, frozen = ice.CandidatePair.State.WAITING, ice.CandidatePair.State.FROZEN
+    stock = ice.Connection._check_periodic
+
+    def check_periodic(self: Any) -> bool:
+        more: bool = stock(self)
+        for _ in range(CHECKS_PER_TICK - 1):
+            idle = [p for p in self._check_list if p.task is None]
+            pair = next((p for p in idle if p.state == waiting), None) or next(
+                (p for p in idle if p.state == frozen), None)
+            if not more or pair is None:
+                break
+            self.check_start_task(pair)
+        return more
+
+    ice.Connection._check_periodic = check_periodic
 
 
 def preload() -> None:

@@ -100,7 +100,12 @@ class PeerConnection:
         self.pc = self._new_pc()
 
     def _new_pc(self) -> Any:
-        from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
+        from aiortc import (
+            RTCConfiguration,
+            RTCIceServer,
+            RTCIceTransportPolicy,
+            RTCPeerConnection,
+        )
 
         pc = RTCPeerConnection(
             RTCConfiguration(
