@@ -177,6 +177,7 @@ class CallSession:
             self._create_task = self._spawn(self._create(action), "create")
         elif isinstance(action, m.ApplyAnswer):
             await self._peer().apply_answer(action.sdp)
+            self._warn(self._peer().direction_problems())
         elif isinstance(action, m.ApplyEarlyAnswer):
             self._spawn(self._early_answer(action.sdp), "early-answer")
         elif isinstance(action, m.Reoffer):
@@ -243,6 +244,8 @@ class CallSession:
 
     def _media_lost(self, why: str) -> None:
         log.info("media lost: %s", why)
+        if self.call.state == m.State.CONNECTING and not why.startswith("media path closed"):
+            self._emit(Ev.ERROR, message=why)  # the call ends next: say what failed
         if self.peer is not None and self.peer.closed_by_peer:
             # a peer that hangs up may close the media path a moment before its
             # hangup reaches us through the server: let the hangup win.  One that
@@ -337,7 +340,10 @@ class CallSession:
 
     def _check_gathering(self, peer: PeerConnection) -> None:
         """A STUN/TURN server that refused us or never answered: one warning, never silence."""
-        for problem in peer.gathering_problems():
+        self._warn(peer.gathering_problems())
+
+    def _warn(self, problems: list[str]) -> None:
+        for problem in problems:
             if problem not in self._warned:
                 self._warned.add(problem)
                 self._emit(Ev.WARNING, message=problem)
@@ -395,6 +401,7 @@ class CallSession:
         self.peer = self._new_peer()
         self.answer_sdp = await self.peer.create_answer(offer_sdp)
         self._check_gathering(self.peer)
+        self._warn(self.peer.direction_problems())
         assert self.call.call_id is not None
         await self._quietly(self.phone.client.signal(
             self.call.call_id, "prepare", {"sdp": self.answer_sdp, "device": self.phone.device}

@@ -24,6 +24,10 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
 - Check pacing: aioice starts one connectivity check every 20 ms, highest
   priority first, so a relay pair (the lowest) starts ~80 ms after the
   first; ``CHECKS_PER_TICK`` start per tick: all of a bundled call's (at most 3 x 3).
+- DTLS with any peer: aiortc offers only ECDHE-ECDSA cipher suites, so as
+  the DTLS client it cannot talk to a server whose certificate is RSA
+  (GStreamer's webrtcbin, many SIP/WebRTC gateways: "no shared cipher");
+  the ECDHE-RSA suites are added (aiortc issues #1081, #1151).
 - Consent freshness: detect a vanished peer in ~3-4 s instead of ~30 s.
 - Opus for voice: mono, the call's bitrate, in-band FEC (``voice.py``),
   through the sender's ``get_encoder`` hook; the SDP is unchanged
@@ -53,6 +57,13 @@ CONSENT_FAILURES = 3
 #: A STUN or TURN server gets this long to answer while candidates are gathered.
 GATHER_TIMEOUT_S = 0.8
 
+#: DTLS cipher suites: aiortc's ECDSA ones, then the same with RSA (a peer whose certificate is RSA).
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
+    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
 #: Connectivity checks started per 20 ms tick (aioice: 1).
 CHECKS_PER_TICK = 9
 
@@ -65,6 +76,7 @@ INTERNALS = {
                    "server_reflexive_candidate", "Connection", "CandidatePair"),
     "aioice.stun": ("Transaction",),
     "aiortc.rtcicetransport": ("RTCIceGatherer",),
+    "aiortc.rtcdtlstransport": ("RTCCertificate",),
     "aiortc.rtcrtpsender": ("get_encoder",),
     "aiortc.rtp": ("compute_audio_level_dbov",),
     "aiortc.rtcrtpreceiver": ("JitterBuffer", "TimestampMapper"),
@@ -177,6 +189,10 @@ def check_versions() -> None:
                if not hasattr(importlib.import_module("aioice.ice").Connection, n)]
     if missing:
         raise UnsupportedStack(f"aioice.ice.Connection lacks {', '.join(missing)}: aioice changed")
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    if not hasattr(RTCCertificate, "_create_ssl_context"):
+        raise UnsupportedStack("aiortc's RTCCertificate has no _create_ssl_context: aiortc changed")
     # the triggered-check retransmit reads a transaction's request and address
     if not {"_Transaction__request", "_Transaction__addr"} <= set(stun.Transaction.__init__.__code__.co_names):
         raise UnsupportedStack("aioice.stun.Transaction changed: no request/address to retransmit")
@@ -206,6 +222,7 @@ def tune_aiortc() -> None:
     _bound_gathering(aioice.ice)
     _retransmit_triggered_checks(aioice.ice)
     _pace_checks(aioice.ice)
+    _any_certificate()
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
     RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign,assignment]  # a run-time replacement
@@ -300,6 +317,20 @@ def _pace_checks(ice: Any) -> None:
         return more
 
     ice.Connection._check_periodic = check_periodic
+
+
+def _any_certificate() -> None:
+    """DTLS contexts that also take a peer's RSA certificate (aiortc: ECDSA only)."""
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    stock = RTCCertificate._create_ssl_context
+
+    def create_ssl_context(self: Any, srtp_profiles: Any) -> Any:
+        ctx = stock(self, srtp_profiles)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        return ctx
+
+    RTCCertificate._create_ssl_context = create_ssl_context  # type: ignore[method-assign]  # a run-time replacement
 
 
 def preload() -> None:

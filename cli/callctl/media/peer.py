@@ -295,11 +295,29 @@ class PeerConnection:
             if kind != "wait":
                 self._play(pcm)
 
+    @property
+    def peer_sends_audio(self) -> bool:
+        """The negotiated audio direction has the peer sending (False: it said recvonly/inactive)."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio" and transceiver.currentDirection is not None:
+                return transceiver.currentDirection in ("sendrecv", "recvonly")
+        return True  # not negotiated yet
+
+    def direction_problems(self) -> list[str]:
+        """What the negotiated directions say we will miss (a peer that only listens)."""
+        if self.peer_sends_audio:
+            return []
+        return ["the peer sends no audio (its description only receives): the call goes on, "
+                "silent here, and a lost peer is noticed by ICE consent alone"]
+
     async def _watch_rtp(self, generation: int) -> None:
-        """A peer that stops sending while connected has vanished (killed, link cut)."""
+        """A peer that stops sending while connected has vanished (killed, link cut).
+
+        Not one that never sends (recvonly): ICE consent watches that path.
+        """
         while not self._closing and generation == self.generation:
             await asyncio.sleep(0.5)
-            if (generation == self.generation and self._up
+            if (generation == self.generation and self._up and self.peer_sends_audio
                     and time.monotonic() - self._last_rx > MEDIA_SILENCE_TIMEOUT_S):
                 self.callbacks.on_lost(f"no media from the peer for {MEDIA_SILENCE_TIMEOUT_S:g} s")
                 return
@@ -314,7 +332,20 @@ class PeerConnection:
             self._last_rx = time.monotonic()
             self.callbacks.on_up()
         elif state in ("failed", "closed") and not self._closing:
-            self.callbacks.on_lost(f"media path {state}")
+            self.callbacks.on_lost(self._why(state))
+
+    def _why(self, state: str) -> str:
+        """Which layer failed: ICE (no path) or DTLS (a path, but no secure session)."""
+        for transceiver in self.pc.getTransceivers():
+            dtls = getattr(transceiver.sender, "transport", None)
+            ice = getattr(dtls, "transport", None)
+            if state == "failed" and dtls is not None and dtls.state == "failed":
+                if ice is not None and ice.state == "completed":
+                    return "the DTLS handshake with the peer failed (ICE had connected)"
+                return "the DTLS handshake with the peer failed"
+            if state == "failed" and ice is not None and ice.state == "failed":
+                return "ICE found no working path to the peer"
+        return f"media path {state}"
 
     # --------------------------------------------------------------- network
     def route(self) -> dict[str, str]:

@@ -30,6 +30,8 @@ import numpy as np
 from callctl.media.audio import FRAME, RATE, SILENCE
 
 FRAME_S = FRAME / RATE
+#: A frame's timestamp within this of its slot is that slot's frame (timestamps need no grid).
+HALF_FRAME = FRAME // 2
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PlayoutStats:
     dropped: int = 0  # removed to bring the delay down
     late: int = 0  # arrived after their slot was played or concealed
     overflow: int = 0  # over the hard cap
+    resyncs: int = 0  # the sender's timeline jumped: started afresh
     underruns: int = 0  # nothing to play at all
 
 
@@ -65,11 +68,23 @@ class PlayoutBuffer:
         self._started = False
         self._first_arrival: float | None = None
         self._lock = threading.Lock()
+        #: A timestamp this far (RTP ticks) from the next one to play is a new timeline.
+        self.jump_ticks = int(max(2.0, 4 * cap_s) * RATE)
+
+    def _resync(self) -> None:
+        self._frames.clear()
+        self._transits.clear()
+        self._next, self._started, self._first_arrival = None, False, None
 
     # ----------------------------------------------------------------- input
     def push(self, pts: int, pcm: np.ndarray, now: float) -> None:
         with self._lock:
-            if self._next is not None and pts < self._next:
+            if self._next is not None and abs(pts - self._next) > self.jump_ticks:
+                # a new timeline, not a late or early packet: the sender restarted its
+                # stream (a new SSRC or timestamp base; GStreamer does at negotiation)
+                self._resync()
+                self.stats.resyncs += 1
+            if self._next is not None and pts < self._next - HALF_FRAME:
                 self.stats.late += 1
                 return
             transit = now - pts / RATE
@@ -98,6 +113,13 @@ class PlayoutBuffer:
         spread = transits[int(0.95 * (len(transits) - 1))] - transits[0]
         return min(self.max_delay, max(self.min_delay, spread + self.margin))
 
+    def _due(self) -> int | None:
+        """The held frame that plays in the next slot (within half a frame of it), if any."""
+        if not self._frames or self._next is None:
+            return None
+        oldest = min(self._frames)
+        return oldest if oldest <= self._next + HALF_FRAME else None
+
     @property
     def buffered(self) -> float:
         """Seconds of audio waiting, from the next frame to play to the newest held."""
@@ -118,13 +140,18 @@ class PlayoutBuffer:
                 self._next = min(self._frames)
             assert self._next is not None
             # too deep: drop the oldest frames until back on target
-            while self.buffered > self.target_delay + 2 * FRAME_S and self._next in self._frames:
-                del self._frames[self._next]
-                self._next += FRAME
+            while self.buffered > self.target_delay + 2 * FRAME_S and self._due() is not None:
+                oldest = self._due()
+                assert oldest is not None
+                del self._frames[oldest]
+                self._next = oldest + FRAME
                 self.stats.dropped += 1
-            pcm = self._frames.pop(self._next, None)
-            if pcm is not None:
-                self._next += FRAME
+            due = self._due()
+            if due is not None:
+                pcm = self._frames.pop(due)
+                # timestamps need not sit on a 20 ms grid from the first one (GStreamer's
+                # first Opus packet is 648 ticks long): the next slot follows this frame
+                self._next = due + FRAME
                 self._last = pcm
                 self._concealed_run = 0
                 self.stats.played += 1
