@@ -202,8 +202,11 @@ async def test_mute_reaches_the_peer(cli: Callctl) -> None:
     assert code == 0, err
     await alice.wait_event("media.muted")
     await bob.wait_event("peer.muted")
+    code, _, err = await cli.run("alice", "mute")  # again: nothing new to say
+    assert code == 0, err
     code, _, _ = await cli.run("alice", "unmute")
     await bob.wait_event("peer.unmuted")
+    assert len(alice.named("media.muted")) == 1 and len(bob.named("peer.muted")) == 1
     code, out, _ = await cli.run("bob", "status")
     assert "connected" in out
 

@@ -217,6 +217,7 @@ def test_peer_mute_and_video_are_tracked_and_notified() -> None:
     call, actions = run(m.Role.CALLER, [*CALLER_START, m.Answered("a"), m.MediaUp(), m.PeerMuted(True),
                                         m.PeerVideo("paused"), m.PeerVideo("sideways")])
     assert (call.peer_muted, call.peer_video) == (True, "paused")
+    assert call.handle(m.PeerMuted(True), 9.0) == []  # the same again: no second peer.muted
     assert notified(actions)[-2:] == ["peer.muted", "peer.video.paused"]
 
 

@@ -695,6 +695,8 @@ def _media_up(c: Call, e: MediaUp, now: float) -> list[Action]:
 
 
 def _peer_muted(c: Call, e: PeerMuted, now: float) -> list[Action]:
+    if e.muted == c.peer_muted:
+        return []  # told twice (a repeated signal): nothing changed
     c.peer_muted = e.muted
     return [Notify(Ev.PEER_MUTED if e.muted else Ev.PEER_UNMUTED, {"call_id": c.call_id})]
 

@@ -489,6 +489,9 @@ class CallSession:
         return self.call.state in (m.State.CONNECTING, m.State.CONNECTED, m.State.RECONNECTING)
 
     def set_muted(self, muted: bool) -> None:
+        """Mute or unmute; the same again is nothing new (no second event, no second signal)."""
+        if muted == self.muted:
+            return
         self.muted = muted
         if self.peer is not None:
             self.peer.muted = muted
