@@ -133,21 +133,12 @@ def device_and_media(settings: Settings, device: str | None, media: MediaOptions
 def network(media: MediaOptions, urls: list[str] | None, username: str | None,
             credential: str | None, relay_only: bool) -> None:
     """Our own ICE servers and relay policy into ``media`` (usage errors exit 2)."""
-    from callctl.server.ice import IceConfigError, check_url
-    from callctl.signaling.protocol import IceServer
+    from callctl.server.ice import IceConfigError, static_servers
 
-    if (username is None) != (credential is None):
-        fail("--ice-username and --ice-credential go together", ExitCode.USAGE)
     try:
-        for url in urls or []:
-            check_url(url)
+        media.ice_servers = static_servers(urls or [], username, credential)
     except IceConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-    media.ice_servers = [
-        IceServer(urls=[u], username=username if u.startswith("turn") else None,
-                  credential=credential if u.startswith("turn") else None)
-        for u in urls or []
-    ]
     media.relay_only = relay_only
 
 

@@ -126,16 +126,14 @@ def _ice_policy(stun: list[str], turn: list[str], secret_file: Path | None, ttl:
                 static: list[str], username: str | None, credential: str | None) -> IcePolicy:
     """The ICE servers to hand out, checked (usage errors exit 2)."""
     from callctl.server.ice import MAX_TURN_TTL_S, MIN_TURN_TTL_S, IceConfigError, IcePolicy, check_url, \
-        parse_duration, read_secret
-    from callctl.signaling import protocol as p
+        parse_duration, read_secret, static_servers
 
     try:
         for url in stun:
             check_url(url, kind="stun")
         for url in turn:
             check_url(url, kind="turn")
-        for url in static:
-            check_url(url)
+        servers = tuple(static_servers(static, username, credential))
         ttl_s = parse_duration(ttl)
         if not MIN_TURN_TTL_S <= ttl_s <= MAX_TURN_TTL_S:
             raise IceConfigError(f"--turn-ttl {ttl!r}: between {MIN_TURN_TTL_S} s and 24h")
@@ -144,16 +142,9 @@ def _ice_policy(stun: list[str], turn: list[str], secret_file: Path | None, ttl:
                                  "--ice-username/--ice-credential for static credentials)")
         if secret_file is not None and not turn:
             raise IceConfigError("--turn-secret-file is for --turn URLs: give at least one")
-        if (username is None) != (credential is None):
-            raise IceConfigError("--ice-username and --ice-credential go together")
         secret = read_secret(secret_file) if secret_file is not None else None
     except IceConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-    servers = tuple(
-        p.IceServer(urls=[u], username=username if u.startswith("turn") else None,
-                    credential=credential if u.startswith("turn") else None)
-        for u in static
-    )
     return IcePolicy(stun=tuple(stun), turn=tuple(turn), turn_secret=secret, turn_ttl_s=ttl_s,
                      turn_secret_file=secret_file, static=servers)
 

@@ -468,7 +468,7 @@ class CallSession:
                            remote=round(self.peer.received.take_peak(), 3))
 
     def _later(self, delay: float, event: m.CallEvent) -> None:
-        self._timers.append(asyncio.get_running_loop().call_later(delay, self.feed, event))
+        self._later_call(delay, lambda: self.feed(event))
 
     def _later_call(self, delay: float, callback: Callable[[], None]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(delay, callback))

@@ -54,6 +54,17 @@ def check_url(url: str, *, kind: str | None = None) -> str:
     return url
 
 
+def static_servers(urls: list[str], username: str | None, credential: str | None) -> list[p.IceServer]:
+    """``--ice-server`` URLs, checked, with the static TURN credentials on the TURN ones."""
+    if (username is None) != (credential is None):
+        raise IceConfigError("--ice-username and --ice-credential go together")
+    return [
+        p.IceServer(urls=[check_url(u)], username=username if u.startswith("turn") else None,
+                    credential=credential if u.startswith("turn") else None)
+        for u in urls
+    ]
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``1h``, ``1d`` as seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
