@@ -85,10 +85,10 @@ class Callctl:
                                 "--audio-in", "tone:440", *args, server=server, env=env)
 
     async def run(self, user: str | None, *args: str, timeout: float = WAIT,
-                  env: dict[str, str] | None = None) -> tuple[int, str, str]:
+                  env: dict[str, str] | None = None, server: str | None = None) -> tuple[int, str, str]:
         """A short command (accept, status, ...) to completion: (code, stdout, stderr)."""
         proc = await asyncio.create_subprocess_exec(
-            *self._argv(user, args, None, json=False),
+            *self._argv(user, args, server, json=False),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**self.env, **(env or {})},
         )

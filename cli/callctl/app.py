@@ -30,6 +30,21 @@ app = typer.Typer(
 )
 
 
+def _flags_take_no_value() -> None:
+    """Help shows a flag as just its name, not ``--loop <bool>`` (which reads as taking a value)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"callctl {__version__}")
@@ -45,6 +60,11 @@ def main_options(
     ] = None,
     user: Annotated[
         str | None, typer.Option("--as", envvar="CALLCTL_USER", help="Your user id.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", envvar="CALLCTL_DEVICE",
+                     help="This device's id (default: the host name); also after the command."),
     ] = None,
     service: Annotated[
         str | None,
@@ -62,6 +82,12 @@ def main_options(
             help="TOML config file (default: ~/.config/callctl/config.toml, then /etc/callctl/config.toml).",
         ),
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", envvar="CALLCTL_CA_FILE",
+                     help="Trust the certificates in this PEM file for an https server "
+                          "(a --tls self-signed server's server-cert.pem)."),
+    ] = None,
     json: Annotated[
         bool, typer.Option("--json", envvar="CALLCTL_JSON", help="NDJSON events on stdout.")
     ] = False,
@@ -72,7 +98,8 @@ def main_options(
 ) -> None:
     try:
         ctx.obj = resolve(
-            server=server, user=user, service=service, token=token, json=json, config=config
+            server=server, user=user, service=service, token=token, json=json, config=config,
+            device=device, ca_file=ca_file,
         )
         ctx.default_map = command_defaults(ctx, ctx.obj)
     except ConfigError as exc:
@@ -108,8 +135,8 @@ def command_defaults(ctx: typer.Context, settings: Settings) -> dict[str, dict[s
 
 
 app.command("server", help=server_cmd.__doc__)(server_cmd.server)
-app.command("call", help=call_cmd.__doc__)(call_cmd.call)
-app.command("listen", help=listen_cmd.__doc__)(listen_cmd.listen)
+app.command("call", help=call_cmd.__doc__, epilog=call_cmd.EXAMPLES)(call_cmd.call)
+app.command("listen", help=listen_cmd.__doc__, epilog=listen_cmd.EXAMPLES)(listen_cmd.listen)
 app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
 app.command("devices", help=devices_cmd.__doc__)(devices_cmd.devices)
 app.command("preview", help=preview_cmd.__doc__)(preview_cmd.preview)

@@ -25,6 +25,10 @@ class Settings:
     user: str | None = None
     service: str = "default"
     token: str | None = None
+    #: This device's id (``--device`` before or after the command); None: the host name.
+    device: str | None = None
+    #: Certificates to trust for an https server (``--ca-file``), e.g. a self-signed one's.
+    ca_file: Path | None = None
     json: bool = False
     config_file: Path | None = None
     #: Everything else the file said, for commands that read their own keys.
@@ -78,6 +82,17 @@ def check_server_url(url: str) -> None:
         raise ConfigError(f"bad server URL {url!r}: port 0")
 
 
+def check_ca_file(path: Path) -> None:
+    """A readable PEM file of certificates, or ConfigError saying what is wrong."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ConfigError(f"cannot use --ca-file {path}: {why}") from None
+
+
 def resolve(
     *,
     server: str | None,
@@ -86,24 +101,31 @@ def resolve(
     token: str | None,
     json: bool,
     config: Path | None,
+    device: str | None = None,
+    ca_file: Path | None = None,
 ) -> Settings:
     """Flags and env vars arrive merged by Typer; fill the gaps from the file."""
     explicit = config is not None
     path = config if explicit else default_config_file()
     data = load_file(path, explicit)
-    for key in ("server", "user", "service", "token"):
+    for key in ("server", "user", "service", "token", "device", "ca_file"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"config file {path}: {key!r} must be a string")
     if "json" in data and not isinstance(data["json"], bool):
         raise ConfigError(f"config file {path}: 'json' must be true or false, not {data['json']!r}")
     url = server or data.get("server") or DEFAULT_SERVER
     check_server_url(url)
+    trusted = ca_file or (Path(data["ca_file"]) if data.get("ca_file") else None)
+    if trusted is not None:
+        check_ca_file(trusted)
     return Settings(
         server=url,
         user=user or data.get("user"),
         service=service or data.get("service") or "default",
         token=token or data.get("token"),
+        device=device or data.get("device"),
+        ca_file=ca_file or (Path(data["ca_file"]) if data.get("ca_file") else None),
         json=json or data.get("json", False),
         config_file=path,
-        extra={k: v for k, v in data.items() if k not in {"server", "user", "service", "token"}},
+        extra={k: v for k, v in data.items() if k not in {"server", "user", "service", "token", "device", "ca_file"}},
     )

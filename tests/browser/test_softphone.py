@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from tests.audio import tone_fraction
-from tests.browser.conftest import BROWSER_HZ, open_page
+from tests.browser.conftest import BROWSER_HZ, ELSEWHERE, open_page
 from tests.cli import Callctl
 from tests.helpers import ServerProcess
 
@@ -71,7 +71,9 @@ async def test_browser_calls_a_listening_kiosk(browser, server: ServerProcess, c
     # the kiosk recorded the browser's microphone tone
     duration, fraction = tone_fraction(rec, BROWSER_HZ)
     assert duration > 2 and fraction > 0.5, (duration, fraction)  # mute took a moment out of it
-    assert "hung up" in await page.get_by_test_id("message").inner_text()
+    # the page hung up itself (the server's call.ended to it comes before its POST returns)
+    await page.get_by_test_id("message").get_by_text("Call ended").wait_for(timeout=WAIT_MS)
+    assert await page.get_by_test_id("message").inner_text() == "Call ended: the call was hung up"
 
 
 async def test_callctl_calls_a_browser_that_answers(browser, server: ServerProcess, cli: Callctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -105,11 +107,49 @@ async def test_callctl_calls_a_browser_that_answers(browser, server: ServerProce
     assert duration > 2 and fraction > 0.8, (duration, fraction)
 
 
-async def test_browser_declines_and_the_caller_exits_3(browser, server: ServerProcess, cli: Callctl) -> None:  # type: ignore[no-untyped-def]
-    page = await open_page(browser, server, server.token("reception"))
+async def ringtone(page) -> dict | None:  # type: ignore[no-untyped-def]
+    return await page.evaluate("() => window.callctl.ringtone()")
+
+
+async def test_browser_rings_declines_and_the_caller_exits_3(browser, server: ServerProcess, cli: Callctl) -> None:  # type: ignore[no-untyped-def]
+    page = await open_page(browser, server, server.token("reception"),
+                           permissions=("microphone", "camera", "notifications"))
     await page.get_by_test_id("connection").get_by_text("online").wait_for(timeout=WAIT_MS)
+    title = await page.title()
     door = await cli.call("door", "reception")
     await page.get_by_test_id("ringing").wait_for(timeout=WAIT_MS)
+    # it rings: a tone out of the page's AudioContext, the title, a notification
+    await page.wait_for_function(
+        "() => { const r = window.callctl.ringtone(); return r && r.running && r.level > 0.01 }", timeout=WAIT_MS)
+    ring = await ringtone(page)
+    assert ring is not None and (ring["kind"], ring["peer"], ring["notified"]) == ("ring", "door", True), ring
+    assert await page.title() == "Ringing: door — callctl"
+    await page.get_by_test_id("decline").click()
+    assert await ringtone(page) is None  # silent at once
+    assert await page.title() == title
+    assert await door.exit_code() == 3
+
+
+async def test_plain_http_from_elsewhere_says_why_there_is_no_microphone(  # type: ignore[no-untyped-def]
+        browser, server: ServerProcess, cli: Callctl, tmp_path: Path) -> None:
+    # as a phone on the LAN opening http://SERVER:PORT/: not a secure context
+    page = await open_page(browser, server, server.token("reception"),
+                           url=server.url.replace("127.0.0.1", ELSEWHERE) + "/")
+    assert not await page.evaluate("() => window.isSecureContext")
+    notice = page.get_by_test_id("insecure")
+    await notice.wait_for(timeout=WAIT_MS)
+    text = await notice.inner_text()
+    assert "microphone" in text and "callctl server --tls self-signed" in text and "localhost" in text, text
+    await page.get_by_test_id("connection").get_by_text("online").wait_for(timeout=WAIT_MS)
+    assert await page.get_by_test_id("call-button").is_disabled()
+    await page.set_viewport_size({"width": 390, "height": 844})  # the message fits a phone
+    await page.wait_for_function("() => innerWidth === 390")
+    await page.screenshot(path=str(tmp_path / "insecure-phone.png"), full_page=True)
+    assert await page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
+    # a call still rings here and can be declined, but not accepted
+    door = await cli.call("door", "reception")
+    await page.get_by_test_id("ringing").wait_for(timeout=WAIT_MS)
+    assert await page.get_by_test_id("accept").is_disabled()
     await page.get_by_test_id("decline").click()
     assert await door.exit_code() == 3
 

@@ -163,6 +163,8 @@ async def test_allow_list_refuses_a_stranger_without_ringing(cli: Callctl) -> No
     refused = await bob.wait_event("call.refused")
     assert refused["peer"] == "mallory"
     assert bob.named("call.incoming") == []
+    # and mallory never heard it ring: no ringback (nor its tone) for a caller bob refuses
+    assert mallory.named("call.ringback") == []
     alice = await cli.call("alice", "bob", "--hangup-after", "0.5")
     assert await alice.exit_code() == 0
 

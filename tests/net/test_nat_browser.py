@@ -20,6 +20,7 @@ import pytest
 from callctl.harness import netns
 from callctl.harness.server import ServerProcess
 from tests.audio import tone_fraction
+from tests.browser.conftest import watch_errors
 from tests.net.conftest import CALLEE_HZ, CALLER_HZ, NetCallctl
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -57,11 +58,15 @@ async def page(net: netns.Topology, nat_server: ServerProcess, tmp_path: Path) -
             context = await browser.new_context(permissions=["microphone", "camera"])
             tab = await context.new_page()
             tab.on("console", lambda m: print("page:", m.text))
+            errors: list[str] = []
+            watch_errors(tab, errors)
             await tab.goto(nat_server.url + "/")
             await tab.get_by_test_id("token").fill(nat_server.token("operator"))
             await tab.get_by_test_id("signin-button").click()
             await tab.get_by_test_id("connection").get_by_text("online").wait_for(timeout=WAIT_MS)
             yield tab
+            if errors:
+                pytest.fail("the page had script errors:\n" + "\n".join(errors), pytrace=False)
         finally:
             await browser.close()
 

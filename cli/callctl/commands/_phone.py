@@ -102,6 +102,21 @@ ReconnectTimeout = Annotated[float, typer.Option(
 ConnectTimeout = Annotated[float, typer.Option(
     envvar="CALLCTL_CONNECT_TIMEOUT", min=1, max=300,
     help="Seconds the media path may take to come up after the answer before the call ends (network_lost).")]
+RingTimeout = Annotated[float | None, typer.Option(
+    min=1, max=3600, help="Stop ringing after this many seconds: the call ends no_answer (exit 5).")]
+HangupAfter = Annotated[float | None, typer.Option(
+    min=0.1, help="Hang up this many seconds after the call connects (exit 0).")]
+MaxDuration = Annotated[float | None, typer.Option(
+    min=0.1, help="End the call this many seconds after it connects (max_duration, exit 13).")]
+Ringtone = Annotated[str, typer.Option(
+    envvar="CALLCTL_RINGTONE", metavar="tone|none|FILE",
+    help="What the speaker plays while a call rings here (tone: built in).")]
+Ringback = Annotated[str, typer.Option(
+    envvar="CALLCTL_RINGBACK", metavar="tone|none|FILE",
+    help="What the speaker plays while the callee's device rings (tone: built in).")]
+OnRing = Annotated[str | None, typer.Option(help="Shell command run when a call rings (see docs/EVENTS.md, Hooks).")]
+OnConnect = Annotated[str | None, typer.Option(help="Shell command run when a call connects.")]
+OnEnd = Annotated[str | None, typer.Option(help="Shell command run when a call ends.")]
 CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
@@ -113,7 +128,7 @@ def device_and_media(settings: Settings, device: str | None, media: MediaOptions
     from callctl.media.video_sources import parse_size
     from callctl.signaling.protocol import valid_id
 
-    dev = device or default_device()
+    dev = device or settings.device or default_device()
     if not valid_id(dev):
         fail(f"bad device id {dev!r}", ExitCode.USAGE)
     try:
@@ -179,7 +194,7 @@ def check_media(media: MediaOptions) -> None:
         fail(str(exc), ExitCode.DEVICE_ERROR)
 
 
-def outputs(settings: Settings) -> tuple[list[Any], bool]:
+def outputs(settings: Settings, *, quiet_until_online: bool = False) -> tuple[list[Any], bool]:
     """The event listeners for this process and whether a live view should run."""
     from callctl.ui.output import JsonOutput, PlainOutput
 
@@ -187,7 +202,22 @@ def outputs(settings: Settings) -> tuple[list[Any], bool]:
         return [JsonOutput()], False
     if sys.stdout.isatty():
         return [], True
-    return [PlainOutput()], False
+    return [PlainOutput(quiet_until_online=quiet_until_online)], False
+
+
+def own_user(settings: Settings) -> str | None:
+    """Who we are, as far as it is known before going online (--as, or the token's subject)."""
+    if settings.user:
+        return settings.user
+    if settings.token:
+        import jwt
+
+        try:
+            sub = jwt.decode(settings.token, options={"verify_signature": False}).get("sub")
+        except jwt.InvalidTokenError:
+            return None
+        return sub if isinstance(sub, str) else None
+    return None
 
 
 async def run_phone(
@@ -200,6 +230,7 @@ async def run_phone(
     wait_registered: bool,
     reconnect_timeout: float = 20.0,
     connect_timeout: float = 15.0,
+    hooks: dict[str, str | None] | None = None,
 ) -> int:
     """Bring a Phone online with its control socket and output, run ``body``, clean up."""
     from callctl.engine.commands import Request, run_command
@@ -216,12 +247,9 @@ async def run_phone(
     except UnsupportedStack as exc:
         print(f"callctl: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
-    listeners, live = outputs(settings)
-    if live and getattr(media, "video_out", "null") == "terminal":
-        from callctl.ui.output import PlainOutput
-
-        listeners, live = [PlainOutput()], False  # the video owns the screen
-    client = SignalingClient(settings.server, token, device=device)
+    listeners, live = outputs(settings, quiet_until_online=wait_registered)
+    client = SignalingClient(settings.server, token, device=device,
+                             ca_file=str(settings.ca_file) if settings.ca_file else None)
     phone = Phone(client=client, media=media, policy=policy, user=user, device=device,
                   reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout)
     phone.listeners.extend(listeners)
@@ -233,6 +261,10 @@ async def run_phone(
         print(f"callctl: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     phone.listeners.append(lambda _e, record: control.publish(record))
+    from callctl.commands._hooks import Hooks
+
+    run_hooks = Hooks(hooks or {}, user=user, device=device)
+    phone.listeners.append(run_hooks)
 
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -253,7 +285,7 @@ async def run_phone(
             s = phone.session
             return await s.peer.stats() if s is not None and s.peer is not None else {}
 
-        view = LiveView(lambda: run_command(phone, Request("status")), key, stats)
+        view = LiveView(lambda: run_command(phone, Request("status")), key, stats, one_call=wait_registered)
         phone.listeners.append(view)
         view.start()
     phone.start()
@@ -270,6 +302,7 @@ async def run_phone(
         if view is not None:
             await view.stop()
         await control.close()
+        await run_hooks.finish()
 
 
 async def _registered(phone: Phone, interrupted: asyncio.Event) -> int | None:
@@ -291,7 +324,9 @@ async def _registered(phone: Phone, interrupted: asyncio.Event) -> int | None:
 
     phone.emit(Ev.CALL_ENDED, {"call_id": None, "peer": None, "reason": "server_unreachable",
                                "source": "local", "duration_s": 0.0})
-    print(f"callctl: cannot reach the server at {phone.client.server}", file=sys.stderr)
+    reason = (phone.offline_reason or "").removeprefix(f"{phone.client.server}: ")
+    why = f" ({reason})" if reason else ""
+    print(f"callctl: cannot reach the server at {phone.client.server}{why}", file=sys.stderr)
     return ExitCode.SERVER_UNREACHABLE
 
 

@@ -16,6 +16,18 @@ from callctl.ui.console import fail
 if TYPE_CHECKING:
     from callctl.engine.phone import Phone
 
+EXAMPLES = """\b
+Examples:
+  callctl call alice               # ring alice and talk; q hangs up
+  callctl call alice --video       # a video call from the camera
+  callctl call door --ring-timeout 20 --hangup-after 30
+  callctl --json call alice --audio-in tone --audio-out null
+
+The exit code says how the call ended: 0 hangup, 3 declined, 4 busy,
+5 no_answer, 6 unavailable, 9 network_lost, 10 server_unreachable,
+130 interrupted; all of them in docs/EXIT-CODES.md.
+"""
+
 
 def call(
     ctx: typer.Context,
@@ -23,16 +35,16 @@ def call(
     audio_in: _phone.AudioIn = "mic",
     audio_out: _phone.AudioOut = "speaker",
     loop: _phone.Loop = False,
-    ring_timeout: Annotated[
-        float | None, typer.Option(min=1, max=3600, help="Give up after ringing this many seconds (no_answer).")
-    ] = None,
-    hangup_after: Annotated[
-        float | None, typer.Option(min=0.1, help="Hang up this many seconds after connecting (exit 0).")
-    ] = None,
-    max_duration: Annotated[
-        float | None, typer.Option(min=0.1, help="End the call after this many seconds (max_duration, exit 13).")
-    ] = None,
-    record: Annotated[Path | None, typer.Option(help="Record the peer's audio to this file (.wav, .ogg, .flac, ...).")] = None,
+    ring_timeout: _phone.RingTimeout = None,
+    hangup_after: _phone.HangupAfter = None,
+    max_duration: _phone.MaxDuration = None,
+    ringback: _phone.Ringback = "tone",
+    on_ring: Annotated[str | None, typer.Option(help="Shell command run when the callee's device rings.")] = None,
+    on_connect: _phone.OnConnect = None,
+    on_end: _phone.OnEnd = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Record the call to this file: the peer's audio (.wav .ogg .flac ...), "
+             "and its video too into .mkv/.webm/.mp4.")] = None,
     device: _phone.Device = None,
     bitrate: _phone.Bitrate = 32,
     video: Annotated[bool, typer.Option("--video", help="A video call (sends --video-in, camera by default).")] = False,
@@ -57,12 +69,14 @@ def call(
     settings = ctx.obj
     if not valid_id(peer):
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
+    if peer == _phone.own_user(settings):
+        fail(f"{peer} cannot call itself", ExitCode.USAGE)
     if video and video_in is None:
         video_in = "camera"
     dev, media = _phone.device_and_media(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
-                                       video_paused=video_paused),
+                                       video_paused=video_paused, ringback=ringback),
         video_out=video_out, size=video_size, camera_format=camera_format)
     _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     call_media = Media.VIDEO if video else Media.AUDIO
@@ -87,5 +101,6 @@ def call(
             return ExitCode.INTERRUPTED
         return for_reason(session.outcome().reason)
 
-    _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True,
+    hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end}
+    _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True, hooks=hooks,
                                 reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))

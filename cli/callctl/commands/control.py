@@ -21,7 +21,7 @@ def _target(ctx: typer.Context, device: str | None) -> Any:
 
     settings = ctx.obj
     try:
-        return find_socket(None, settings.user, device)
+        return find_socket(None, settings.user, device or settings.device)
     except ControlError as exc:
         fail(str(exc), ExitCode.USAGE)
 

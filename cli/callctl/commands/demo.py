@@ -58,7 +58,8 @@ async def _demo(settings: Any, duration: float) -> int:
                 alice.listeners.append(JsonOutput())
             elif sys.stdout.isatty():
                 view = LiveView(lambda: run_command(alice, Request("status")), lambda cmd: None,
-                                lambda: alice.session.peer.stats() if alice.session and alice.session.peer else _none())
+                                lambda: alice.session.peer.stats() if alice.session and alice.session.peer else _none(),
+                                one_call=True)
                 alice.listeners.append(view)
                 bob.listeners.append(lambda e, r: view(e, {**r, "peer": r.get("peer")}) if e == Ev.CALL_INCOMING else None)
             else:

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from callctl.commands import _phone
-from callctl.engine.events import Ev
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
 if TYPE_CHECKING:
     from callctl.engine.phone import Phone
 
-HOOK_EVENTS: dict[str, str] = {Ev.CALL_INCOMING: "ring", Ev.CALL_CONNECTED: "connect", Ev.CALL_ENDED: "end"}
+EXAMPLES = """\b
+Examples:
+  callctl listen                   # rings on the speaker; a answers
+  callctl listen --auto-accept --allow alice,bob
+  callctl listen --ring-timeout 30 --on-ring 'logger "$CALLCTL_PEER"'
+  button-pressed && callctl accept # another shell answers the ring
+
+With --once the exit code says how the call ended (docs/EXIT-CODES.md);
+otherwise listen runs until Ctrl-C (130) or a fatal server error (10, 11).
+"""
 
 
 def listen(
@@ -31,13 +37,19 @@ def listen(
         str | None, typer.Option(help="Comma-separated users who may call; others are refused without ringing.")
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Exit after one call, with that call's exit code.")] = False,
-    on_ring: Annotated[str | None, typer.Option(help="Shell command run when a call rings.")] = None,
-    on_connect: Annotated[str | None, typer.Option(help="Shell command run when a call connects.")] = None,
-    on_end: Annotated[str | None, typer.Option(help="Shell command run when a call ends.")] = None,
+    ring_timeout: _phone.RingTimeout = None,
+    hangup_after: _phone.HangupAfter = None,
+    max_duration: _phone.MaxDuration = None,
+    ringtone: _phone.Ringtone = "tone",
+    on_ring: _phone.OnRing = None,
+    on_connect: _phone.OnConnect = None,
+    on_end: _phone.OnEnd = None,
     audio_in: _phone.AudioIn = "mic",
     audio_out: _phone.AudioOut = "speaker",
     loop: _phone.Loop = False,
-    record: Annotated[Path | None, typer.Option(help="Record each call's peer audio to this file (overwritten per call).")] = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Record each call to this file (overwritten per call): the peer's audio, and its video "
+             "too into .mkv/.webm/.mp4.")] = None,
     device: _phone.Device = None,
     bitrate: _phone.Bitrate = 32,
     video_in: _phone.VideoIn = None,
@@ -54,6 +66,7 @@ def listen(
     connect_timeout: _phone.ConnectTimeout = 15.0,
 ) -> None:
     from callctl.engine.phone import CallPolicy
+    from callctl.engine.session import CallLimits
     from callctl.media.assembly import MediaOptions
     from callctl.signaling.protocol import valid_id
 
@@ -67,23 +80,14 @@ def listen(
     dev, media = _phone.device_and_media(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
-                                       video_paused=video_paused),
+                                       video_paused=video_paused, ringtone=ringtone),
         video_out=video_out, size=video_size, camera_format=camera_format)
     _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
-    policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed)
+    limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
+    policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed, limits=limits)
     hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}
 
     async def body(phone: Phone, interrupted: asyncio.Event) -> int:
-        running: set[asyncio.Task[None]] = set()
-
-        def hook(event: str, record: dict[str, Any]) -> None:
-            cmd = hooks.get(HOOK_EVENTS.get(event, ""))
-            if cmd:
-                task = asyncio.ensure_future(_run_hook(cmd, record))
-                running.add(task)
-                task.add_done_callback(running.discard)
-
-        phone.listeners.append(hook)
         stop = asyncio.ensure_future(interrupted.wait())
         fatal = asyncio.ensure_future(phone.stopped.wait())
         try:
@@ -104,27 +108,7 @@ def listen(
         finally:
             stop.cancel()
             fatal.cancel()
-            for task in list(running):
-                await asyncio.wait([task], timeout=5)
 
-    _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False,
+    _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False, hooks=hooks,
                                 reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))
 
-
-async def _run_hook(cmd: str, record: dict[str, Any]) -> None:
-    env = dict(os.environ)
-    env.update({
-        "CALLCTL_EVENT": str(record.get("event", "")),
-        "CALLCTL_CALL_ID": str(record.get("call_id") or ""),
-        "CALLCTL_PEER": str(record.get("peer") or ""),
-        "CALLCTL_MEDIA": str(record.get("media") or ""),
-        "CALLCTL_REASON": str(record.get("reason") or ""),
-    })
-    try:
-        proc = await asyncio.create_subprocess_shell(cmd, env=env, stdin=asyncio.subprocess.DEVNULL)
-        code = await proc.wait()
-    except OSError as exc:
-        print(f"callctl: hook {cmd!r} failed: {exc}", file=sys.stderr)
-        return
-    if code != 0:
-        print(f"callctl: hook {cmd!r} exited {code}", file=sys.stderr)

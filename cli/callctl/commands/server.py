@@ -14,13 +14,20 @@ from callctl.ui.console import fail
 
 if TYPE_CHECKING:
     from callctl.server.ice import IcePolicy
+    from callctl.server.tls import SelfSigned
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def server(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(envvar="CALLCTL_SERVER_HOST", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(envvar="CALLCTL_SERVER_HOST",
+                     help="Address to listen on: 0.0.0.0 (or ::) serves the LAN; add --tls self-signed "
+                     "(or --tls-cert/--tls-key) there, as browsers on other machines get the microphone "
+                     "only over HTTPS (docs/BROWSER.md)."),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(envvar="CALLCTL_SERVER_PORT", min=0, max=65535, help="Port (0: any free one).")
     ] = 8765,
@@ -33,6 +40,20 @@ def server(
             envvar="CALLCTL_SECRET_FILE",
             help="Token signing secret (default: ~/.local/state/callctl/server-secret, created 0600).",
         ),
+    ] = None,
+    tls: Annotated[
+        str | None,
+        typer.Option("--tls", envvar="CALLCTL_SERVER_TLS", metavar="self-signed",
+                     help="self-signed: serve HTTPS with a certificate for this machine's names and "
+                     "addresses, made once and kept next to the secret file (server-cert.pem: its "
+                     "fingerprint is printed at start; clients trust it as their "
+                     "CA file, e.g. SSL_CERT_FILE=server-cert.pem)."),
+    ] = None,
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option("--tls-name", envvar="CALLCTL_SERVER_TLS_NAME",
+                     help="Another DNS name or address the self-signed certificate covers, "
+                     "e.g. kiosk.example.lan (repeatable)."),
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
@@ -83,6 +104,12 @@ def server(
 ) -> None:
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", ExitCode.USAGE)
+    if tls is not None and tls != "self-signed":
+        fail(f"--tls {tls!r}: the one choice is self-signed (or give --tls-cert/--tls-key)", ExitCode.USAGE)
+    if tls is not None and (tls_cert is not None or tls_key is not None):
+        fail("--tls self-signed or --tls-cert/--tls-key, not both", ExitCode.USAGE)
+    if tls_name and tls is None:
+        fail("--tls-name is for --tls self-signed", ExitCode.USAGE)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", ExitCode.USAGE)
     for path in (tls_cert, tls_key):
@@ -92,6 +119,9 @@ def server(
         _check_tls(tls_cert, tls_key)
     ice = _ice_policy(stun or [], turn or [], turn_secret_file, turn_ttl,
                       ice_server or [], ice_username, ice_credential)
+    own = _self_signed(host, tls_name or [], secret_file or default_secret_file()) if tls else None
+    if own is not None:
+        tls_cert, tls_key = own.cert_file, own.key_file
 
     from callctl.signaling.auth import SecretError, load_or_create_secret
     from callctl.server.app import create_app
@@ -119,7 +149,10 @@ def server(
                      secret_file=secret_file or default_secret_file())
     options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                             log_level=log_level.lower(), request_timeout=request_timeout)
-    serve(app, sock, options, announce=_announce_json if ctx.obj.json else _announce_plain)
+    if ctx.obj.json:
+        serve(app, sock, options, announce=lambda url: _announce_json(url, own))
+    else:
+        serve(app, sock, options, announce=lambda url: _announce_plain(url, own))
 
 
 def _ice_policy(stun: list[str], turn: list[str], secret_file: Path | None, ttl: str,
@@ -160,13 +193,35 @@ def _check_tls(cert: Path, key: Path) -> None:
              ExitCode.USAGE)
 
 
-def _announce_plain(url: str) -> None:
+def _self_signed(host: str, names: list[str], secret_file: Path) -> SelfSigned:
+    """The kept certificate (or a new one, said on stderr), next to the secret; errors exit 2."""
+    import sys
+
+    from callctl.server.tls import TlsError, machine_names, self_signed
+
+    try:
+        own = self_signed(secret_file.parent, machine_names(host, names))
+    except TlsError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if own.renewed:
+        print(f"callctl server: made a new TLS certificate, as the kept one ({own.cert_file}) "
+              f"{own.renewed}: its fingerprint changed", file=sys.stderr, flush=True)
+    return own
+
+
+def _announce_plain(url: str, own: SelfSigned | None) -> None:
+    if own is not None:
+        print(f"TLS certificate {own.cert_file} (self-signed) for {own.names.describe()}\n"
+              f"SHA-256 fingerprint {own.fingerprint}", flush=True)
     print(f"callctl server listening on {url}", flush=True)
 
 
-def _announce_json(url: str) -> None:
+def _announce_json(url: str, own: SelfSigned | None) -> None:
     # the one line a supervisor (callctl.harness, a test, a bench) waits for: docs/EVENTS.md
     from callctl.ui.output import JsonOutput
 
-    record = {"v": 1, "ts": round(time.time(), 3), "event": "server.listening", "url": url}
+    record: dict[str, object] = {"v": 1, "ts": round(time.time(), 3), "event": "server.listening", "url": url}
+    if own is not None:
+        record.update(tls_cert=str(own.cert_file), tls_sha256=own.fingerprint,
+                      tls_names=own.names.as_list())
     JsonOutput()("server.listening", record)

@@ -136,6 +136,8 @@ class AnswerSent:
 @dataclass(frozen=True, slots=True)
 class Decline:
     busy: bool = False
+    #: The callee's own ``--ring-timeout`` ran out: the caller sees ``no_answer``.
+    no_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +322,7 @@ class SendAnswer:
 @dataclass(frozen=True, slots=True)
 class SendDecline:
     busy: bool
+    no_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +454,8 @@ class Call:
     media: Media = Media.AUDIO
     media_up: bool = False
     accepted: bool = False
+    #: Caller: a device of the callee rings (the ringback plays).
+    rang: bool = False
     #: Caller: the answer a callee's device prepared (applied early), and that device.
     early_answer: str | None = None
     prepared_by: str | None = None
@@ -547,6 +552,7 @@ def _created(c: Call, e: Created, now: float) -> list[Action]:
 
 
 def _ringing(c: Call, e: Ringing, now: float) -> list[Action]:
+    c.rang = True
     return [Notify(Ev.CALL_RINGBACK, c._ids())]
 
 
@@ -685,8 +691,8 @@ def _ignore(c: Call, e: object, now: float) -> list[Action]:
 
 
 def _decline(c: Call, e: Decline, now: float) -> list[Action]:
-    reason = EndReason.BUSY if e.busy else EndReason.DECLINED
-    return c._end(now, reason, Source.LOCAL, SendDecline(e.busy))
+    reason = EndReason.BUSY if e.busy else EndReason.NO_ANSWER if e.no_answer else EndReason.DECLINED
+    return c._end(now, reason, Source.LOCAL, SendDecline(e.busy, e.no_answer))
 
 
 def _media_up(c: Call, e: MediaUp, now: float) -> list[Action]:

@@ -69,6 +69,8 @@ class CallPolicy:
     auto_accept: bool = False
     accept_after: float | None = None
     allow: frozenset[str] | None = None
+    #: Timers for each call taken (``listen --ring-timeout/--hangup-after/--max-duration``).
+    limits: CallLimits = field(default_factory=CallLimits)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Phone:
     sessions_by_id: dict[str, CallSession] = field(default_factory=dict)
     registered: asyncio.Event = field(default_factory=asyncio.Event)
     online: bool = False
+    #: Why the event stream is down, while it is (the last attempt's error).
+    offline_reason: str | None = None
     fatal: SignalingError | None = None
     #: Set when the stream failed for good (auth refused, device taken over).
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,7 +169,7 @@ class Phone:
 
     async def _stream(self) -> None:
         try:
-            self._events = self.client.events()
+            self._events = self.client.events(allow=self.policy.allow)
             async for item in self._events:
                 if isinstance(item, Disconnected):
                     self._went_offline(item)
@@ -190,6 +194,7 @@ class Phone:
     def _went_offline(self, item: Disconnected) -> None:
         if item.deliberate:
             return  # we reopen it ourselves: the server is not known to be gone
+        self.offline_reason = item.error.message
         if self.online or not self.registered.is_set():
             self.emit(Ev.SERVER_LOST, {"message": item.error.message,
                                        "retry_in_s": round(item.retry_in, 2)})
@@ -259,7 +264,7 @@ class Phone:
 
     def _on_registered(self, event: p.Registered) -> None:
         was_registered = self.registered.is_set()
-        self.online = True
+        self.online, self.offline_reason = True, None
         self.user = event.user
         self._set_ice(event.ice_servers, event.ice_expires_at)
         if self._offline_timer is not None:
@@ -326,10 +331,12 @@ class Phone:
             self.emit(Ev.CALL_MISSED, {**ids, "reason": "busy"})
             self._tasks.spawn(self.client.decline(ring.call_id, True), "decline-busy")
             return
-        session = self._new_session(m.Role.CALLEE, CallLimits())
+        session = self._new_session(m.Role.CALLEE, self.policy.limits)
         self.sessions_by_id[ring.call_id] = session
         ring_s = max(0.0, ring.ring_expires_at - time.time())
         session.feed(m.Ring(ring.call_id, ring.caller, ring.media, ring.sdp, ring_s=ring_s))
+        if self.policy.limits.ring_timeout is not None and not self.policy.auto_accept:
+            session.stop_ringing_after(self.policy.limits.ring_timeout)
         if self.policy.auto_accept:
             session.feed(m.Accept())
         elif self.policy.accept_after is not None:

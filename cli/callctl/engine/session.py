@@ -25,6 +25,7 @@ from callctl.media.assembly import MediaOptions
 from callctl.media.errors import BadSdp, DeviceError, MediaError
 from callctl.media.sdp import check_negotiable
 from callctl.media.peer import MediaCallbacks, PeerConnection
+from callctl.media.ring import RingPlayer
 from callctl.signaling import protocol as p
 from callctl.signaling.client import Conflict, SignalingClient, SignalingError
 
@@ -108,6 +109,8 @@ class CallSession:
         self._warned: set[str] = set()
         #: A failure goes before anything already queued (an Accept queued behind a bad offer).
         self._failure: m.Failed | None = None
+        #: The ring or ringback playing on the speaker while the call rings.
+        self._ring: RingPlayer | None = None
         self._runner = asyncio.ensure_future(self._run())  # awaited through ``ended``
 
     # ----------------------------------------------------------- event input
@@ -150,6 +153,7 @@ class CallSession:
                 except m.ProtocolError as exc:
                     log.debug("ignored: %s", exc)
                     continue
+                self._update_ring()  # an answered call stops ringing before its media starts
                 for action in actions:
                     try:
                         await self._do(action)
@@ -161,7 +165,10 @@ class CallSession:
                         self._fail(exc)
                     if self._failure is not None and self.call.state != m.State.ENDED:
                         break  # the rest of this step is moot: the failure is handled next
+                self._update_ring()
         finally:
+            if self._ring is not None:
+                self._ring.stop()
             await self._tasks.cancel_all()
             self.ended.set()
 
@@ -215,7 +222,7 @@ class CallSession:
             self._later(action.seconds + RING_GRACE_S, m.RingExpired())
         elif isinstance(action, m.SendDecline):
             assert c.call_id is not None
-            await self._quietly(self.phone.client.decline(c.call_id, action.busy))
+            await self._quietly(self.phone.client.decline(c.call_id, action.busy, action.no_answer))
         elif isinstance(action, m.SendHangup):
             await self._send_hangup(action.reason)
         elif isinstance(action, m.StartMedia):
@@ -451,6 +458,26 @@ class CallSession:
                         f"signal-{kind}")
 
     # ----------------------------------------------------------------- media
+    def _update_ring(self) -> None:
+        """Ring while the call rings here, ringback while it rings there; silence otherwise."""
+        c = self.call
+        wanted = c.state == m.State.INCOMING or (c.state == m.State.OUTGOING and c.rang)
+        if wanted and self._ring is None and self.peer is not None and self.peer.sinks:
+            caller = c.role == m.Role.CALLER
+            self._ring = RingPlayer(self.media_opts.ring_spec(ringback=caller), self.peer.sinks[0],
+                                    ringback=caller)
+            self._ring.start()
+        elif not wanted and self._ring is not None:
+            self._ring.stop()
+            self._ring = None
+
+    def stop_ringing_after(self, seconds: float) -> None:
+        """Callee: decline as ``no_answer`` if nobody answered within ``seconds`` (a no-op after)."""
+        def expire() -> None:
+            if self.call.state == m.State.INCOMING:
+                self.feed(m.Decline(no_answer=True))
+        self._later_call(seconds, expire)
+
     def _start_media(self) -> None:
         if self.peer is not None:
             self.peer.start()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
 from callctl.media.peer import MediaCallbacks, PeerConnection, VideoSetup
+from callctl.media.ring import RingSpec
 from callctl.media.registry import AUDIO_SINKS, AUDIO_SOURCES, VIDEO_SINKS, VIDEO_SOURCES, OpenParams
 from callctl.media.video_sinks import VideoSink
 from callctl.media.video_sources import VideoFormat, VideoSource
@@ -43,6 +44,14 @@ class MediaOptions:
     ice_servers: list[IceServer] = field(default_factory=list)
     #: Media only through a TURN relay (ICE transport policy "relay").
     relay_only: bool = False
+    #: What the speaker plays while a call rings here (callee) and while the callee's device
+    #: rings (caller): ``tone``, ``none`` or an audio file (media/ring.py).
+    ringtone: str = "tone"
+    ringback: str = "tone"
+
+    def ring_spec(self, *, ringback: bool) -> RingSpec:
+        return RingSpec.parse(self.ringback if ringback else self.ringtone,
+                              "--ringback" if ringback else "--ringtone")
 
     @property
     def video_format(self) -> VideoFormat:
@@ -68,6 +77,8 @@ def check(opts: MediaOptions) -> None:
     if opts.video_in is not None:
         VIDEO_SOURCES.check(opts.video_in, opts.params)
     VIDEO_SINKS.check(opts.video_out, opts.params)
+    opts.ring_spec(ringback=False)
+    opts.ring_spec(ringback=True)
 
 
 def open_video_source(opts: MediaOptions) -> VideoSource:

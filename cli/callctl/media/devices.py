@@ -287,6 +287,10 @@ class SpeakerSink(_DeviceStream, AudioSink):
         self._frames.append(pcm)
         self.frames += 1
 
+    def flush(self) -> None:
+        """Drop what is queued for the device (a ring that must stop now)."""
+        self._frames.clear()
+
     def _callback(self, data: None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
         import pyaudio
 

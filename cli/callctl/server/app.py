@@ -90,6 +90,16 @@ async def _failed_login(request: Request) -> None:
                  "failed authentications")
 
 
+def _allow(value: str | None) -> frozenset[str] | None:
+    """``?allow=alice,bob``: the callers this device rings for (others it refuses itself)."""
+    if value is None:
+        return None
+    users = frozenset(u for u in value.split(",") if u)
+    if not users or len(users) > p.MAX_ALLOW or not all(p.valid_id(u) for u in users):
+        raise Refused(p.ErrorCode.MALFORMED, f"bad allow list: up to {p.MAX_ALLOW} user ids, comma-separated")
+    return users
+
+
 def _device(value: str | None) -> str:
     device = value or DEFAULT_DEVICE
     if not p.valid_id(device):
@@ -191,7 +201,7 @@ async def call_action(request: Request) -> Response:
         return JSONResponse(await hub.answer(me, device, call_id, answer.sdp))
     if action == "decline":
         decline = await _body(request, p.DeclineCall)
-        return JSONResponse(await hub.decline(me, call_id, decline.busy))
+        return JSONResponse(await hub.decline(me, call_id, decline.busy, decline.no_answer))
     if action == "hangup":
         hangup = await _body(request, p.HangupCall)
         return JSONResponse(await hub.hangup(me, call_id, hangup.reason))
@@ -249,8 +259,9 @@ async def events(request: Request) -> Response:
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if last_id is not None and not p.valid_event_id(last_id):
         raise Refused(p.ErrorCode.MALFORMED, "bad Last-Event-ID: expected an event id this server sent")
+    allow = _allow(request.query_params.get("allow"))
     me = await _stream_identity(request)
-    stream, backlog, registered = await _hub(request).open_stream(me, device, last_id)
+    stream, backlog, registered = await _hub(request).open_stream(me, device, last_id, allow=allow)
     return EventStreamResponse(_hub(request), stream, backlog, registered)
 
 

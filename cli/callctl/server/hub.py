@@ -52,6 +52,8 @@ class Stream:
     sub: Subscription
     #: When this stream's next keep-alive is due (monotonic); phases are spread.
     next_heartbeat: float = 0.0
+    #: The callers this device rings for (``?allow=``); None: everyone.
+    allow: frozenset[str] | None = None
 
 
 class Hub:
@@ -162,7 +164,8 @@ class Hub:
 
     # ----------------------------------------------------------------- streams
     async def open_stream(
-        self, identity: Identity, device: str, last_id: str | None
+        self, identity: Identity, device: str, last_id: str | None,
+        allow: frozenset[str] | None = None,
     ) -> tuple[Stream, list[StoredEvent], p.Registered]:
         """Register a device and return what to send first (replay + pending rings)."""
         if self.closing:
@@ -186,7 +189,7 @@ class Hub:
             sub = self.store.subscribe(user_key, device)
             stream = opened = Stream(
                 identity, device, stream_id, sub,
-                time.monotonic() + random.uniform(0, self.config.heartbeat_s),
+                time.monotonic() + random.uniform(0, self.config.heartbeat_s), allow,
             )
             self._streams[(user_key, device)] = stream
 
@@ -266,9 +269,10 @@ class Hub:
     async def _mark_rang(self, call: CallRecord) -> None:
         if call.rang:
             return
-        devices = await self.store.devices_online(call.callee_key)
+        devices = [d for d in await self.store.devices_online(call.callee_key)
+                   if self._rings_for(call.callee_key, d, call.caller)]
         if not devices:
-            return
+            return  # nobody online, or every device refuses this caller: no ringback for it
         updated, applied = await self.store.update_call(
             call.call_id, p.CallState.RINGING, {"rang": True}
         )
@@ -280,6 +284,10 @@ class Hub:
                 only_device=call.caller_device,
             )
             log.info("call %s %s -> %s ringing", call.call_id[:8], call.caller, call.callee)
+
+    def _rings_for(self, user_key: str, device: str, caller: str) -> bool:
+        stream = self._streams.get((user_key, device))
+        return stream is None or stream.allow is None or caller in stream.allow
 
     # ------------------------------------------------------------------- calls
     def info(self, call: CallRecord) -> p.CallInfo:
@@ -435,11 +443,12 @@ class Hub:
         log.info("call %s %s -> %s connected", call_id[:8], updated.caller, updated.callee)
         return self.info(updated)
 
-    async def decline(self, me: Identity, call_id: str, busy: bool = False) -> p.CallInfo:
+    async def decline(self, me: Identity, call_id: str, busy: bool = False,
+                      no_answer: bool = False) -> p.CallInfo:
         call, role = await self._party_call(me, call_id)
         if role is not p.Party.CALLEE:
             raise Refused(p.ErrorCode.FORBIDDEN, "only the callee may decline")
-        reason = p.EndReason.BUSY if busy else p.EndReason.DECLINED
+        reason = p.EndReason.BUSY if busy else p.EndReason.NO_ANSWER if no_answer else p.EndReason.DECLINED
         ended = await self._end(call, p.CallState.RINGING, reason, p.Party.CALLEE)
         if ended is None:
             latest = await self.store.get_call(call_id) or call

@@ -81,6 +81,8 @@ def document() -> dict[str, Any]:
                     {"name": "device", "in": "query", "schema": {"type": "string", "pattern": p.ID_PATTERN}},
                     {"name": "ticket", "in": "query", "schema": {"type": "string"},
                      "description": "a stream ticket, for clients that cannot send headers"},
+                    {"name": "allow", "in": "query", "schema": {"type": "string"},
+                     "description": "comma-separated user ids: the only callers this device rings for"},
                     {"name": "last_event_id", "in": "query",
                      "schema": {"type": "string", "pattern": p.EVENT_ID_RE.pattern}},
                     {"name": "Last-Event-ID", "in": "header",

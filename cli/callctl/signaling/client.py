@@ -218,9 +218,10 @@ class SignalingClient:
             "POST", f"/v1/calls/{call_id}/answer", p.AnswerCall(sdp=sdp), p.CallInfo
         )
 
-    async def decline(self, call_id: str, busy: bool = False) -> p.CallInfo:
+    async def decline(self, call_id: str, busy: bool = False, no_answer: bool = False) -> p.CallInfo:
         return await self._request(
-            "POST", f"/v1/calls/{call_id}/decline", p.DeclineCall(busy=busy), p.CallInfo
+            "POST", f"/v1/calls/{call_id}/decline", p.DeclineCall(busy=busy, no_answer=no_answer),
+            p.CallInfo
         )
 
     async def hangup(
@@ -252,8 +253,10 @@ class SignalingClient:
         return msgspec.json.decode(resp.content, type=p.Health)
 
     # ---------------------------------------------------------------- events
-    def events(self, *, max_backoff: float = 5.0) -> EventStream:
-        return EventStream(self, max_backoff=max_backoff)
+    def events(self, *, max_backoff: float = 5.0, allow: frozenset[str] | None = None) -> EventStream:
+        """The event stream; ``allow``: the only callers this device rings for (the server
+        sends no ringback to others: this device refuses them)."""
+        return EventStream(self, max_backoff=max_backoff, allow=allow)
 
 
 class EventStream:
@@ -265,9 +268,13 @@ class EventStream:
     taken over by a newer stream), or when the caller stops iterating.
     """
 
-    def __init__(self, client: SignalingClient, *, max_backoff: float) -> None:
+    def __init__(self, client: SignalingClient, *, max_backoff: float,
+                 allow: frozenset[str] | None = None) -> None:
         self._client = client
         self._max_backoff = max_backoff
+        self._params = {"device": client.device}
+        if allow is not None:
+            self._params["allow"] = ",".join(sorted(allow))
         self.last_id: str | None = None
         self._seen: collections.deque[str] = collections.deque(maxlen=1024)
         self._seen_set: set[str] = set()
@@ -397,7 +404,7 @@ class EventStream:
                             c._http,
                             "GET",
                             "/v1/events",
-                            params={"device": c.device},
+                            params=self._params,
                             headers=headers,
                             timeout=timeout,
                         ))

@@ -27,6 +27,8 @@ Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 EVENT_ID_RE = re.compile(r"[0-9a-z]{1,32}-[0-9]{1,18}")
 #: How deep the JSON ``data`` of a signal may nest (real signals: 1 or 2).
 MAX_SIGNAL_DEPTH = 8
+#: ``GET /v1/events?allow=``: at most this many user ids.
+MAX_ALLOW = 256
 
 
 def valid_id(value: object) -> bool:
@@ -207,6 +209,8 @@ class AnswerCall(Request):
 class DeclineCall(Request):
     #: Decline because this device is in another call: the caller sees ``busy``.
     busy: bool = False
+    #: Decline because this device's own ring timeout ran out: the caller sees ``no_answer``.
+    no_answer: bool = False
 
 
 class HangupCall(Request):

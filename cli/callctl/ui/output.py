@@ -53,7 +53,25 @@ class JsonOutput:
 
 
 class PlainOutput:
+    """One line per state change; a server that stays unreachable is said once, not per retry.
+
+    ``quiet_until_online``: nothing about the server before the first ``registered``
+    (``call`` says in one line that it could not reach it).
+    """
+
+    def __init__(self, *, quiet_until_online: bool = False) -> None:
+        self.quiet = quiet_until_online
+        self._lost_said = False
+
     def __call__(self, event: str, record: dict[str, Any]) -> None:
+        if event in (Ev.REGISTERED, Ev.SERVER_RESTORED):
+            self.quiet, self._lost_said = False, False
+        elif event == Ev.SERVER_LOST:
+            if self.quiet or self._lost_said:
+                return
+            self._lost_said = True
+        elif event == Ev.CALL_ENDED and record.get("call_id") is None and self.quiet:
+            return  # a call that never reached the server: the reason is said in one line
         render = PLAIN_EVENTS.get(event)
         if render is not None:
             print(f"callctl: {render(record)}", file=sys.stderr, flush=True)
@@ -64,26 +82,69 @@ def _meter(value: float, width: int = 20) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+#: What each state of a call lets a person do with one key.
+STATE_KEYS = {
+    "incoming": "a answer · d decline",
+    "outgoing": "q cancel",
+    "connecting": "q hang up",
+    "connected": "m mute · q hang up",
+    "reconnecting": "m mute · q hang up",
+}
+STATE_WORDS = {
+    "outgoing": "calling",
+    "incoming": "ringing: incoming call",
+    "connecting": "connecting",
+    "connected": "in call",
+    "reconnecting": "reconnecting (media path lost)",
+}
+
+
+def ended_text(record: dict[str, Any], me: str | None = None) -> str:
+    """``hangup (by you) after 00:12`` from a ``call.ended`` record."""
+    reason, source = record.get("reason", "?"), record.get("source")
+    by = {"local": "by you", "remote": f"by {record.get('peer') or 'the peer'}",
+          "server": "by the server"}.get(str(source), "")
+    return f"{reason}{f' ({by})' if by else ''} after {_clock(float(record.get('duration_s') or 0))}"
+
+
 class LiveView:
-    """A rich Live panel refreshed a few times a second, with single-key commands."""
+    """A rich Live panel refreshed a few times a second, with single-key commands.
+
+    While the peer's video is drawn in the terminal (``--video-out terminal``) the
+    panel gives way to one status line on the bottom row, below the frames; when
+    the video stops the panel comes back.  When the view stops, the last frame
+    stays on screen: the call that ended (``call``) or the waiting phone.
+    """
 
     KEYS = {"a": "accept", "d": "decline", "m": "toggle-mute", "q": "hangup"}
+    WIDTH = 76
 
     def __init__(self, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
-                 peer_stats: Callable[[], Any] | None = None) -> None:
+                 peer_stats: Callable[[], Any] | None = None, *, one_call: bool = False) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=False)
         self.status = status
         self.command = command
         self.peer_stats = peer_stats
+        self.one_call = one_call
         self.lines: list[str] = []
         self.stats: dict[str, float] = {}
+        self.ended: dict[str, Any] | None = None
         self._live: Any = None
         self._task: asyncio.Task[None] | None = None
         self._tty_state: Any = None
+        self._video_mode = False
 
     def __call__(self, event: str, record: dict[str, Any]) -> None:
+        if event == Ev.CALL_ENDED:
+            self.ended = record
+        elif event in (Ev.CALL_OUTGOING, Ev.CALL_INCOMING):
+            self.ended = None
         render = PLAIN_EVENTS.get(event)
         if render is not None:
             self.lines = [*self.lines[-4:], f"{time.strftime('%H:%M:%S')} {render(record)}"]
@@ -95,15 +156,19 @@ class LiveView:
         st = self.status()
         call = st.get("call") or {}
         table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold")
-        table.add_column()
+        table.add_column(style="bold", min_width=6, no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis")
         table.add_row("you", f"{st.get('user', '?')} ({'online' if st.get('online') else 'offline'})")
+        keys = "Ctrl-C quit"
         if call:
             table.add_row("peer", str(call.get("peer") or "?"))
             state = call.get("state", "")
+            words = STATE_WORDS.get(state, state)
+            if state == "incoming":
+                words += f" ({call.get('media', 'audio')})"
             if call.get("duration_s") is not None:
-                state += f"  {int(call['duration_s']) // 60:02d}:{int(call['duration_s']) % 60:02d}"
-            table.add_row("call", state)
+                words += f"  {_clock(call['duration_s'])}"
+            table.add_row("call", words)
             table.add_row("mic", _meter(call.get("level_out", 0.0)) + ("  MUTED" if call.get("muted") else ""))
             table.add_row("remote", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
             if call.get("route"):
@@ -113,31 +178,94 @@ class LiveView:
                 table.add_row("codec", call["codec"])
             if self.stats:
                 table.add_row("link", "  ".join(f"{k} {v}" for k, v in self.stats.items()))
+            keys = STATE_KEYS.get(state, keys)
+        elif self.ended is not None and self.one_call:
+            table.add_row("peer", str(self.ended.get("peer") or "?"))
+            table.add_row("call", f"ended: {ended_text(self.ended)}")
+            keys = ""
         else:
             table.add_row("call", "waiting for calls")
+            if self.ended is not None:
+                table.add_row("last", f"{self.ended.get('peer') or '?'}: {ended_text(self.ended)}")
         for line in self.lines:
             table.add_row("", f"[dim]{line}[/dim]")
-        keys = "a accept · d decline · m mute · q hang up"
-        return Panel(table, title="callctl", subtitle=keys, expand=False)
+        width = max(40, min(self.console.width, self.WIDTH))
+        return Panel(table, title="callctl", subtitle=keys or None, width=width)
 
-    async def run(self) -> None:
+    def _status_line(self) -> str:
+        """The one line under the peer's video: who, state, timer, levels, keys."""
+        st = self.status()
+        call = st.get("call") or {}
+        if not call:
+            return "callctl: " + ("waiting for calls" if not self.ended else ended_text(self.ended))
+        parts = [str(call.get("peer") or "?"), STATE_WORDS.get(call.get("state", ""), "")]
+        if call.get("duration_s") is not None:
+            parts.append(_clock(call["duration_s"]))
+        parts.append("mic " + _meter(call.get("level_out", 0.0), 6) + (" MUTED" if call.get("muted") else ""))
+        parts.append("remote " + _meter(call.get("level_in", 0.0), 6))
+        parts.append(STATE_KEYS.get(call.get("state", ""), ""))
+        return " · ".join(p for p in parts if p)
+
+    def _draw_status_line(self) -> None:
+        import shutil
+
+        cols, rows = shutil.get_terminal_size((80, 24))
+        line = self._status_line()[: cols - 1]
+        sys.stdout.write(f"\x1b7\x1b[{rows};1H\x1b[2K\x1b[7m{line}\x1b[0m\x1b8")
+        sys.stdout.flush()
+
+    def _start_live(self) -> None:
         from rich.live import Live
 
+        self._live = Live(self._panel(), console=self.console, auto_refresh=False, transient=False,
+                          redirect_stdout=False, redirect_stderr=False)
+        self._live.start(refresh=True)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _tick(self) -> None:
+        from callctl.ui.terminal_video import video_on_screen
+
+        video = video_on_screen()
+        if video and not self._video_mode:
+            self._stop_live()
+            sys.stdout.write("\x1b[2J\x1b[?25l")  # the frames take the screen; no cursor over them
+            self._video_mode = True
+        elif not video and self._video_mode:
+            sys.stdout.write("\x1b[2J\x1b[H\x1b[?25h")  # a clean screen for the panel
+            sys.stdout.flush()
+            self._video_mode = False
+            self._start_live()
+        if self._video_mode:
+            self._draw_status_line()
+        elif self._live is not None:
+            self._live.update(self._panel(), refresh=True)
+
+    async def run(self) -> None:
         self._raw_keys()
-        with Live(self._panel(), console=self.console, refresh_per_second=8, transient=False) as live:
-            self._live = live
-            tick = 0
-            try:
-                while True:
-                    await asyncio.sleep(0.125)
-                    tick += 1
-                    if self.peer_stats is not None and tick % 16 == 0:
-                        with contextlib.suppress(Exception):
-                            self.stats = await self.peer_stats() or {}
-                    live.update(self._panel())
-            finally:
-                live.update(self._panel())
-                self._restore_keys()
+        self._start_live()
+        tick = 0
+        try:
+            while True:
+                await asyncio.sleep(0.125)
+                tick += 1
+                if self.peer_stats is not None and tick % 16 == 0:
+                    with contextlib.suppress(Exception):
+                        self.stats = await self.peer_stats() or {}
+                self._tick()
+        finally:
+            if self._video_mode:  # the last frame is the panel, not a frozen video
+                sys.stdout.write("\x1b[2J\x1b[H\x1b[?25h")
+                sys.stdout.flush()
+                self._video_mode = False
+                self._start_live()
+            if self._live is not None:
+                self._live.update(self._panel(), refresh=True)
+            self._stop_live()
+            self._restore_keys()
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self.run())

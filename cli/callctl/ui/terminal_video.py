@@ -49,6 +49,17 @@ def fit(frame_w: int, frame_h: int, cols: int, rows: int) -> tuple[int, int]:
     return max(2, w), max(2, h - h % 2)
 
 
+#: When a terminal sink last drew a frame (0: none is drawing), for the live view's layout.
+_last_drawn = 0.0
+#: Frames older than this no longer hold the screen.
+ON_SCREEN_S = 1.0
+
+
+def video_on_screen() -> bool:
+    """Whether the peer's video is being drawn in this terminal now."""
+    return _last_drawn > 0 and time.monotonic() - _last_drawn < ON_SCREEN_S
+
+
 class TerminalSink(VideoSink):
     """Draws the peer's video in the terminal with half blocks, at a capped frame rate."""
 
@@ -80,6 +91,13 @@ class TerminalSink(VideoSink):
         self.out.write("\x1b[H" + render_ansi(rgb))
         self.out.flush()
         self.rendered += 1
+        global _last_drawn
+        _last_drawn = now
+
+    def close(self) -> None:
+        global _last_drawn
+        _last_drawn = 0.0
+        super().close()
 
 
 def _open_terminal(arg: str | None, params: OpenParams) -> VideoSink:

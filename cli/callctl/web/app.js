@@ -35,7 +35,23 @@ const state = {
   call: null,
   lastEnd: null,       // {reason, source} of the last call, for tests and the message line
   log: [],             // event names seen, for tests
+  // the microphone needs a secure context (https, or http on localhost)
+  mediaBlocked: !window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia,
+  ringing: null,       // {kind: "ring"|"ringback", call_id, title, notified} while a ring plays
+  early: [],           // events of a call we placed whose id the POST has not told us yet
 };
+const TITLE = document.title;
+// why there is no microphone, and what to do: [text, is-code] parts
+const INSECURE_PARTS = [
+  ["This page cannot use the microphone: browsers allow it only over HTTPS or on localhost, "
+    + "and this page was opened over plain http from " + location.host + ". Serve it with "],
+  ["callctl server --tls self-signed", true],
+  [" and open "], ["https://" + location.host + "/", true],
+  [" (accept the certificate warning once), or open it as "],
+  ["http://localhost:" + (location.port || "80") + "/", true],
+  [" on the server's own machine. Calling is off until then."],
+];
+const INSECURE = INSECURE_PARTS.map(([t]) => t).join("");
 
 // ------------------------------------------------------------------ helpers
 
@@ -154,10 +170,18 @@ async function connect() {
     if (!state.call) say("");
   });
   on("call.incoming", onIncoming);
-  on("call.ringing", (ev) => forCall(ev, (c) => { if (c.state === "calling") setCallState(c, "ringing"); }));
+  on("call.ringing", (ev) => forCall(ev, (c) => {
+    if (c.state !== "calling") return;
+    setCallState(c, "ringing");
+    say("Ringing " + c.peer + "…");
+  }));
   on("call.answered", (ev) => forCall(ev, onAnswered));
-  on("call.ended", (ev) => forCall(ev, (c) => endCall(c, ev.reason, ev.by === "server" ? "server" : "remote")));
-  on("call.signal", (ev) => forCall(ev, (c) => onSignal(c, ev)));
+  // when we hung up ourselves, the server's call.ended often comes before the
+  // hangup POST returns: it is still our hangup
+  on("call.ended", (ev) => forCall(ev, (c) => c.hungUp ? endCall(c, localEndReason(c), "local")
+    : endCall(c, ev.reason, ev.by === "server" ? "server" : "remote")));
+  // the server leaves out an empty "data"
+  on("call.signal", (ev) => forCall(ev, (c) => onSignal(c, Object.assign({ data: {} }, ev, { data: ev.data || {} }))));
   on("stream.closing", (ev) => {
     if (ev.reason === "token_expired") {
       es.close();
@@ -214,7 +238,17 @@ async function freshIce() {
 }
 
 function forCall(ev, fn) {
-  if (state.call && state.call.id === ev.call_id) fn(state.call, ev);
+  const call = state.call;
+  if (call && call.id === ev.call_id) fn(call, ev);
+  // the stream can be quicker than the POST that places the call: keep the
+  // events of a call whose id we do not know yet, replayed when we know it
+  else if (call && call.role === "caller" && !call.id && call.state !== "ended") state.early.push([ev, fn]);
+}
+
+function replayEarly(call) {
+  const early = state.early;
+  state.early = [];
+  for (const [ev, fn] of early) if (state.call === call && ev.call_id === call.id) fn(call, ev);
 }
 
 // --------------------------------------------------------------------- media
@@ -232,7 +266,14 @@ function newPeerConnection(call) {
       meter(stream, "peer-level", call);
       call.remoteAudio = stream;
     } else {
+      // every call negotiates video: the box shows once frames arrive
       const v = $("remote-video");
+      v.onresize = () => {
+        if (state.call === call && v.videoWidth > 0 && !call.remoteVideo) {
+          call.remoteVideo = true;
+          showVideos(call);
+        }
+      };
       v.srcObject = new MediaStream([e.track]);
     }
   };
@@ -342,6 +383,7 @@ function reconnected(call) {
 }
 
 async function localMedia(video) {
+  if (state.mediaBlocked) throw Object.assign(new Error(INSECURE), { reason: "device_error" });
   try {
     return await navigator.mediaDevices.getUserMedia({ audio: true, video: video ? { width: 640, height: 480 } : false });
   } catch (e) {
@@ -397,6 +439,129 @@ function remoteDominantHz() {
   return best * a.context.sampleRate / a.fftSize;
 }
 
+// -------------------------------------------------------------------- ringing
+// An incoming call rings (the title and, when allowed, a notification say who
+// calls); an outgoing one plays a ringback while the other side rings. The
+// tones are generated with WebAudio: no sound file.
+
+const TONES = {
+  ring: { hz: [400, 450], pattern: [0.4, 0.2, 0.4, 2.0], level: 0.2 },  // on, off, on, off (s)
+  ringback: { hz: [425], pattern: [1.0, 4.0], level: 0.1 },
+};
+
+// one AudioContext for the tones; browsers start it only after a user gesture
+// (sign-in, or any click/key), so one is made and resumed on each of those
+function audioContext() {
+  try {
+    if (!state.audio) state.audio = new AudioContext();
+    if (state.audio.state === "suspended") state.audio.resume().catch(() => {});
+  } catch (e) {
+    return null;
+  }
+  return state.audio;
+}
+
+function askNotifications() {
+  try {
+    // only from a real user gesture (Firefox logs an error otherwise)
+    const gesture = !navigator.userActivation || navigator.userActivation.isActive;
+    if (gesture && "Notification" in window && Notification.permission === "default") {
+      const p = Notification.requestPermission();
+      if (p && p.catch) p.catch(() => {});
+    }
+  } catch (e) { /* no notifications here */ }
+}
+
+function updateRing() {
+  const call = state.call;
+  const kind = !call || call.state !== "ringing" ? null : call.role === "callee" ? "ring" : "ringback";
+  if (!kind) return stopRing();
+  if (state.ringing && state.ringing.call === call && state.ringing.kind === kind) return;
+  stopRing();
+  const r = state.ringing = { kind, call, call_id: call.id, peer: call.peer, nodes: null, notification: null };
+  r.nodes = tone(TONES[kind]);
+  if (kind === "ring") {
+    document.title = "Ringing: " + call.peer + " — callctl";
+    r.notification = notify(call);
+  }
+}
+
+function tone(spec) {
+  const ctx = audioContext();
+  if (!ctx) return null;
+  try {
+    const gain = ctx.createGain();
+    gain.gain.value = 0;
+    const analyser = ctx.createAnalyser();  // what is playing, for the tests
+    gain.connect(analyser);
+    analyser.connect(ctx.destination);
+    const oscs = spec.hz.map((hz) => {
+      const o = ctx.createOscillator();
+      o.frequency.value = hz;
+      o.connect(gain);
+      o.start();
+      return o;
+    });
+    // the cadence, scheduled ahead for longer than any ring lasts (10 min)
+    const period = spec.pattern.reduce((a, b) => a + b, 0);
+    let t = ctx.currentTime;
+    for (let n = 0; n < Math.ceil(600 / period); n++) {
+      spec.pattern.forEach((d, i) => {
+        gain.gain.setTargetAtTime(i % 2 === 0 ? spec.level / spec.hz.length : 0, t, 0.005);
+        t += d;
+      });
+    }
+    return { ctx, gain, analyser, oscs };
+  } catch (e) {
+    return null;  // a ring tone is a nicety
+  }
+}
+
+function notify(call) {
+  try {
+    if (!("Notification" in window) || Notification.permission !== "granted") return null;
+    const n = new Notification(call.peer + " is calling", {
+      body: "Incoming " + call.media + " call (callctl)", tag: "callctl-ring", requireInteraction: true,
+    });
+    n.onclick = () => { window.focus(); n.close(); };
+    return n;
+  } catch (e) {
+    return null;  // e.g. Chrome on Android allows them only from a service worker
+  }
+}
+
+function stopRing() {
+  const r = state.ringing;
+  if (!r) return;
+  state.ringing = null;
+  if (r.nodes) {
+    r.nodes.gain.gain.cancelScheduledValues(0);
+    r.nodes.gain.gain.value = 0;
+    for (const o of r.nodes.oscs) {
+      try { o.stop(); } catch (e) { /* already stopped */ }
+      o.disconnect();
+    }
+    r.nodes.gain.disconnect();
+    r.nodes.analyser.disconnect();
+  }
+  if (r.notification) try { r.notification.close(); } catch (e) { /* gone */ }
+  if (r.kind === "ring") document.title = TITLE;
+}
+
+// what the ring plays right now: {kind, running, level} or null (used by the tests)
+function ringtone() {
+  const r = state.ringing;
+  if (!r) return null;
+  let level = 0;
+  if (r.nodes) {
+    const buf = new Float32Array(r.nodes.analyser.fftSize);
+    r.nodes.analyser.getFloatTimeDomainData(buf);
+    for (const v of buf) level = Math.max(level, Math.abs(v));
+  }
+  return { kind: r.kind, peer: r.peer, running: !!r.nodes && r.nodes.ctx.state === "running", level,
+           notified: !!r.notification, title: document.title };
+}
+
 // ---------------------------------------------------------------------- calls
 
 function newCall(fields) {
@@ -412,9 +577,38 @@ function newCall(fields) {
 function setCallState(call, s) {
   call.state = s;
   $("call-state").textContent = s;
+  updateControls();
+  updateRing();
+}
+
+// one call at a time: no new call, and no signing out, while one is on
+function updateControls() {
+  const busy = !!state.call && state.call.state !== "ended";
+  $("call-button").disabled = busy || state.mediaBlocked;
+  $("signout").disabled = busy;
+  $("peer").disabled = busy;
+  $("with-video").disabled = busy;
+  $("accept").disabled = state.mediaBlocked;
+}
+
+// a video box shows only when it has something to show: our camera while we
+// send it, the peer's once its frames arrive (and not while it is paused)
+function showVideos(call) {
+  const peerOff = ["paused", "disabled", "off"].includes(call.peerFlags.video);
+  const remote = !!call.remoteVideo && !peerOff;
+  const local = !!call.local && call.videoSending;
+  $("remote-video").hidden = !remote;
+  $("local-video").hidden = !local;
+  $("videos").hidden = !remote && !local;
 }
 
 function showCall(call) {
+  if ($("incall").hidden) {  // nothing left from the call before
+    $("timer").textContent = "00:00";
+    $("peer-flags").textContent = "";
+    $("mic-level").value = 0;
+    $("peer-level").value = 0;
+  }
   $("ringing").hidden = true;
   $("incall").hidden = false;
   $("call-peer").textContent = call.peer;
@@ -423,9 +617,13 @@ function showCall(call) {
 }
 
 function updateButtons(call) {
+  const ready = !!call.local;  // before the microphone is open there is nothing to mute or pause
   $("mute").textContent = call.muted ? "Unmute" : "Mute";
-  const hasVideo = call.local && call.local.getVideoTracks().length > 0;
-  $("video-toggle").textContent = !hasVideo ? "Start video" : call.videoSending ? "Pause video" : "Resume video";
+  $("mute").disabled = !ready;
+  const hasVideo = ready && call.local.getVideoTracks().length > 0;
+  $("video-toggle").textContent = call.videoSending ? "Pause video" : hasVideo ? "Resume video" : "Start video";
+  $("video-toggle").disabled = !ready;
+  showVideos(call);
 }
 
 async function placeCall(peer, video) {
@@ -439,6 +637,7 @@ async function placeCall(peer, video) {
   try {
     call.local = await localMedia(video);
     call.timeline.media = Date.now();
+    call.videoSending = call.local.getVideoTracks().length > 0;
     showCall(call);
     const pc = call.pc = newPeerConnection(call);
     pc.addTransceiver(call.local.getAudioTracks()[0], { direction: "sendrecv", streams: [call.local] });
@@ -456,6 +655,7 @@ async function placeCall(peer, video) {
     call.timeline.created = Date.now();
     call.id = info.call_id;
     if (info.state === "ended") endCall(call, info.reason, "server");
+    else replayEarly(call);
   } catch (e) {
     endCall(call, e.reason || (e.status === 401 ? "auth_failed" : "internal_error"), "local", false, e.message);
   }
@@ -494,12 +694,14 @@ function onIncoming(ev) {
 async function accept() {
   const call = state.call;
   if (!call || call.role !== "callee" || call.state !== "ringing") return;
+  stopRing();  // at once, not after the ICE servers and the microphone
   await freshIce();
   call.timeline.start = Date.now();  // the callee's set-up runs from accept
   setCallState(call, "connecting");
   showCall(call);
   try {
     call.local = await localMedia(call.media === "video");
+    call.videoSending = call.local.getVideoTracks().length > 0;
     showCall(call);
     const pc = call.pc = newPeerConnection(call);
     await pc.setRemoteDescription({ type: "offer", sdp: call.offer });
@@ -529,6 +731,7 @@ async function accept() {
 async function decline() {
   const call = state.call;
   if (!call || call.state !== "ringing" || call.role !== "callee") return;
+  stopRing();
   api("POST", `/v1/calls/${call.id}/decline`, {}).catch(() => {});
   endCall(call, "declined", "local");
 }
@@ -570,6 +773,7 @@ function onSignal(call, ev) {
   if (call.peerFlags.muted) f.push(call.peer + " muted");
   if (call.peerFlags.video) f.push(call.peer + "'s video " + call.peerFlags.video);
   $("peer-flags").textContent = f.join(" · ");
+  showVideos(call);
 }
 
 function signal(kind, data) {
@@ -614,14 +818,19 @@ async function toggleVideo() {
   updateButtons(call);
 }
 
+function localEndReason(call) {
+  return call.connectedAt ? "hangup" : call.role === "caller" ? "cancelled" : "declined";
+}
+
 async function hangup() {
   const call = state.call;
-  if (!call) return;
+  if (!call || call.hungUp) return;
+  call.hungUp = true;  // the call.ended this causes may come first: it is ours
+  stopRing();
   // tell the server before closing the media path, so the peer hears "hangup"
   // rather than seeing the connection drop first
   if (call.id) await Promise.race([api("POST", `/v1/calls/${call.id}/hangup`, {}).catch(() => {}), sleep(2000)]);
-  const reason = call.connectedAt ? "hangup" : call.role === "caller" ? "cancelled" : "declined";
-  endCall(call, reason, "local");
+  endCall(call, localEndReason(call), "local");
 }
 
 function endCall(call, reason, source, tellServer = false, detail = "") {
@@ -637,6 +846,9 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
   if (call.audioContext) call.audioContext.close().catch(() => {});
   state.lastEnd = { reason, source, call_id: call.id, timeline: call.timeline };
   state.call = null;
+  state.early = [];
+  updateControls();
+  updateRing();
   $("incall").hidden = true;
   $("ringing").hidden = true;
   $("remote-video").srcObject = null;
@@ -648,6 +860,19 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
 // ----------------------------------------------------------------------- UI
 
 window.addEventListener("DOMContentLoaded", () => {
+  if (state.mediaBlocked) {
+    const box = $("insecure");
+    for (const [text, code] of INSECURE_PARTS) {
+      const el = code ? document.createElement("code") : document.createTextNode(text);
+      if (code) el.textContent = text;
+      box.appendChild(el);
+    }
+    box.hidden = false;
+  }
+  updateControls();
+  // a user gesture lets the ring tone play later, and may allow notifications
+  $("signin-button").addEventListener("click", () => { audioContext(); askNotifications(); });
+  for (const kind of ["pointerdown", "keydown"]) document.addEventListener(kind, () => audioContext(), { passive: true });
   $("signin-button").addEventListener("click", () => signIn($("token").value));
   $("signout").addEventListener("click", signOut);
   $("dial").addEventListener("submit", (e) => {
@@ -667,6 +892,7 @@ window.addEventListener("DOMContentLoaded", () => {
 window.callctl = {
   state,
   remoteDominantHz,
+  ringtone,
   async stats() {
     const call = state.call;
     if (!call || !call.pc) return null;
