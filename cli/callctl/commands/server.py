@@ -46,8 +46,8 @@ def server(
         typer.Option("--tls", envvar="CALLCTL_SERVER_TLS", metavar="self-signed",
                      help="self-signed: serve HTTPS with a certificate for this machine's names and "
                      "addresses, made once and kept next to the secret file (server-cert.pem: its "
-                     "fingerprint is printed at start; clients trust it as their "
-                     "CA file, e.g. SSL_CERT_FILE=server-cert.pem)."),
+                     "fingerprint is printed at start; clients trust it with "
+                     "--ca-file server-cert.pem)."),
     ] = None,
     tls_name: Annotated[
         list[str] | None,
