@@ -9,14 +9,17 @@ import typer
 
 from callctl import __version__
 from callctl.commands import call as call_cmd
+from callctl.commands import config_cmd
 from callctl.commands import control as control_cmd
 from callctl.commands import demo as demo_cmd
 from callctl.commands import devices as devices_cmd
 from callctl.commands import preview as preview_cmd
 from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
+from callctl.commands import service as service_cmd
 from callctl.commands import token as token_cmd
-from callctl.config import ConfigError, Settings, resolve
+from callctl.commands._settings import command_defaults, given_settings
+from callctl.config import ConfigError, resolve
 from callctl.exitcodes import ExitCode
 from callctl.ui.console import fail
 
@@ -88,6 +91,17 @@ def main_options(
                      help="Trust the certificates in this PEM file for an https server "
                           "(a --tls self-signed server's server-cert.pem)."),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", envvar="CALLCTL_TOKEN_FILE",
+                     help="Read the access token from this file, again whenever one is needed "
+                          "(rotate it without restarting a listen)."),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", envvar="CALLCTL_LOG", metavar="debug|info|warning|error|trace",
+                     help="callctl's own log lines on stderr (plain; journald-ready under systemd)."),
+    ] = None,
     json: Annotated[
         bool, typer.Option("--json", envvar="CALLCTL_JSON", help="NDJSON events on stdout.")
     ] = False,
@@ -99,39 +113,12 @@ def main_options(
     try:
         ctx.obj = resolve(
             server=server, user=user, service=service, token=token, json=json, config=config,
-            device=device, ca_file=ca_file,
+            device=device, ca_file=ca_file, token_file=token_file, log_level=log_level,
+            given=given_settings(ctx),
         )
         ctx.default_map = command_defaults(ctx, ctx.obj)
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-
-
-def command_defaults(ctx: typer.Context, settings: Settings) -> dict[str, dict[str, Any]]:
-    """``[command.NAME]`` tables of the config file as option defaults (flag > env > file).
-
-    Keys are option names without the dashes' prefix (``turn-secret-file``);
-    an unknown command or option is an error, not silently ignored.
-    """
-    tables = settings.extra.get("command", {})
-    where = f"config file {settings.config_file}"
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: 'command' must be a table of [command.NAME] tables")
-    group = ctx.command
-    commands: dict[str, Any] = getattr(group, "commands", {})
-    defaults: dict[str, dict[str, Any]] = {}
-    for name, table in tables.items():
-        command = commands.get(name)
-        if command is None or not isinstance(table, dict):
-            raise ConfigError(f"{where}: [command.{name}] is not a command's table")
-        options = {param.name: param for param in command.params if param.param_type_name == "option"}
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            param_name = str(key).replace("-", "_")
-            if param_name not in options:
-                raise ConfigError(f"{where}: [command.{name}] has no option {key!r}")
-            values[param_name] = value
-        defaults[name] = values
-    return defaults
 
 
 app.command("server", help=server_cmd.__doc__)(server_cmd.server)
@@ -143,6 +130,8 @@ app.command("preview", help=preview_cmd.__doc__)(preview_cmd.preview)
 for _name in ("accept", "decline", "hangup", "mute", "unmute", "video", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
+app.add_typer(service_cmd.app, name="service", help=service_cmd.__doc__)
+app.add_typer(config_cmd.app, name="config", help=config_cmd.__doc__)
 
 
 def main() -> None:

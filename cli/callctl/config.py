@@ -29,10 +29,17 @@ class Settings:
     device: str | None = None
     #: Certificates to trust for an https server (``--ca-file``), e.g. a self-signed one's.
     ca_file: Path | None = None
+    #: A file holding the access token, read again whenever a token is needed
+    #: (``--token-file``): tooling that rotates it needs no restart of a ``listen``.
+    token_file: Path | None = None
+    #: callctl's own log lines on stderr at this level (``--log-level``, ``CALLCTL_LOG``).
+    log_level: str | None = None
     json: bool = False
     config_file: Path | None = None
     #: Everything else the file said, for commands that read their own keys.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where each global setting came from: "command line", "environment", the file, "default".
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def default_config_file() -> Path | None:
@@ -93,6 +100,17 @@ def check_ca_file(path: Path) -> None:
         raise ConfigError(f"cannot use --ca-file {path}: {why}") from None
 
 
+#: The global settings a config file may hold at its top level (docs/CONFIG.md).
+STRING_KEYS = ("server", "user", "service", "token", "token_file", "device", "ca_file", "log_level")
+TOP_LEVEL_KEYS = frozenset({*STRING_KEYS, "json", "command"})
+LOG_LEVELS = ("debug", "info", "warning", "error", "trace")
+
+
+def check_log_level(level: str) -> None:
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"bad log level {level!r}: one of {', '.join(LOG_LEVELS)}")
+
+
 def resolve(
     *,
     server: str | None,
@@ -103,29 +121,63 @@ def resolve(
     config: Path | None,
     device: str | None = None,
     ca_file: Path | None = None,
+    token_file: Path | None = None,
+    log_level: str | None = None,
+    given: dict[str, str] | None = None,
 ) -> Settings:
-    """Flags and env vars arrive merged by Typer; fill the gaps from the file."""
+    """Flags and env vars arrive merged by Typer; fill the gaps from the file.
+
+    ``given``: for the settings that came from the command line or the
+    environment, which of the two (for ``config check``).
+    """
     explicit = config is not None
     path = config if explicit else default_config_file()
     data = load_file(path, explicit)
-    for key in ("server", "user", "service", "token", "device", "ca_file"):
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    for key in STRING_KEYS:
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"config file {path}: {key!r} must be a string")
     if "json" in data and not isinstance(data["json"], bool):
         raise ConfigError(f"config file {path}: 'json' must be true or false, not {data['json']!r}")
-    url = server or data.get("server") or DEFAULT_SERVER
+    sources = dict(given or {})
+
+    def pick(key: str, value: Any, default: Any = None) -> Any:
+        if value not in (None, False):
+            sources.setdefault(key, "command line")
+            return value
+        if data.get(key) not in (None, ""):
+            sources[key] = f"config file {path}"
+            return data[key]
+        sources[key] = "default"
+        return default
+
+    url = pick("server", server, DEFAULT_SERVER)
     check_server_url(url)
-    trusted = ca_file or (Path(data["ca_file"]) if data.get("ca_file") else None)
+    trusted = pick("ca_file", ca_file)
     if trusted is not None:
+        trusted = Path(trusted)
         check_ca_file(trusted)
+    level = pick("log_level", log_level)
+    if level is not None:
+        check_log_level(level)
+    token_path = pick("token_file", token_file)
+    the_token = pick("token", token)
+    if the_token and token_path:
+        raise ConfigError("give the access token once: --token or --token-file, not both")
     return Settings(
         server=url,
-        user=user or data.get("user"),
-        service=service or data.get("service") or "default",
-        token=token or data.get("token"),
-        device=device or data.get("device"),
-        ca_file=ca_file or (Path(data["ca_file"]) if data.get("ca_file") else None),
-        json=json or data.get("json", False),
+        user=pick("user", user),
+        service=pick("service", service, "default"),
+        token=the_token,
+        token_file=Path(token_path) if token_path else None,
+        device=pick("device", device),
+        ca_file=trusted,
+        log_level=level.lower() if level else None,
+        json=pick("json", json, False),
         config_file=path,
-        extra={k: v for k, v in data.items() if k not in {"server", "user", "service", "token", "device", "ca_file"}},
+        extra={k: v for k, v in data.items() if k not in STRING_KEYS and k != "json"},
+        sources=sources,
     )

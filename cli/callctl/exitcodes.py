@@ -24,6 +24,8 @@ class ExitCode(enum.IntEnum):
     MAX_DURATION = 13
     BAD_SDP = 14
     INTERRUPTED = 130
+    #: A clean stop that is not a call's end (``listen`` stopped by SIGTERM): the same 0.
+    OK = 0
 
 
 _BY_REASON = {

@@ -1,4 +1,4 @@
-"""``--on-ring/--on-connect/--on-end``: a shell command run on a call's events, in the background.
+"""``--on-ring/--on-connect/--on-end/--on-missed``: a shell command run on a call's events, in the background.
 
 The call is in the hook's environment (docs/EVENTS.md, Hooks): the event, call
 id, peer, media, end reason and duration, and who we are (user, device).  A
@@ -15,7 +15,8 @@ from typing import Any
 from callctl.engine.events import Ev
 
 HOOK_EVENTS: dict[str, str] = {Ev.CALL_INCOMING: "ring", Ev.CALL_RINGBACK: "ringback",
-                               Ev.CALL_CONNECTED: "connect", Ev.CALL_ENDED: "end"}
+                               Ev.CALL_CONNECTED: "connect", Ev.CALL_ENDED: "end",
+                               Ev.CALL_MISSED: "missed"}
 #: At exit, a hook still running gets this long to finish.
 FINISH_S = 5.0
 

@@ -32,23 +32,81 @@ def default_device() -> str:
     return name or "default"
 
 
-def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
-    """(token provider, user, service) from --token, or minted from a readable server secret."""
-    from callctl.signaling.auth import SecretError, issue_token, read_secret
+#: A token file is one line; anything bigger is not one.
+MAX_TOKEN_FILE = 16 * 1024
 
-    if settings.token:
-        import jwt
 
-        from callctl.signaling.protocol import valid_id
+class TokenFile:
+    """The access token in a file, read again whenever it changed (``--token-file``).
+
+    An operator's tooling rotates the file; a running ``listen`` takes the new
+    token at its next request or reconnect.  A file that cannot be read for a
+    moment (being replaced) keeps the last good token.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def read(self) -> str:
+        """The token now in the file, or OSError/ValueError saying why not."""
+        st = os.stat(self.path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key != self._key:
+            with self.path.open("rb") as f:
+                raw = f.read(MAX_TOKEN_FILE + 1)
+            token = raw.decode("utf-8", "replace").strip()
+            if not token or len(raw) > MAX_TOKEN_FILE or any(ch.isspace() for ch in token):
+                raise ValueError("it does not hold one token")
+            self._key, self._token = key, token
+        return self._token
+
+    def __call__(self) -> str:
+        import logging
 
         try:
-            claims = jwt.decode(settings.token, options={"verify_signature": False})
-            user, service = claims["sub"], claims["svc"]
-            if not (valid_id(user) and valid_id(service)):
-                raise KeyError("sub")
-        except (jwt.InvalidTokenError, KeyError, TypeError):
-            fail("the access token is not a valid callctl token (check --token / CALLCTL_TOKEN)",
-                 ExitCode.AUTH_FAILED)
+            return self.read()
+        except (OSError, ValueError) as exc:
+            logging.getLogger("callctl").warning("token file %s: %s; keeping the last token", self.path,
+                                                 getattr(exc, "strerror", None) or exc)
+            return self._token
+
+
+def _token_claims(token: str, where: str) -> tuple[str, str]:
+    import jwt
+
+    from callctl.signaling.protocol import valid_id
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        user, service = claims["sub"], claims["svc"]
+        if not (valid_id(user) and valid_id(service)):
+            raise KeyError("sub")
+    except jwt.ExpiredSignatureError:
+        fail(f"the access token {where} has expired", ExitCode.AUTH_FAILED)
+    except (jwt.InvalidTokenError, KeyError, TypeError):
+        fail(f"the access token is not a valid callctl token (check {where})", ExitCode.AUTH_FAILED)
+    return user, service
+
+
+def identity(settings: Settings) -> tuple[Callable[[], str], str, str]:
+    """(token provider, user, service) from --token or --token-file, or minted from the server secret."""
+    from callctl.signaling.auth import SecretError, issue_token, read_secret
+
+    if settings.token_file is not None:
+        source = TokenFile(settings.token_file)
+        try:
+            first = source.read()
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the token file {settings.token_file}: "
+                 f"{getattr(exc, 'strerror', None) or exc}", ExitCode.AUTH_FAILED)
+        user, service = _token_claims(first, f"in {settings.token_file}")
+        if settings.user and settings.user != user:
+            fail(f"--as {settings.user} does not match the token, which is for {user}", ExitCode.USAGE)
+        return source, user, service
+    if settings.token:
+        user, service = _token_claims(settings.token, "--token / CALLCTL_TOKEN")
         if settings.user and settings.user != user:
             fail(f"--as {settings.user} does not match the token, which is for {user}", ExitCode.USAGE)
         token = settings.token
@@ -117,6 +175,8 @@ Ringback = Annotated[str, typer.Option(
 OnRing = Annotated[str | None, typer.Option(help="Shell command run when a call rings (see docs/EVENTS.md, Hooks).")]
 OnConnect = Annotated[str | None, typer.Option(help="Shell command run when a call connects.")]
 OnEnd = Annotated[str | None, typer.Option(help="Shell command run when a call ends.")]
+OnMissed = Annotated[str | None, typer.Option(
+    help="Shell command run for a missed call: busy, not answered, or given up by the caller while ringing.")]
 CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
@@ -157,25 +217,76 @@ def network(media: MediaOptions, urls: list[str] | None, username: str | None,
     media.relay_only = relay_only
 
 
-def _log_to_stderr() -> None:
-    """``CALLCTL_LOG=debug|info|warning``: callctl's own log lines on stderr (for a bug report).
+#: sd-daemon(3) priority prefixes: journald files a line under its level.
+_JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
-    ``trace``: aiortc's and aioice's debug lines too (every ICE check).
+
+class _JournalFormatter:
+    """``<4>callctl.media: message``: journald keeps the time, the prefix gives the level."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self._plain = logging.Formatter("%(name)s: %(message)s")
+
+    def format(self, record: Any) -> str:
+        prefix = _JOURNAL_PRIORITY.get(record.levelname, 6)
+        return f"<{prefix}>{self._plain.format(record)}"
+
+
+def _log_to_stderr(level: str | None) -> None:
+    """``--log-level`` / ``CALLCTL_LOG``: callctl's own log lines on stderr.
+
+    ``debug|info|warning|error``; ``trace``: aiortc's and aioice's debug lines too
+    (every ICE check).  Under systemd (``JOURNAL_STREAM`` names our stderr) each
+    line starts with its sd-daemon priority and no time (journald adds it);
+    otherwise ``TIME LEVEL NAME: message``.  Plain text either way, no colours.
     """
     import logging
-    import os
 
-    level = os.environ.get("CALLCTL_LOG", "").upper()
+    level = (level or "").upper()
     names = ["callctl", "aiortc", "aioice"] if level == "TRACE" else ["callctl"]
     if level == "TRACE":
         level = "DEBUG"
-    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        for name in names:
-            logger = logging.getLogger(name)
-            logger.addHandler(handler)
-            logger.setLevel(level)
+    if level not in _JOURNAL_PRIORITY:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(_JournalFormatter())  # type: ignore[arg-type]
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def _stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd set up (systemd.exec(5), JOURNAL_STREAM)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class Interrupt(asyncio.Event):
+    """Set by SIGINT or SIGTERM; ``signal`` says which (a service stop is SIGTERM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal: int | None = None
+
+    def by(self, sig: int) -> None:
+        if self.signal is None:
+            self.signal = sig
+        self.set()
+
+    @property
+    def stopped_as_service(self) -> bool:
+        return self.signal == signal.SIGTERM
 
 
 def check_media(media: MediaOptions) -> None:
@@ -209,11 +320,18 @@ def own_user(settings: Settings) -> str | None:
     """Who we are, as far as it is known before going online (--as, or the token's subject)."""
     if settings.user:
         return settings.user
-    if settings.token:
+    token = settings.token
+    if settings.token_file is not None:
+        try:
+            token = TokenFile(settings.token_file).read()
+        except (OSError, ValueError):
+            return None
+    if token:
         import jwt
 
         try:
-            sub = jwt.decode(settings.token, options={"verify_signature": False}).get("sub")
+            sub = jwt.decode(token, options={"verify_signature": False,
+                                             "verify_exp": False}).get("sub")
         except jwt.InvalidTokenError:
             return None
         return sub if isinstance(sub, str) else None
@@ -225,15 +343,16 @@ async def run_phone(
     device: str,
     media: MediaOptions,
     policy: CallPolicy,
-    body: Callable[[Phone, asyncio.Event], Awaitable[int]],
+    body: Callable[[Phone, Interrupt], Awaitable[int]],
     *,
     wait_registered: bool,
     reconnect_timeout: float = 20.0,
     connect_timeout: float = 15.0,
     hooks: dict[str, str | None] | None = None,
+    takes_dials: bool = False,
 ) -> int:
     """Bring a Phone online with its control socket and output, run ``body``, clean up."""
-    from callctl.engine.commands import Request, run_command
+    from callctl.engine.commands import Request, run_command, status_of
     from callctl.engine.control import ControlError, ControlServer, socket_path
     from callctl.engine.phone import Phone
     from callctl.media.adjust import preload
@@ -241,7 +360,7 @@ async def run_phone(
     from callctl.signaling.client import SignalingClient
 
     token, user, service = identity(settings)
-    _log_to_stderr()
+    _log_to_stderr(settings.log_level)
     try:
         preload()
     except UnsupportedStack as exc:
@@ -251,7 +370,8 @@ async def run_phone(
     client = SignalingClient(settings.server, token, device=device,
                              ca_file=str(settings.ca_file) if settings.ca_file else None)
     phone = Phone(client=client, media=media, policy=policy, user=user, device=device,
-                  reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout)
+                  reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout,
+                  takes_dials=takes_dials)
     phone.listeners.extend(listeners)
     control = ControlServer(socket_path(service, user, device), lambda req: run_command(phone, req))
     try:
@@ -265,11 +385,15 @@ async def run_phone(
 
     run_hooks = Hooks(hooks or {}, user=user, device=device)
     phone.listeners.append(run_hooks)
+    from callctl.engine.sdnotify import Notifier, ServiceLink
 
-    interrupted = asyncio.Event()
+    service_link = ServiceLink(Notifier(), phone.health, lambda: phone.online)
+    phone.listeners.append(service_link)
+
+    interrupted = Interrupt()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted.set)
+        loop.add_signal_handler(sig, interrupted.by, sig)
 
     view = None
     if live:
@@ -285,10 +409,11 @@ async def run_phone(
             s = phone.session
             return await s.peer.stats() if s is not None and s.peer is not None else {}
 
-        view = LiveView(lambda: run_command(phone, Request("status")), key, stats, one_call=wait_registered)
+        view = LiveView(lambda: status_of(phone), key, stats, one_call=wait_registered)
         phone.listeners.append(view)
         view.start()
     phone.start()
+    service_link.start()
     try:
         if wait_registered:
             code = await _registered(phone, interrupted)
@@ -298,14 +423,17 @@ async def run_phone(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        service_link.stopping("SIGTERM" if interrupted.stopped_as_service else
+                              "interrupted" if interrupted.is_set() else "exiting")
         await phone.close()
+        await service_link.close()
         if view is not None:
             await view.stop()
         await control.close()
         await run_hooks.finish()
 
 
-async def _registered(phone: Phone, interrupted: asyncio.Event) -> int | None:
+async def _registered(phone: Phone, interrupted: Interrupt) -> int | None:
     waits = [asyncio.ensure_future(e.wait()) for e in (phone.registered, phone.stopped, interrupted)]
     try:
         await asyncio.wait(waits, timeout=REGISTER_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from callctl.commands import _phone
+from callctl.config import Settings
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
@@ -60,6 +61,9 @@ def call(
     relay_only: _phone.RelayOnly = False,
     reconnect_timeout: _phone.ReconnectTimeout = 20.0,
     connect_timeout: _phone.ConnectTimeout = 15.0,
+    standalone: Annotated[bool, typer.Option(
+        "--standalone", help="Open our own media devices even when a listen of this identity runs here "
+                             "(by default the call goes through it: docs/SERVICE.md).")] = False,
 ) -> None:
     from callctl.engine.phone import CallPolicy
     from callctl.engine.session import CallLimits
@@ -71,6 +75,9 @@ def call(
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
     if peer == _phone.own_user(settings):
         fail(f"{peer} cannot call itself", ExitCode.USAGE)
+    hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end}
+    if not standalone:
+        _through_listener(ctx, settings, peer, device, hooks)
     if video and video_in is None:
         video_in = "camera"
     dev, media = _phone.device_and_media(
@@ -83,7 +90,7 @@ def call(
 
     limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
 
-    async def body(phone: Phone, interrupted: asyncio.Event) -> int:
+    async def body(phone: Phone, interrupted: _phone.Interrupt) -> int:
         if peer == phone.user:
             print(f"callctl: {peer} cannot call itself", file=sys.stderr)
             return ExitCode.USAGE
@@ -101,6 +108,44 @@ def call(
             return ExitCode.INTERRUPTED
         return for_reason(session.outcome().reason)
 
-    hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end}
     _phone.run(_phone.run_phone(settings, dev, media, CallPolicy(), body, wait_registered=True, hooks=hooks,
                                 reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))
+
+
+#: Options of ``call`` that are not sent to a running listen (they are this process's own).
+_LOCAL_OPTIONS = frozenset({"peer", "on_ring", "on_connect", "on_end", "standalone", "device"})
+
+
+def _through_listener(ctx: typer.Context, settings: Settings, peer: str, device: str | None,
+                      hooks: dict[str, str | None]) -> None:
+    """If a listen of ours runs here, place the call through it and exit with its code."""
+    from callctl.commands import _via_listen
+
+    path = _via_listen.find_listener(settings, _phone.own_user(settings), device or settings.device)
+    if path is None:
+        return
+    opts = {}
+    for name, value in ctx.params.items():
+        source = getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+        if name in _LOCAL_OPTIONS or source == "DEFAULT":
+            continue
+        opts[name] = _absolute(name, value)
+    code = _via_listen.place(settings, path, peer, opts, hooks)
+    if code is not None:
+        raise typer.Exit(int(code))
+
+
+def _absolute(name: str, value: object) -> object:
+    """Paths as the listener (another working directory) will read them."""
+    import os
+
+    if isinstance(value, Path):
+        return os.path.abspath(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))  # --ice-server: refused by the listener with a clear message
+    if isinstance(value, str):
+        if value.startswith("file:"):
+            return "file:" + os.path.abspath(value[5:])
+        if name == "ringback" and value not in ("tone", "none"):
+            return os.path.abspath(value)
+    return value

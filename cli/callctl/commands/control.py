@@ -99,13 +99,38 @@ def status(ctx: typer.Context, device: DeviceOpt = None,
     if ctx.obj.json or as_json:
         return
     call = answer.get("call")
-    print(f"{answer.get('user')} on {answer.get('device')}: {'online' if answer.get('online') else 'offline'}")
+    link = answer.get("server_link") or ("online" if answer.get("online") else "offline")
+    print(f"{answer.get('user')} on {answer.get('device')}: {link}"
+          + (f", up {_duration(answer['uptime_s'])}" if "uptime_s" in answer else ""))
+    if answer.get("server_error"):
+        print(f"server: {answer['server_error']}")
+    if "calls_taken" in answer:
+        print(f"calls: {answer['calls_taken']} taken, {answer['calls_placed']} placed, "
+              f"{answer['calls_missed']} missed, {answer['calls_refused']} refused")
+    if answer.get("health", "ok") != "ok":
+        print(f"health: {answer['health']}")
+    error = answer.get("last_error")
+    if error:
+        import time
+
+        ago = _duration(max(0.0, time.time() - float(error.get("ts", 0))))
+        print(f"last {error.get('event', 'error')}: {error.get('message')} ({ago} ago)")
     if call:
         extra = f", {call['duration_s']:.0f} s" if "duration_s" in call else ""
         print(f"call {call.get('call_id')} with {call.get('peer')}: {call.get('state')}{extra}"
               f"{' (muted)' if call.get('muted') else ''}")
     else:
         print("no call")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    return f"{hours}h {minutes:02d}m {s:02d}s" if hours else f"{minutes}m {s:02d}s"
 
 
 def events(ctx: typer.Context, device: DeviceOpt = None) -> None:

@@ -24,7 +24,7 @@ def demo(
 
 
 async def _demo(settings: Any, duration: float) -> int:
-    from callctl.engine.commands import Request, run_command
+    from callctl.engine.commands import status_of
     from callctl.engine.phone import CallPolicy, Phone
     from callctl.engine.session import CallLimits
     from callctl.harness.server import ServerProcess
@@ -57,7 +57,7 @@ async def _demo(settings: Any, duration: float) -> int:
             if settings.json:
                 alice.listeners.append(JsonOutput())
             elif sys.stdout.isatty():
-                view = LiveView(lambda: run_command(alice, Request("status")), lambda cmd: None,
+                view = LiveView(lambda: status_of(alice), lambda cmd: None,
                                 lambda: alice.session.peer.stats() if alice.session and alice.session.peer else _none(),
                                 one_call=True)
                 alice.listeners.append(view)

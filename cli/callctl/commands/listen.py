@@ -23,7 +23,8 @@ Examples:
   button-pressed && callctl accept # another shell answers the ring
 
 With --once the exit code says how the call ended (docs/EXIT-CODES.md);
-otherwise listen runs until Ctrl-C (130) or a fatal server error (10, 11).
+otherwise listen runs until stopped: SIGTERM (a service stop) exits 0,
+Ctrl-C 130, a fatal server error 10 or 11.
 """
 
 
@@ -44,6 +45,7 @@ def listen(
     on_ring: _phone.OnRing = None,
     on_connect: _phone.OnConnect = None,
     on_end: _phone.OnEnd = None,
+    on_missed: _phone.OnMissed = None,
     audio_in: _phone.AudioIn = "mic",
     audio_out: _phone.AudioOut = "speaker",
     loop: _phone.Loop = False,
@@ -85,9 +87,9 @@ def listen(
     _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
     policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed, limits=limits)
-    hooks = {"ring": on_ring, "connect": on_connect, "end": on_end}
+    hooks = {"ring": on_ring, "connect": on_connect, "end": on_end, "missed": on_missed}
 
-    async def body(phone: Phone, interrupted: asyncio.Event) -> int:
+    async def body(phone: Phone, interrupted: _phone.Interrupt) -> int:
         stop = asyncio.ensure_future(interrupted.wait())
         fatal = asyncio.ensure_future(phone.stopped.wait())
         try:
@@ -100,8 +102,8 @@ def listen(
                         return int(for_reason(phone.calls_done[-1].reason))
                     continue
                 ended.cancel()
-                if interrupted.is_set():
-                    return ExitCode.INTERRUPTED
+                if interrupted.is_set():  # a service stop (SIGTERM) is a clean exit; Ctrl-C is 130
+                    return ExitCode.OK if interrupted.stopped_as_service else ExitCode.INTERRUPTED
                 from callctl.signaling.client import AuthFailed
 
                 return ExitCode.AUTH_FAILED if isinstance(phone.fatal, AuthFailed) else ExitCode.SERVER_UNREACHABLE
@@ -110,5 +112,6 @@ def listen(
             fatal.cancel()
 
     _phone.run(_phone.run_phone(settings, dev, media, policy, body, wait_registered=False, hooks=hooks,
-                                reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))
+                                reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout,
+                                takes_dials=True))
 

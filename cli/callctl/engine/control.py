@@ -16,7 +16,12 @@ each answer is one JSON object on one line::
 
     → {"cmd": "video", "arg": "pause"}               (pause | resume | on | off)
 
-Commands: status, accept, decline, hangup, mute, unmute, video, events.
+    → {"cmd": "dial", "arg": "alice", "opts": {"video": true, "hangup_after": 30}}
+    ← {"ok": true, "call": {...}}                     (a ``listen`` only; then, until the call ends:)
+    ← {"v": 1, "event": "call.outgoing", ...}         (this call's events, and the phone's)
+    → {"cmd": "hangup"}                               (on the same connection; closing it hangs up too)
+
+Commands: status, accept, decline, hangup, mute, unmute, video, events, dial.
 """
 
 from __future__ import annotations
@@ -53,6 +58,27 @@ class Request:
     cmd: str
     call_id: str | None = None
     arg: str | None = None
+    #: Named options (``dial``): flat, each a string, number, true/false or null.
+    opts: dict[str, Any] | None = None
+
+
+#: A request's ``opts`` holds at most this many keys, each value a scalar, strings this long.
+MAX_OPTS = 32
+MAX_OPT_CHARS = 1024
+
+
+@dataclass
+class Follow:
+    """An answer followed by a stream of events on the same connection, until ``last`` says so.
+
+    ``wants(record)``: send this event.  ``last(record)``: it was the final one.
+    ``hang_up()``: the client asked to hang up (a ``hangup`` line) or went away.
+    """
+
+    answer: dict[str, Any]
+    wants: Callable[[dict[str, Any]], bool]
+    last: Callable[[dict[str, Any]], bool]
+    hang_up: Callable[[], None]
 
 
 def socket_path(service: str, user: str, device: str) -> Path:
@@ -67,12 +93,13 @@ class ControlServer:
     def __init__(
         self,
         path: Path,
-        handle: Callable[[Request], dict[str, Any]],
+        handle: Callable[[Request], dict[str, Any] | Follow],
     ) -> None:
         self.path = path
         self.handle = handle
         self._server: asyncio.AbstractServer | None = None
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        #: Event feeds: queues (``events``) and filtered ones (``dial``), each with ``put_nowait``.
+        self._subscribers: set[Any] = set()
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -125,7 +152,11 @@ class ControlServer:
                 if req.cmd == "events":
                     await self._stream_events(reader, writer)
                     return
-                await _send(writer, self.handle(req))
+                answer = self.handle(req)
+                if isinstance(answer, Follow):
+                    await self._follow(lines, writer, answer)
+                    return
+                await _send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -149,6 +180,40 @@ class ControlServer:
         finally:
             watcher.cancel()
             self._subscribers.discard(queue)
+
+    async def _follow(self, lines: _Lines, writer: asyncio.StreamWriter, follow: Follow) -> None:
+        """One call's events to the client that placed it; its ``hangup`` line or leaving hangs up."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
+
+        class Filtered:  # a subscriber that takes only this call's records
+            def put_nowait(self, record: dict[str, Any] | None) -> None:
+                if record is None or follow.wants(record):
+                    queue.put_nowait(record)
+
+        sink = Filtered()
+        self._subscribers.add(sink)
+        ended = False
+
+        async def client_lines() -> None:
+            while (line := await lines.next()) is not None:
+                req = parse_request(line) if line is not _TOO_LONG else None
+                if isinstance(req, Request) and req.cmd == "hangup" and not ended:
+                    follow.hang_up()
+            if not ended:  # the caller's process went away: its call ends with it
+                follow.hang_up()
+
+        watcher = asyncio.ensure_future(client_lines())
+        try:
+            await _send(writer, follow.answer)
+            while (record := await queue.get()) is not None:
+                ended = follow.last(record)
+                await _send(writer, record)
+                if ended:
+                    break
+        finally:
+            ended = True
+            watcher.cancel()
+            self._subscribers.discard(sink)
 
     async def close(self) -> None:
         for queue in list(self._subscribers):
@@ -222,12 +287,20 @@ def parse_request(line: bytes) -> Request | str:
         return f"not JSON: {usage}"
     if not isinstance(req, dict) or depth(req, MAX_REQUEST_DEPTH) > MAX_REQUEST_DEPTH:
         return usage
-    cmd, call_id, arg = req.get("cmd"), req.get("call_id"), req.get("arg")
+    cmd, call_id, arg, opts = req.get("cmd"), req.get("call_id"), req.get("arg"), req.get("opts")
     if not isinstance(cmd, str) or not all(v is None or isinstance(v, str) for v in (call_id, arg)):
         return usage
     if len(cmd) > 32 or (call_id is not None and len(call_id) > 64) or (arg is not None and len(arg) > 256):
         return usage
-    return Request(cmd, call_id, arg)
+    if opts is not None:
+        if not isinstance(opts, dict) or len(opts) > MAX_OPTS:
+            return f"opts: an object of at most {MAX_OPTS} options"
+        for key, value in opts.items():
+            if len(key) > 32 or not (value is None or isinstance(value, str | int | float | bool)):
+                return f"opts: {key[:32]!r} must be a string, number, true/false or null"
+            if isinstance(value, str) and len(value) > MAX_OPT_CHARS:
+                return f"opts: {key[:32]!r} is longer than {MAX_OPT_CHARS} characters"
+    return Request(cmd, call_id, arg, opts)
 
 
 #: A socket address holds 107 bytes of path: a deeper one is reached through its folder's descriptor.

@@ -59,7 +59,52 @@ ICE_RETRY_S = 30.0
 #: Ended calls remembered (their ids, to drop late and replayed events; their outcomes).
 ENDED_KEPT = 64
 
+#: A connected call whose microphone sends no frame for this long is wedged (``health``).
+MEDIA_STUCK_S = 10.0
+#: An incoming call that ended unanswered for one of these was missed (``call.missed``).
+MISSED_REASONS = frozenset({p.EndReason.NO_ANSWER, p.EndReason.CANCELLED})
+
 Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class PhoneCounts:
+    """Since the process started: calls placed, taken and missed, the last error, the server link."""
+
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    calls_placed: int = 0
+    calls_taken: int = 0
+    calls_missed: int = 0
+    calls_refused: int = 0
+    last_error: dict[str, Any] | None = None
+    #: When the server link last changed and how it is (online, lost).
+    link_since: float | None = None
+
+    def count(self, event: str, record: dict[str, Any], session: Any) -> None:
+        if event == Ev.CALL_CONNECTED and session is not None:
+            if session.call.role == m.Role.CALLEE:
+                self.calls_taken += 1
+            else:
+                self.calls_placed += 1
+        elif event == Ev.CALL_MISSED:
+            self.calls_missed += 1
+        elif event == Ev.CALL_REFUSED:
+            self.calls_refused += 1
+        elif event in (Ev.ERROR, Ev.WARNING):
+            self.last_error = {"ts": record["ts"], "event": event,
+                               "message": str(record.get("message", ""))[:300]}
+        elif event in (Ev.REGISTERED, Ev.SERVER_RESTORED, Ev.SERVER_LOST):
+            self.link_since = record["ts"]
+
+    def as_status(self, online: bool) -> dict[str, Any]:
+        return {"uptime_s": round(time.monotonic() - self.started_mono, 1),
+                "started_at": round(self.started_at, 3),
+                "server_link": "online" if online else "lost" if self.link_since else "connecting",
+                "server_link_since": self.link_since,
+                "calls_placed": self.calls_placed, "calls_taken": self.calls_taken,
+                "calls_missed": self.calls_missed, "calls_refused": self.calls_refused,
+                "last_error": self.last_error}
 
 
 @dataclass
@@ -90,6 +135,8 @@ class Phone:
     #: Seconds ICE and DTLS may take after answer/accept (``--connect-timeout``).
     connect_timeout: float = CONNECT_TIMEOUT_S
     listeners: list[Emit] = field(default_factory=list)
+    #: A ``listen``: other processes may place calls through it (control ``dial``).
+    takes_dials: bool = False
     session: CallSession | None = None
     sessions_by_id: dict[str, CallSession] = field(default_factory=dict)
     registered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -105,7 +152,11 @@ class Phone:
         default_factory=lambda: collections.deque(maxlen=ENDED_KEPT))
     #: The call that ended last, until the next one ends (what ``demo`` reports on).
     last_session: CallSession | None = None
+    #: What ``status`` reports of the process's life: uptime, calls, the last error.
+    counts: PhoneCounts = field(default_factory=lambda: PhoneCounts())
     _tasks: Tasks = field(default_factory=lambda: Tasks(expected=(SignalingError,)))
+    #: (frames sent, when) at the last health check of a connected call.
+    _health_mark: tuple[int, float] | None = None
     _stream_task: asyncio.Task[None] | None = None
     _events: EventStream | None = None
     #: Events still to come of the replay that followed the last ``registered``.
@@ -157,6 +208,7 @@ class Phone:
 
     def emit(self, event: Ev, fields: dict[str, Any]) -> None:
         record = {"v": 1, "ts": round(time.time(), 3), "event": event.value, **fields}
+        self.counts.count(event, record, self.session)
         for listener in list(self.listeners):
             try:
                 listener(event.value, record)
@@ -224,6 +276,11 @@ class Phone:
         call_id = getattr(event, "call_id", None)
         if call_id is None or call_id in self._ended_ids:
             return  # news of a call that is over here (a replayed ring among them)
+        if isinstance(event, p.CallMissed):  # the server answered it busy: it never rang here
+            self._ended_ids[call_id] = None
+            self.emit(Ev.CALL_MISSED, {"call_id": call_id, "peer": event.caller,
+                                       "media": event.media.value, "reason": event.reason.value})
+            return
         if isinstance(event, p.CallIncoming):
             self._on_ring(event)
             return
@@ -344,8 +401,9 @@ class Phone:
                 self.policy.accept_after, session.feed, m.Accept()
             )
 
-    def _new_session(self, role: m.Role, limits: CallLimits) -> CallSession:
-        session = CallSession(self, role, self.media, limits)
+    def _new_session(self, role: m.Role, limits: CallLimits,
+                     media: MediaOptions | None = None) -> CallSession:
+        session = CallSession(self, role, media or self.media, limits)
         self.session = session
         self.call_ended.clear()
         self._tasks.spawn(self._watch(session), "watch-call")
@@ -353,7 +411,13 @@ class Phone:
 
     async def _watch(self, session: CallSession) -> None:
         await session.ended.wait()
-        self.calls_done.append(session.outcome())
+        outcome = session.outcome()
+        self.calls_done.append(outcome)
+        c = session.call
+        if (c.role == m.Role.CALLEE and c.connected_at is None and c.call_id is not None
+                and outcome.reason in MISSED_REASONS):
+            self.emit(Ev.CALL_MISSED, {"call_id": c.call_id, "peer": c.peer, "media": c.media.value,
+                                       "reason": outcome.reason.value})
         # let the call go: its session holds the whole peer connection (~370 kB a call)
         for call_id in [i for i, s in self.sessions_by_id.items() if s is session]:
             del self.sessions_by_id[call_id]
@@ -365,9 +429,33 @@ class Phone:
             self.session = None
         self.call_ended.set()
 
+    # ---------------------------------------------------------------- health
+    def health(self) -> str | None:
+        """None if the event stream and the call's media are alive, else what is not.
+
+        A server that is down is not a fault (the stream retries by itself): a
+        stream task that is gone is.  In a connected call the microphone's
+        frames must keep flowing (a lost device sends silence, a wedged media
+        thread sends nothing).
+        """
+        if self._stream_task is None or self._stream_task.done():
+            return "the event stream has stopped"
+        s = self.session
+        peer = s.peer if s is not None else None
+        if s is None or peer is None or s.call.state != m.State.CONNECTED:
+            self._health_mark = None
+            return None
+        now, frames = time.monotonic(), peer.sent.frames
+        if self._health_mark is None or self._health_mark[0] != frames:
+            self._health_mark = (frames, now)
+            return None
+        stuck = now - self._health_mark[1]
+        return f"no audio sent for {stuck:.0f} s in a connected call" if stuck > MEDIA_STUCK_S else None
+
     # -------------------------------------------------------------- commands
-    def dial(self, peer: str, media: p.Media, limits: CallLimits) -> CallSession:
-        session = self._new_session(m.Role.CALLER, limits)
+    def dial(self, peer: str, media: p.Media, limits: CallLimits,
+             *, media_opts: MediaOptions | None = None) -> CallSession:
+        session = self._new_session(m.Role.CALLER, limits, media_opts)
         session.feed(m.Dial(peer, media))
         return session
 

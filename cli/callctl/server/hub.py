@@ -348,6 +348,9 @@ class Hub:
                 p.CallEnded(call_id=call.call_id, reason=call.reason, by=call.ended_by),
                 only_device=device,
             )
+            # the callee's devices never rang: they hear of the call as missed
+            await self._emit(call.callee_key, p.CallMissed(call_id=call.call_id, caller=call.caller,
+                                                           media=call.media, reason=call.reason))
             return self.info(call)
 
         await self.store.create_call(call)

@@ -160,6 +160,7 @@ class SignalingClient:
         self.server = server.rstrip("/")
         self.device = device
         self._token = token
+        self._last_token = ""
         if self.server.startswith("https://"):
             verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file)
         else:
@@ -176,7 +177,23 @@ class SignalingClient:
 
     def _auth(self) -> dict[str, str]:
         token = self._token() if callable(self._token) else self._token
+        self._last_token = token
         return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def token_renews(self) -> bool:
+        """The token comes from a provider (a file, or minted): an expired one may be replaced."""
+        return callable(self._token)
+
+    def token_expired(self) -> bool:
+        """The token sent last is past its ``exp`` (read without checking the signature)."""
+        import jwt
+
+        try:
+            claims = jwt.decode(self._last_token, options={"verify_signature": False, "verify_exp": False})
+            return float(claims.get("exp", 0)) <= time.time()
+        except (jwt.InvalidTokenError, TypeError, ValueError):
+            return False
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -417,6 +434,10 @@ class EventStream:
                     error = _error_from_response(resp.status_code, body, resp.headers)
                     if isinstance(error, (ServerUnreachable, RateLimited)):
                         raise ServerUnreachable(error.message, error.code, error.status)
+                    if isinstance(error, AuthFailed) and c.token_renews and c.token_expired():
+                        # a token file not rotated yet: wait for the new token, don't give up
+                        raise ServerUnreachable(f"{c.server}: the access token has expired; "
+                                                "waiting for a fresh one", error.code, error.status)
                     raise error
                 async for sse in self._sse(resp):
                     if not sse.event or sse.event == "message":
@@ -427,6 +448,9 @@ class EventStream:
                         continue  # an event type from a newer server: skip it
                     if isinstance(event, p.StreamClosing):
                         if event.reason == "token_expired":
+                            if c.token_renews:  # the provider has a fresh one (a rotated file)
+                                raise ServerUnreachable(f"{c.server}: the access token expired; "
+                                                        "reconnecting with a fresh one")
                             raise AuthFailed("token expired", "unauthorized", 401)
                         if event.reason == "replaced":
                             raise Conflict(

@@ -320,6 +320,15 @@ class CallEnded(Event, tag="call.ended"):
     by: Party
 
 
+class CallMissed(Event, tag="call.missed"):
+    """To the callee: a call that never rang here (every device was in another call: busy)."""
+
+    call_id: str
+    caller: str
+    media: Media
+    reason: EndReason
+
+
 class CallSignal(Event, tag="call.signal"):
     """An in-call message from the other party (mute, renegotiation, ...)."""
 
@@ -335,7 +344,8 @@ class StreamClosing(Event, tag="stream.closing"):
     reason: Literal["shutdown", "token_expired", "replaced", "overflow"]
 
 
-ServerEvent = Registered | CallIncoming | CallRinging | CallAnswered | CallEnded | CallSignal | StreamClosing
+ServerEvent = (Registered | CallIncoming | CallRinging | CallAnswered | CallEnded | CallMissed | CallSignal
+               | StreamClosing)
 
 _event_decoder = msgspec.json.Decoder(ServerEvent)
 _encoder = msgspec.json.Encoder()

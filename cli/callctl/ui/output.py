@@ -26,7 +26,7 @@ PLAIN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     Ev.CALL_RINGBACK: lambda r: f"ringing {r['peer']}",
     Ev.CALL_INCOMING: lambda r: f"incoming {r['media']} call from {r['peer']} ({r['call_id']})",
     Ev.CALL_REFUSED: lambda r: f"refused a call from {r['peer']} (not in --allow)",
-    Ev.CALL_MISSED: lambda r: f"missed a call from {r['peer']} (busy)",
+    Ev.CALL_MISSED: lambda r: f"missed a call from {r['peer']} ({r['reason']})",
     Ev.CALL_CONNECTING: lambda r: "connecting",
     Ev.CALL_CONNECTED: lambda r: f"connected to {r['peer']} (set-up {r['setup_ms']:.0f} ms"
     + (f", via {r['route']['via']}" if r.get("route") else "") + ")",

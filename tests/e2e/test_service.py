@@ -1,0 +1,366 @@
+"""A kiosk as a service: sd_notify, a clean SIGTERM, calls placed through the running listen,
+missed calls, a rotated token file, the unit file and ``config check``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from callctl.engine.sdnotify import Notifier, ServiceLink
+from tests.audio import tone_fraction
+from tests.cli import Callctl
+from tests.helpers import WAIT, ServerProcess
+
+
+class NotifySocket:
+    """The datagram socket systemd would own: what a service sent to it, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.messages.append((time.monotonic(), self.sock.recv(65536).decode()))
+        return [m for _, m in self.messages]
+
+    def lines(self) -> list[str]:
+        return [line for m in self.drain() for line in m.splitlines()]
+
+    async def wait_for(self, line: str, timeout: float = WAIT, *, prefix: bool = False,
+                       since: int = 0) -> None:
+        """Until ``line`` arrives (among the messages from number ``since`` on)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def seen() -> bool:
+            lines = [x for m in self.drain()[since:] for x in m.splitlines()]
+            return any(x.startswith(line) if prefix else x == line for x in lines)
+
+        while not seen():
+            if loop.time() > deadline:
+                raise AssertionError(f"no {line!r} in {self.lines()}")
+            ready = loop.create_future()
+            loop.add_reader(self.sock.fileno(), _wake, ready)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+            finally:
+                loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_ready_only_once_registered_then_status_watchdog_and_a_clean_stop(
+        cli: Callctl, notify: NotifySocket, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+    bob = await cli.start("bob", "listen", "--device", "kiosk", "--audio-in", "tone", "--audio-out",
+                          "null", server=f"http://127.0.0.1:{port}", env=env)
+    await bob.wait_event("server.lost")  # it tried, and the server is not there yet
+    assert "READY=1" not in notify.lines()
+    late = ServerProcess(tmp_path / "late", port=port)
+    (tmp_path / "late").mkdir()
+    late.secret_file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cli.server.secret_file, late.secret_file)
+    late.start()
+    try:
+        await bob.wait_event("registered", timeout=15)
+        await notify.wait_for("READY=1")
+        assert any(line.startswith("STATUS=online as bob on kiosk") for line in notify.lines())
+        await notify.wait_for("WATCHDOG=1")
+        pings = notify.lines().count("WATCHDOG=1")
+        alice = await cli.call("alice", "bob", server=late.url)
+        await bob.wait_event("call.incoming")
+        await notify.wait_for("STATUS=ringing: call from alice")
+        assert notify.lines().count("WATCHDOG=1") > pings  # still fed while it rings
+        alice.signal(signal.SIGINT)
+        await alice.exit_code()
+        bob.signal(signal.SIGTERM)
+        assert await bob.exit_code() == 0  # a service stop is a clean exit, not 130
+        assert "STOPPING=1" in notify.lines()
+    finally:
+        late.stop()
+
+
+async def test_a_wedged_event_loop_stops_the_watchdog_pings(notify: NotifySocket) -> None:
+    os.environ["WATCHDOG_USEC"] = "200000"
+    try:
+        link = ServiceLink(Notifier(str(notify.path)), lambda: None, lambda: True)
+    finally:
+        del os.environ["WATCHDOG_USEC"]
+    link.start()
+    try:
+        await notify.wait_for("WATCHDOG=1")
+        before = len(notify.drain())
+        loop = asyncio.get_running_loop()
+        wedged = loop.create_future()
+
+        def wedge() -> None:  # a blocking call on the loop, as a bug would make one
+            time.sleep(2.5)
+            wedged.set_result(None)
+
+        loop.call_soon(wedge)
+        await wedged
+        await notify.wait_for("STATUS=unhealthy: the event loop stalled for ", prefix=True)
+        after = notify.drain()[before:]
+        assert after[0].startswith("STATUS=unhealthy"), after  # no ping for the wedged stretch
+        await notify.wait_for("WATCHDOG=1", since=before + 1)  # fed again once it turns again
+    finally:
+        await link.close()
+
+
+async def test_an_unhealthy_phone_is_not_fed(notify: NotifySocket) -> None:
+    problem: list[str] = ["the event stream has stopped"]
+    os.environ["WATCHDOG_USEC"] = "100000"
+    try:
+        link = ServiceLink(Notifier(str(notify.path)), lambda: problem[0] or None, lambda: True)
+    finally:
+        del os.environ["WATCHDOG_USEC"]
+    link.start()
+    try:
+        await notify.wait_for("STATUS=unhealthy: the event stream has stopped")
+        assert "WATCHDOG=1" not in notify.lines()
+        problem[0] = ""
+        await notify.wait_for("WATCHDOG=1")
+    finally:
+        await link.close()
+
+
+# ------------------------------------------------------------------ one phone per device
+
+
+def modules_mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_call_goes_through_the_running_listen_with_its_devices(cli: Callctl, tmp_path: Path) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--record", str(tmp_path / "bob.wav"))
+    kiosk = await cli.listen("kiosk", "--audio-in", "tone:880", device="door")
+    hooks = tmp_path / "hooks.txt"
+    caller = await cli.start("kiosk", "call", "bob", "--hangup-after", "2",
+                             "--on-connect", f"echo connect $CALLCTL_PEER $CALLCTL_DEVICE >> {hooks}",
+                             "--on-end", f"echo end $CALLCTL_REASON >> {hooks}")
+    connected = await caller.wait_event("call.connected")
+    maps = modules_mapped(caller.proc.pid)
+    assert "aiortc" not in maps and "libopus" not in maps and "/av/" not in maps, \
+        "the short-lived call opened media of its own"
+    await kiosk.wait_event("call.connected")  # the listener's own event stream shows it too
+    assert await caller.exit_code() == 0
+    names = caller.proc.names()
+    assert names[:3] == ["call.outgoing", "call.created", "call.ringback"], names
+    assert caller.named("call.ended")[0]["reason"] == "hangup"
+    assert connected["peer"] == "bob"
+    await bob.wait_event("call.ended")
+    # what bob heard came from the listener's source (880 Hz), not the call's default
+    duration, fraction = tone_fraction(tmp_path / "bob.wav", 880, start_s=0.3)
+    assert duration > 1 and fraction > 0.8, (duration, fraction)
+    assert hooks.read_text().splitlines() == ["connect bob door", "end hangup"]
+    code, out, _ = await cli.run("kiosk", "status", "--json")
+    status = json.loads(out)
+    assert (code, status["calls_placed"], status["server_link"]) == (0, 1, "online")
+
+
+async def test_ctrl_c_of_a_call_through_listen_cancels_it_and_a_declined_one_exits_3(
+        cli: Callctl) -> None:
+    bob = await cli.listen("bob")
+    await cli.listen("kiosk")
+    caller = await cli.start("kiosk", "call", "bob")
+    await bob.wait_event("call.incoming")
+    caller.signal(signal.SIGINT)
+    assert await caller.exit_code() == 130
+    await bob.wait_event("call.ended")
+    assert bob.named("call.ended")[0]["reason"] == "cancelled"
+    missed = await bob.wait_event("call.missed")
+    assert (missed["peer"], missed["reason"]) == ("kiosk", "cancelled")
+
+    caller = await cli.start("kiosk", "call", "bob")
+    await bob.wait_event("call.incoming", count=2)
+    code, _, _ = await cli.run("bob", "decline", "--device", "kiosk")
+    assert code == 0
+    assert await caller.exit_code() == 3
+
+
+async def test_a_call_process_killed_hard_hangs_up_its_call(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept")
+    kiosk = await cli.listen("kiosk", device="door")
+    caller = await cli.start("kiosk", "call", "bob")
+    await caller.wait_event("call.connected")
+    caller.signal(signal.SIGKILL)
+    ended = await bob.wait_event("call.ended")
+    assert ended["reason"] == "hangup"
+    await kiosk.wait_event("call.ended")
+
+
+async def test_through_listen_bad_options_and_a_busy_device_are_one_line(cli: Callctl) -> None:
+    await cli.listen("bob", "--auto-accept")
+    await cli.listen("kiosk")
+    code, _, err = await cli.run("kiosk", "call", "bob", "--ice-server", "stun:127.0.0.1:3478")
+    assert code == 2 and "cannot set 'ice-server'" in err and "--standalone" in err
+    code, _, err = await cli.run("kiosk", "call", "bob", "--audio-in", "file:/nonexistent.wav")
+    assert code == 2 and "nonexistent.wav" in err
+    first = await cli.start("kiosk", "call", "bob")
+    await first.wait_event("call.connected")
+    code, _, err = await cli.run("kiosk", "call", "carol")
+    assert code == 1 and "in a call with bob" in err, err
+    first.signal(signal.SIGINT)
+    assert await first.exit_code() == 130
+
+
+async def test_standalone_opens_its_own_phone_beside_the_listen(cli: Callctl) -> None:
+    await cli.listen("bob", "--auto-accept")
+    kiosk = await cli.listen("kiosk")
+    caller = await cli.start("kiosk", "call", "bob", "--standalone", "--device", "desk2",
+                             "--audio-in", "tone", "--audio-out", "null", "--hangup-after", "1")
+    assert await caller.exit_code() == 0
+    assert caller.named("registered"), "standalone: its own event stream"
+    assert not kiosk.named("call.outgoing")
+
+
+# ------------------------------------------------------------------------ missed calls
+
+
+async def test_a_call_the_server_answers_busy_is_missed_at_the_kiosk(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--on-missed", "true")
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    carol = await cli.call("carol", "bob")
+    assert await carol.exit_code() == 4
+    missed = await bob.wait_event("call.missed")
+    assert (missed["peer"], missed["reason"]) == ("carol", "busy")
+    code, out, _ = await cli.run("bob", "status", "--json")
+    status = json.loads(out)
+    assert (status["calls_missed"], status["calls_taken"]) == (1, 1)
+    code, out, _ = await cli.run("bob", "status")
+    assert "1 taken" in out and "1 missed" in out and ", up " in out
+    alice.signal(signal.SIGINT)
+    await alice.exit_code()
+
+
+# ------------------------------------------------------------------------ the token file
+
+
+def expired_token(server: ServerProcess, user: str) -> str:
+    """A token of ``user`` that expired two minutes ago (past the server's leeway)."""
+    import jwt
+
+    from callctl.signaling.auth import ALGORITHM, read_secret
+
+    now = int(time.time())
+    claims = {"sub": user, "svc": "default", "iat": now - 600, "exp": now - 120}
+    return jwt.encode(claims, read_secret(server.secret_file), algorithm=ALGORITHM)
+
+
+async def test_a_rotated_token_file_keeps_listen_online(cli: Callctl, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(cli.server.token("bob") + "\n")
+    bob = await cli.start(None, "--token-file", str(token_file), "listen", "--device", "kiosk",
+                          "--audio-in", "tone", "--audio-out", "null")
+    await bob.wait_event("registered")
+    # time passes: the token in the file has expired, and the server restarts (the stream reopens)
+    token_file.write_text(expired_token(cli.server, "bob") + "\n")
+    cli.server.restart()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while True:  # listen waits for a fresh token instead of exiting 11
+        code, out, _ = await cli.run("bob", "status", "--json")
+        status = json.loads(out) if code == 0 else {}
+        if "expired" in (status.get("server_error") or ""):
+            break
+        assert loop.time() < deadline and bob.proc.returncode is None, (status, bob.proc.describe())
+        await asyncio.sleep(0.2)
+    token_file.write_text(cli.server.token("bob", ttl=3600) + "\n")  # the operator's tooling rotates it
+    await bob.wait_event("server.restored", timeout=15)
+    alice = await cli.call("alice", "bob", "--ring-timeout", "5")
+    await bob.wait_event("call.incoming")
+    alice.signal(signal.SIGINT)
+    await alice.exit_code()
+
+
+async def test_a_token_file_that_is_missing_or_bad_is_one_line_and_exit_11(cli: Callctl, tmp_path: Path) -> None:
+    media = ("--audio-in", "tone", "--audio-out", "null")
+    code, _, err = await cli.run(None, "--token-file", str(tmp_path / "nope"), "listen", *media)
+    assert code == 11 and "cannot read the token file" in err
+    (tmp_path / "bad").write_text("not a token\n")
+    code, _, err = await cli.run(None, "--token-file", str(tmp_path / "bad"), "listen", *media)
+    assert code == 11 and "token" in err and "Traceback" not in err
+    code, _, err = await cli.run(None, "--token", "x", "--token-file", str(tmp_path / "bad"), "listen", *media)
+    assert code == 2 and "not both" in err
+
+
+# -------------------------------------------------------------------- unit and config check
+
+
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    from tests.cli import callctl_command
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze (package systemd)")
+    for scope in ([], ["--system"]):
+        unit = tmp_path / f"{len(scope)}" / "callctl-listen.service"
+        unit.parent.mkdir()
+        out = subprocess.run([*callctl_command("service", "unit", *scope)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "Type=notify" in out and "WatchdogSec=" in out and "listen" in out
+        unit.write_text(out)
+        run_dir = tmp_path / f"rt{len(scope)}"
+        run_dir.mkdir(mode=0o700)
+        verify = subprocess.run(["systemd-analyze", *([] if scope else ["--user"]), "verify", str(unit)],
+                                capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(run_dir)})
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+
+async def test_config_check_names_where_each_setting_came_from(cli: Callctl, tmp_path: Path) -> None:
+    config = tmp_path / "kiosk.toml"
+    config.write_text('server = "http://127.0.0.1:9"\nuser = "door"\nlog_level = "info"\n'
+                      '[command.listen]\nauto-accept = true\n')
+    code, out, _ = await cli.run(None, "config", "check", str(config), "--json",
+                                 env={"CALLCTL_DEVICE": "door-1"})
+    report = json.loads(out)
+    where = {row["key"]: (row["value"], row["from"]) for row in report["settings"]}
+    assert code == 0 and report["ok"]
+    assert where["user"] == ("door", f"config file {config}")
+    assert where["device"] == ("door-1", "environment")
+    assert where["server"][1] == "command line"  # the test's --server
+    assert where["listen.auto-accept"] == (True, f"config file {config}")
+    config.write_text('sever = "http://typo"\n')
+    code, _, err = await cli.run(None, "config", "check", str(config))
+    assert code == 2 and "unknown key 'sever'" in err
+    config.write_text('user = "door"\n[command.listen]\nring-timeout = "soon"\n')
+    code, out, err = await cli.run(None, "--config", str(config), "listen", "--audio-in", "tone")
+    assert code == 2 and "ring-timeout" in err.lower() or "soon" in err, err
+
