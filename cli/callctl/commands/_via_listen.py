@@ -21,7 +21,7 @@ from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
 
-def find_listener(settings: Settings, user: str | None, device: str | None) -> Any:
+def find_listener(user: str | None, device: str | None) -> Any:
     """The control socket of a running listen for this identity, or None."""
     from callctl.engine.control import ControlError, find_socket
 
@@ -44,7 +44,7 @@ def place(settings: Settings, path: Any, peer: str, opts: dict[str, Any],
 async def _place(settings: Settings, path: Any, peer: str, opts: dict[str, Any],
                  hooks: dict[str, str | None]) -> int | None:
     from callctl.commands._hooks import Hooks
-    from callctl.engine.control import unix_address
+    from callctl.engine.control import socket_identity, unix_address
     from callctl.signaling.protocol import EndReason
     from callctl.ui.output import JsonOutput, PlainOutput
 
@@ -74,9 +74,8 @@ async def _place(settings: Settings, path: Any, peer: str, opts: dict[str, Any],
                 return ExitCode.SERVER_UNREACHABLE
             return ExitCode.INTERNAL_ERROR
         show = JsonOutput() if settings.json else PlainOutput()
-        parts = path.name.removesuffix(".sock").split(".", 2)  # SERVICE.USER.DEVICE.sock
-        run_hooks = Hooks(hooks, user=parts[1] if len(parts) == 3 else "",
-                          device=parts[2] if len(parts) == 3 else "")
+        _, user, device = socket_identity(path) or ("", "", "")
+        run_hooks = Hooks(hooks, user=user, device=device)
         interrupted = asyncio.Event()
         loop = asyncio.get_running_loop()
 

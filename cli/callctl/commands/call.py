@@ -121,7 +121,7 @@ def _through_listener(ctx: typer.Context, settings: Settings, peer: str, device:
     """If a listen of ours runs here, place the call through it and exit with its code."""
     from callctl.commands import _via_listen
 
-    path = _via_listen.find_listener(settings, _phone.own_user(settings), device or settings.device)
+    path = _via_listen.find_listener(_phone.own_user(settings), device or settings.device)
     if path is None:
         return
     opts = {}

@@ -336,6 +336,12 @@ def _alive(path: Path) -> bool:
         return True
 
 
+def socket_identity(path: Path) -> tuple[str, str, str] | None:
+    """(service, user, device) from a socket's name (``socket_path``), or None for another file."""
+    parts = path.name.removesuffix(".sock").split(".", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and path.suffix == ".sock" else None
+
+
 def find_socket(service: str | None, user: str | None, device: str | None) -> Path:
     """The one running identity matching the filters, or a ControlError saying why not."""
     folder = runtime_dir()
@@ -343,10 +349,10 @@ def find_socket(service: str | None, user: str | None, device: str | None) -> Pa
         _check_private(folder)
     found = []
     for path in sorted(folder.glob("*.sock")) if folder.is_dir() else []:
-        parts = path.name[: -len(".sock")].split(".", 2)
-        if len(parts) != 3:
+        ids = socket_identity(path)
+        if ids is None:
             continue
-        svc, usr, dev = parts
+        svc, usr, dev = ids
         if (service and svc != service) or (user and usr != user) or (device and dev != device):
             continue
         if _alive(path):

@@ -277,7 +277,7 @@ class Phone:
         if call_id is None or call_id in self._ended_ids:
             return  # news of a call that is over here (a replayed ring among them)
         if isinstance(event, p.CallMissed):  # the server answered it busy: it never rang here
-            self._ended_ids[call_id] = None
+            self._forget(call_id)
             self.emit(Ev.CALL_MISSED, {"call_id": call_id, "peer": event.caller,
                                        "media": event.media.value, "reason": event.reason.value})
             return
@@ -421,13 +421,17 @@ class Phone:
         # let the call go: its session holds the whole peer connection (~370 kB a call)
         for call_id in [i for i, s in self.sessions_by_id.items() if s is session]:
             del self.sessions_by_id[call_id]
-            self._ended_ids[call_id] = None
-        while len(self._ended_ids) > ENDED_KEPT:
-            self._ended_ids.popitem(last=False)
+            self._forget(call_id)
         self.last_session = session
         if self.session is session:
             self.session = None
         self.call_ended.set()
+
+    def _forget(self, call_id: str) -> None:
+        """This call is over here: later and replayed events for it are dropped (bounded)."""
+        self._ended_ids[call_id] = None
+        while len(self._ended_ids) > ENDED_KEPT:
+            self._ended_ids.popitem(last=False)
 
     # ---------------------------------------------------------------- health
     def health(self) -> str | None:
