@@ -89,12 +89,15 @@ def open_video_source(opts: MediaOptions) -> VideoSource:
 def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: bool,
                callbacks: MediaCallbacks) -> PeerConnection:
     """Open the source and sinks of one call and the peer connection that carries them."""
+    from callctl.media.devices import absent_ok
     from callctl.media.recorder import RecordedVideo, Recorder
 
-    source = AUDIO_SOURCES.open(opts.audio_in, opts.params)
+    with absent_ok():  # a mic or speaker unplugged now: the call starts silent there (watchdog.py)
+        source = AUDIO_SOURCES.open(opts.audio_in, opts.params)
     opened: list[AudioSource | AudioSink | VideoSink | VideoSource] = [source]
     try:
-        sinks = [AUDIO_SINKS.open(opts.audio_out, opts.params)]
+        with absent_ok():
+            sinks = [AUDIO_SINKS.open(opts.audio_out, opts.params)]
         opened += sinks
         if opts.record is not None and not opts.records_video:
             sinks.append(AUDIO_SINKS.open(f"file:{opts.record}", opts.params))
@@ -110,7 +113,7 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
         opened += video.sinks
         if opts.record is not None and opts.records_video:
             recorder = Recorder(opts.record, audio=True, video=video_call,
-                                size=opts.video_size, fps=opts.fps)
+                                size=opts.video_size, fps=opts.fps, watched=True)  # a warning if it fails
             sinks.append(recorder)
             opened.append(recorder)
             if video_call:

@@ -5,12 +5,22 @@ thread, and they only move 20 ms frames between the device and a bounded
 deque (thread-safe for appends and pops).  Overflows and underflows are
 counted, never fatal.  PortAudio's stderr chatter (ALSA and JACK probing) is
 silenced while it initializes.
+
+PortAudio reads the device list once, when it is initialized, and a process
+initializes it once: a second ``PyAudio()`` only counts up a reference and
+shares the first one's list.  A card plugged in later, or one that came back
+under another name or index, is found by reading the list again (``rescan``):
+every stream is closed, PortAudio terminated and initialized again (ALSA
+re-reads its configuration files then), and the streams that were open are
+reopened on their devices, looked up by name again.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
+import logging
 import os
 import threading
 import time
@@ -24,11 +34,27 @@ import numpy as np
 from callctl.media.audio import FRAME, RATE, SILENCE, AudioSink, AudioSource
 from callctl.media.errors import DeviceError
 
+log = logging.getLogger("callctl.media")
+
 #: Frames (20 ms each) held between a device callback and the call: 200 ms at most.
 DEVICE_QUEUE_FRAMES = 10
+#: A device still missing while nothing is open: the list is read again at most this often
+#: even when no card, device node or ALSA configuration file changed.
+RESCAN_IDLE_S = 10.0
+#: Closing waits this long at most for PortAudio to be free (another stream opening).
+CLOSE_WAIT_S = 2.0
 
 _pa: Any = None
-_pa_lock = threading.Lock()
+#: Held while PortAudio is (re)initialized and while streams are opened or closed.
+_pa_lock = threading.RLock()
+#: What the device list was read from (``_landscape()``), and when.
+_pa_landscape: tuple[object, ...] | None = None
+_pa_read_at = 0.0
+#: The device streams that hold a PortAudio stream now (reopened by a rescan).
+_streams: set[_DeviceStream] = set()
+#: Inside ``absent_ok()``: a device that cannot be opened opens as lost (see there).
+_absent_ok: contextvars.ContextVar[bool] = contextvars.ContextVar("callctl_devices_absent_ok",
+                                                                  default=False)
 
 
 @contextlib.contextmanager
@@ -47,7 +73,7 @@ def quiet_stderr() -> Iterator[None]:
 
 def portaudio() -> Any:
     """The process's one PyAudio instance."""
-    global _pa
+    global _pa, _pa_landscape, _pa_read_at
     with _pa_lock:
         if _pa is None:
             try:
@@ -56,9 +82,106 @@ def portaudio() -> Any:
                 raise DeviceError(
                     "audio devices need PyAudio (install PortAudio and PyAudio: scripts/setup does)"
                 ) from None
+            landscape = _landscape()  # before: a change while PortAudio reads is seen next time
             with quiet_stderr():
                 _pa = pyaudio.PyAudio()
+            _pa_landscape, _pa_read_at = landscape, time.monotonic()
         return _pa
+
+
+def _alsa_files() -> list[str]:
+    """ALSA's configuration files and folders (alsa.conf and what it loads)."""
+    configs = os.environ.get("ALSA_CONFIG_PATH") or "/usr/share/alsa/alsa.conf"
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [*configs.split(":"), "/etc/asound.conf", os.path.expanduser("~/.asoundrc"),
+            os.path.join(xdg, "alsa", "asoundrc"), "/etc/alsa/conf.d", "/usr/share/alsa/alsa.conf.d"]
+
+
+def _landscape() -> tuple[object, ...]:
+    """What PortAudio's device list is made from: the sound cards, their device nodes, ALSA's files.
+
+    Cheap (a few ``stat`` calls): compared before every open, so a list that
+    may be stale is read again before a device is looked up in it.
+    """
+    seen: list[object] = []
+    try:
+        seen.append(Path("/proc/asound/cards").read_text())
+    except OSError:
+        seen.append(None)
+    for folder in ("/dev/snd", "/etc/alsa/conf.d", "/usr/share/alsa/alsa.conf.d"):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            seen.append((folder, None))
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                seen.append((path, None))
+                continue
+            # a device node by its identity (a replugged card's are new), a file by its contents too
+            seen.append((path, st.st_ino, st.st_rdev) if folder == "/dev/snd"
+                        else (path, st.st_ino, st.st_mtime_ns, st.st_size))
+    for path in _alsa_files():
+        try:
+            st = os.stat(path)
+            seen.append((path, st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            seen.append((path, None))
+    return tuple(seen)
+
+
+def rescan(*, missing: bool = False) -> bool:
+    """Read PortAudio's device list again if the system's may have changed; True if it did.
+
+    It is read again when a sound card, a device node under /dev/snd or an ALSA
+    configuration file changed since it was read, and — ``missing``: a device
+    was looked for and not found — also when no stream is open and the list is
+    ``RESCAN_IDLE_S`` old (a sound server that started, a card that was busy).
+    Streams open meanwhile are reopened on their devices by name, a gap of a
+    few milliseconds; one whose device is gone then counts as lost (stalled),
+    for the watchdog to reopen.
+    """
+    global _pa, _pa_landscape, _pa_read_at
+    with _pa_lock:
+        if _pa is None:
+            return False  # not read yet: the first portaudio() reads the current list
+        landscape = _landscape()
+        idle = missing and not _streams and time.monotonic() - _pa_read_at >= RESCAN_IDLE_S
+        if landscape == _pa_landscape and not idle:
+            return False
+        import pyaudio
+
+        reopen = sorted(_streams, key=lambda s: s.kind)
+        for stream in reopen:
+            stream._close_stream()
+        with quiet_stderr():
+            with contextlib.suppress(Exception):
+                _pa.terminate()
+            _pa = pyaudio.PyAudio()
+        _pa_landscape, _pa_read_at = landscape, time.monotonic()
+        log.info("audio devices read again: %s",
+                 ", ".join(repr(d.name) for d in _audio_devices()) or "none")
+        for stream in reopen:
+            stream._resume()
+        return True
+
+
+@contextlib.contextmanager
+def absent_ok() -> Iterator[None]:
+    """Within: a microphone or speaker that cannot be opened opens as lost instead of failing.
+
+    For a call's devices: a card unplugged when the call starts leaves it
+    silent there; the watchdog reports ``device.lost`` and picks the device up
+    when it appears.  Outside (``preview``), DeviceError as always.
+    """
+    token = _absent_ok.set(True)
+    try:
+        yield
+    finally:
+        _absent_ok.reset(token)
 
 
 @dataclass
@@ -73,6 +196,13 @@ class AudioDevice:
 
 
 def audio_devices() -> list[AudioDevice]:
+    """The microphones and speakers there are now (the list is read again if it may be stale)."""
+    with _pa_lock:
+        rescan()
+        return _audio_devices()
+
+
+def _audio_devices() -> list[AudioDevice]:
     pa = portaudio()
     with quiet_stderr():
         count = pa.get_device_count()
@@ -100,8 +230,25 @@ def audio_devices() -> list[AudioDevice]:
 
 
 def pick(name: str | None, kind: str) -> AudioDevice:
-    """A device by case-insensitive name substring, or the default ("default" or no name)."""
-    devices = audio_devices()
+    """A device by case-insensitive name substring, or the default ("default" or no name).
+
+    Looked up in a list read again when it may be stale, and once more when
+    nothing matches (``rescan``): a card plugged in after the process started
+    is found, and one that came back under another index is found by its name.
+    """
+    with _pa_lock:
+        rescan()
+        try:
+            return _pick(name, kind)
+        except DeviceError:
+            if not rescan(missing=True):
+                raise
+            return _pick(name, kind)
+
+
+def _pick(name: str | None, kind: str) -> AudioDevice:
+    """``pick`` in the list as it is."""
+    devices = _audio_devices()
     if kind == "input":
         usable = [d for d in devices if d.input_channels > 0]
         default = [d for d in usable if d.default_input]
@@ -193,14 +340,44 @@ class _DeviceStream:
         self.counters = DeviceCounters()
         self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=DEVICE_QUEUE_FRAMES)
         self._stream: Any = None
-        self._open()
+        self._closed = False
+        # what it is until a device is open: named as it was asked for
+        self.device = AudioDevice(-1, name or "default", 0, 0, float(RATE))
+        self.name = f"{self._prefix}:{self.device.name}"
+        self.rate, self.channels = RATE, 1
+        self._pacer = _Pacer()
+        self.last_callback = time.monotonic()
+        with _pa_lock:
+            try:
+                self._connect()
+            except DeviceError as exc:
+                if not _absent_ok.get():
+                    raise
+                # a call's device unplugged as the call starts: silent, lost, picked up when back
+                log.warning("%s: %s; going on without it until it is back", self.name, exc)
+                self.last_callback = float("-inf")
+
+    @property
+    def _prefix(self) -> str:
+        return "mic" if self.kind == "input" else "speaker"
+
+    def _connect(self) -> None:
+        """Open the device, in a device list read again if it may be stale or the device is missing."""
+        rescan()
+        try:
+            self._open()
+        except DeviceError:
+            if not rescan(missing=True):
+                raise
+            self._open()
 
     def _open(self) -> None:
+        """Open the device in the list as it is (``_pa_lock`` held)."""
         import pyaudio
 
         pa = portaudio()
-        self.device = pick(self._wanted, self.kind)
-        self.name = f"{'mic' if self.kind == 'input' else 'speaker'}:{self.device.name}"
+        self.device = _pick(self._wanted, self.kind)
+        self.name = f"{self._prefix}:{self.device.name}"
         self.rate, self.channels = _stream_format(pa, self.device, self.kind)
         self._pacer = _Pacer()
         self.last_callback = time.monotonic()
@@ -214,6 +391,19 @@ class _DeviceStream:
                 )
             except OSError as exc:
                 raise DeviceError(f"cannot open {self.noun} {self.device.name!r}: {exc}") from None
+        _streams.add(self)
+        if self._closed:  # closed meanwhile, by a close() that could not wait for PortAudio
+            self._close_stream()
+
+    def _resume(self) -> None:
+        """Open again after a rescan closed the stream (``_pa_lock`` held); lost if it cannot be."""
+        if self._closed:
+            return
+        try:
+            self._open()
+        except DeviceError as exc:
+            log.info("%s is gone from the device list read again: %s", self.name, exc)
+            self.last_callback = float("-inf")  # stalled: the watchdog reports it and reopens it
 
     @property
     def device_name(self) -> str:
@@ -224,20 +414,39 @@ class _DeviceStream:
         return time.monotonic() - self.last_callback > self.STALL_S
 
     def reopen(self) -> None:
-        """Close the stalled stream and open the device again (DeviceError if still gone)."""
-        self._close_stream()
-        self._frames.clear()
-        self._open()
+        """Close the stalled stream and open the device again (DeviceError if still gone).
+
+        The device is looked up by name again, in a list read again when it may
+        be stale or the device is not in it: one that came back under another
+        index, or under another name the wanted one is part of, is found.
+        """
+        with _pa_lock:
+            if self._closed:
+                return
+            self._close_stream()
+            self._frames.clear()
+            self._connect()
 
     def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception), quiet_stderr():
-                stream.stop_stream()
-                stream.close()
+        with _pa_lock:
+            _streams.discard(self)
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                with contextlib.suppress(Exception), quiet_stderr():
+                    stream.stop_stream()
+                    stream.close()
 
     def close(self) -> None:
-        self._close_stream()
+        self._closed = True
+        # a reopen that hangs in PortAudio (a device half gone) holds the lock: the call
+        # still ends, and that reopen closes what it opens (``_open``)
+        if _pa_lock.acquire(timeout=CLOSE_WAIT_S):
+            try:
+                self._close_stream()
+            finally:
+                _pa_lock.release()
+        else:
+            log.warning("%s: PortAudio is busy (a device that hangs?); not waiting to close it", self.name)
 
     def _callback(self, data: Any, frames: int, info: Any, status: int) -> Any:
         raise NotImplementedError

@@ -25,6 +25,15 @@ VIDEO_FILES = {
     ".mp4": ("mp4", "libx264", "aac"),
 }
 
+#: Each packet goes to the file at once, and Matroska closes a cluster every second (not 5 s):
+#: a full disk is noticed within a second, not when the call ends, and a recording cut
+#: short (disk full, power cut) keeps all but its last second.
+_MUX_OPTIONS = {
+    "matroska": {"flush_packets": "1", "cluster_time_limit": "1000"},
+    "webm": {"flush_packets": "1", "cluster_time_limit": "1000"},
+    "mp4": {"flush_packets": "1"},
+}
+
 
 class Recorder(AudioSink):
     """Remote audio and video into one container, written in a thread.
@@ -32,10 +41,16 @@ class Recorder(AudioSink):
     Timestamps come from the wall clock since the recording started, so both
     streams line up and the file lasts as long as the call.  ``close()``
     flushes and finalizes whatever ended the call.
+
+    A recording that cannot go on (a full disk, a file that cannot be
+    written) stops there and never takes the call with it: what was written
+    stays, later frames are dropped, and ``failure`` says why.  That is logged
+    once as an error, or — ``watched``: the call's watchdog reports
+    ``failure`` as a ``warning`` event — once at info level.
     """
 
     def __init__(self, path: Path, *, audio: bool = True, video: bool = True,
-                 size: tuple[int, int] = (640, 480), fps: float = 15.0) -> None:
+                 size: tuple[int, int] = (640, 480), fps: float = 15.0, watched: bool = False) -> None:
         suffix = path.suffix.lower()
         if suffix not in VIDEO_FILES:
             raise MediaError(
@@ -52,6 +67,9 @@ class Recorder(AudioSink):
         self.want_video = video
         self.frames = 0
         self.dropped = 0
+        #: Why the recording stopped before the call ended (None: it goes on).
+        self.failure: str | None = None
+        self._watched = watched
         self._start = time.monotonic()
         self._queue: queue.Queue[tuple[str, float, Any] | None] = queue.Queue(maxsize=200)
         self._closing = threading.Event()
@@ -66,6 +84,9 @@ class Recorder(AudioSink):
         self._put(("video", time.monotonic() - self._start, frame))
 
     def _put(self, item: tuple[str, float, Any]) -> None:
+        if self.failure is not None:  # stopped: nothing to write to
+            self.dropped += 1
+            return
         try:
             self._queue.put_nowait(item)
             self.frames += 1
@@ -73,17 +94,42 @@ class Recorder(AudioSink):
             self.dropped += 1
 
     def _run(self) -> None:
+        try:
+            self._record()
+        except Exception as exc:  # the disk filled up, the file went away: the call goes on
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail(f"recording to {self.path} stopped: {why}; the call goes on without it")
+            self._drain()
+
+    def _fail(self, message: str) -> None:
+        self.failure = message
+        if self._watched and not self._closing.is_set():
+            log.info("%s", message)  # the watchdog reports it as a warning event
+        else:
+            log.error("%s", message)
+
+    def _drain(self) -> None:
+        """After a failure: take what was queued until close(), so no writer ever waits."""
+        while True:
+            try:
+                if self._queue.get(timeout=0.2) is None:
+                    return
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+
+    def _record(self) -> None:
         import fractions
 
         import av
 
         fmt, vcodec, acodec = VIDEO_FILES[self.path.suffix.lower()]
         try:
-            container = av.open(str(self.path), "w", format=fmt)
+            container = av.open(str(self.path), "w", format=fmt, options=_MUX_OPTIONS.get(fmt, {}))
         except Exception as exc:
-            log.error("cannot record to %s: %s", self.path, exc)
-            while self._queue.get() is not None:
-                pass
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._fail(f"cannot record to {self.path}: {why}")
+            self._drain()
             return
         with container:
             # the video stream takes the size of the first frame that arrives
