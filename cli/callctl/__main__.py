@@ -1,3 +1,3 @@
-from callctl.app import main
+from callctl.cli import main
 
 main()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
+import json
+import os
 from pathlib import Path
-from typing import Any
 
 from callctl.paths import config_dir
+
+TYPE_CHECKING = False  # typing itself is not imported: these modules run before anything else
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 SYSTEM_CONFIG = Path("/etc/callctl/config.toml")
@@ -19,27 +22,48 @@ class ConfigError(Exception):
     pass
 
 
-@dataclass
 class Settings:
-    server: str = DEFAULT_SERVER
-    user: str | None = None
-    service: str = "default"
-    token: str | None = None
-    #: This device's id (``--device`` before or after the command); None: the host name.
-    device: str | None = None
-    #: Certificates to trust for an https server (``--ca-file``), e.g. a self-signed one's.
-    ca_file: Path | None = None
-    #: A file holding the access token, read again whenever a token is needed
-    #: (``--token-file``): tooling that rotates it needs no restart of a ``listen``.
-    token_file: Path | None = None
-    #: callctl's own log lines on stderr at this level (``--log-level``, ``CALLCTL_LOG``).
-    log_level: str | None = None
-    json: bool = False
-    config_file: Path | None = None
-    #: Everything else the file said, for commands that read their own keys.
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: Where each global setting came from: "command line", "environment", the file, "default".
-    sources: dict[str, str] = field(default_factory=dict)
+    """The global settings of one command line (a plain class: dataclasses cost the quick path ~5 ms)."""
+
+    def __init__(
+        self,
+        *,
+        server: str = DEFAULT_SERVER,
+        user: str | None = None,
+        service: str = "default",
+        token: str | None = None,
+        device: str | None = None,
+        ca_file: Path | None = None,
+        token_file: Path | None = None,
+        log_level: str | None = None,
+        json: bool = False,
+        config_file: Path | None = None,
+        extra: dict[str, Any] | None = None,
+        sources: dict[str, str] | None = None,
+    ) -> None:
+        self.server = server
+        self.user = user
+        self.service = service
+        self.token = token
+        #: This device's id (``--device`` before or after the command); None: the host name.
+        self.device = device
+        #: Certificates to trust for an https server (``--ca-file``), e.g. a self-signed one's.
+        self.ca_file = ca_file
+        #: A file holding the access token, read again whenever a token is needed
+        #: (``--token-file``): tooling that rotates it needs no restart of a ``listen``.
+        self.token_file = token_file
+        #: callctl's own log lines on stderr at this level (``--log-level``, ``CALLCTL_LOG``).
+        self.log_level = log_level
+        self.json = json
+        self.config_file = config_file
+        #: Everything else the file said, for commands that read their own keys.
+        self.extra: dict[str, Any] = {} if extra is None else extra
+        #: Where each global setting came from: "command line", "environment", the file, "default".
+        self.sources: dict[str, str] = {} if sources is None else sources
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k == "token" and v else v) for k, v in vars(self).items()}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 def default_config_file() -> Path | None:
@@ -64,6 +88,8 @@ def load_file(path: Path | None, explicit: bool) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    import tomllib
+
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -124,11 +150,14 @@ def resolve(
     token_file: Path | None = None,
     log_level: str | None = None,
     given: dict[str, str] | None = None,
+    check_ca: bool = True,
 ) -> Settings:
     """Flags and env vars arrive merged by Typer; fill the gaps from the file.
 
     ``given``: for the settings that came from the command line or the
-    environment, which of the two (for ``config check``).
+    environment, which of the two (for ``config check``).  ``check_ca``: load
+    the ``ca_file`` to check it (a process that will not talk to the server
+    itself skips that: it costs the ssl module).
     """
     explicit = config is not None
     path = config if explicit else default_config_file()
@@ -159,7 +188,8 @@ def resolve(
     trusted = pick("ca_file", ca_file)
     if trusted is not None:
         trusted = Path(trusted)
-        check_ca_file(trusted)
+        if check_ca:
+            check_ca_file(trusted)
     level = pick("log_level", log_level)
     if level is not None:
         check_log_level(level)
@@ -181,3 +211,75 @@ def resolve(
         extra={k: v for k, v in data.items() if k not in STRING_KEYS and k != "json"},
         sources=sources,
     )
+
+
+#: A token file is one line; anything bigger is not one.
+MAX_TOKEN_FILE = 16 * 1024
+
+
+class TokenFile:
+    """The access token in a file, read again whenever it changed (``--token-file``).
+
+    An operator's tooling rotates the file; a running ``listen`` takes the new
+    token at its next request or reconnect.  A file that cannot be read for a
+    moment (being replaced) keeps the last good token.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def read(self) -> str:
+        """The token now in the file, or OSError/ValueError saying why not."""
+        st = os.stat(self.path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key != self._key:
+            with self.path.open("rb") as f:
+                raw = f.read(MAX_TOKEN_FILE + 1)
+            token = raw.decode("utf-8", "replace").strip()
+            if not token or len(raw) > MAX_TOKEN_FILE or any(ch.isspace() for ch in token):
+                raise ValueError("it does not hold one token")
+            self._key, self._token = key, token
+        return self._token
+
+    def __call__(self) -> str:
+        import logging
+
+        try:
+            return self.read()
+        except (OSError, ValueError) as exc:
+            logging.getLogger("callctl").warning("token file %s: %s; keeping the last token", self.path,
+                                                 getattr(exc, "strerror", None) or exc)
+            return self._token
+
+
+def own_user(settings: Settings) -> str | None:
+    """Who we are, as far as it is known before going online (--as, or the token's subject).
+
+    The token is not checked here (the server does that): this only reads its
+    ``sub`` claim, with the standard library, for the short processes that look
+    for a running listen of this identity before anything else is imported.
+    """
+    if settings.user:
+        return settings.user
+    token = settings.token
+    if settings.token_file is not None:
+        try:
+            token = TokenFile(settings.token_file).read()
+        except (OSError, ValueError):
+            return None
+    if not token:
+        return None
+    import base64
+    import binascii
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) else None

@@ -1,10 +1,12 @@
-"""Exit codes: one table, mapped 1:1 from call end reasons (see docs/EXIT-CODES.md)."""
+"""Exit codes: one table, mapped 1:1 by name from call end reasons (see docs/EXIT-CODES.md)."""
 
 from __future__ import annotations
 
 import enum
 
-from callctl.signaling.protocol import EndReason
+TYPE_CHECKING = False  # the protocol (msgspec) is not imported for a name
+if TYPE_CHECKING:
+    from callctl.signaling.protocol import EndReason
 
 
 class ExitCode(enum.IntEnum):
@@ -28,24 +30,6 @@ class ExitCode(enum.IntEnum):
     OK = 0
 
 
-_BY_REASON = {
-    EndReason.HANGUP: ExitCode.HANGUP,
-    EndReason.INTERNAL_ERROR: ExitCode.INTERNAL_ERROR,
-    EndReason.DECLINED: ExitCode.DECLINED,
-    EndReason.BUSY: ExitCode.BUSY,
-    EndReason.NO_ANSWER: ExitCode.NO_ANSWER,
-    EndReason.UNAVAILABLE: ExitCode.UNAVAILABLE,
-    EndReason.CANCELLED: ExitCode.CANCELLED,
-    EndReason.ANSWERED_ELSEWHERE: ExitCode.ANSWERED_ELSEWHERE,
-    EndReason.NETWORK_LOST: ExitCode.NETWORK_LOST,
-    EndReason.SERVER_UNREACHABLE: ExitCode.SERVER_UNREACHABLE,
-    EndReason.AUTH_FAILED: ExitCode.AUTH_FAILED,
-    EndReason.DEVICE_ERROR: ExitCode.DEVICE_ERROR,
-    EndReason.MAX_DURATION: ExitCode.MAX_DURATION,
-    EndReason.BAD_SDP: ExitCode.BAD_SDP,
-}
-assert set(_BY_REASON) == set(EndReason), "every end reason needs an exit code"
-
-
 def for_reason(reason: EndReason) -> ExitCode:
-    return _BY_REASON[reason]
+    """The exit code of a call that ended for ``reason``: the code of the same name."""
+    return ExitCode[reason.name]

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,36 @@ async def test_through_listen_bad_options_and_a_busy_device_are_one_line(cli: Ca
     assert code == 1 and "in a call with bob" in err, err
     first.signal(signal.SIGINT)
     assert await first.exit_code() == 130
+
+
+async def test_a_call_beside_a_listen_is_dialed_without_typer(cli: Callctl, tmp_path: Path) -> None:
+    """The quick path: the config file's [command.call] defaults travel, the listener's own stay home."""
+    bob = await cli.listen("bob")
+    await cli.listen("kiosk")
+    config = tmp_path / "config.toml"
+    config.write_text("[command.call]\nring-timeout = 1\nconnect-timeout = 9\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "importtime", "-m", "callctl", "--json", "--server", cli.server.url,
+        "--as", "kiosk", "--config", str(config), "call", "bob",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=cli.env)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines() if "|" in line}
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    assert proc.returncode == 5, (out, err[-2000:])
+    assert events[-1]["event"] == "call.ended" and events[-1]["reason"] == "no_answer"
+    assert "callctl.engine.sockets" in imported and "typer" not in imported and "aiortc" not in imported
+    assert (await bob.wait_event("call.missed"))["reason"] == "no_answer"
+
+    # an environment's default for a standalone call does not stop a call through the listen ...
+    code, _, err_text = await cli.run("kiosk", "call", "bob", "--ring-timeout", "1",
+                                      env={"CALLCTL_CONNECT_TIMEOUT": "9"})
+    assert code == 5, err_text
+    # ... the same option on the command line is refused, and a bad peer id is a usage error
+    code, _, err_text = await cli.run("kiosk", "call", "bob", "--connect-timeout", "9")
+    assert code == 2 and "cannot set 'connect-timeout'" in err_text, err_text
+    code, _, err_text = await cli.run("kiosk", "call", "no such user")
+    assert code == 2 and err_text.count("\n") == 1 and "bad user id" in err_text, err_text
 
 
 async def test_standalone_opens_its_own_phone_beside_the_listen(cli: Callctl) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from callctl.config import Settings
+from callctl.config import Settings, TokenFile
 from callctl.exitcodes import ExitCode
 from callctl.paths import default_secret_file
 from callctl.ui.console import fail
@@ -30,47 +30,6 @@ REGISTER_TIMEOUT_S = 5.0
 def default_device() -> str:
     name = re.sub(r"[^A-Za-z0-9._@+-]", "-", socket.gethostname())[:64].lstrip(".-_@+")
     return name or "default"
-
-
-#: A token file is one line; anything bigger is not one.
-MAX_TOKEN_FILE = 16 * 1024
-
-
-class TokenFile:
-    """The access token in a file, read again whenever it changed (``--token-file``).
-
-    An operator's tooling rotates the file; a running ``listen`` takes the new
-    token at its next request or reconnect.  A file that cannot be read for a
-    moment (being replaced) keeps the last good token.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._key: tuple[int, int, int] | None = None
-        self._token = ""
-
-    def read(self) -> str:
-        """The token now in the file, or OSError/ValueError saying why not."""
-        st = os.stat(self.path)
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if key != self._key:
-            with self.path.open("rb") as f:
-                raw = f.read(MAX_TOKEN_FILE + 1)
-            token = raw.decode("utf-8", "replace").strip()
-            if not token or len(raw) > MAX_TOKEN_FILE or any(ch.isspace() for ch in token):
-                raise ValueError("it does not hold one token")
-            self._key, self._token = key, token
-        return self._token
-
-    def __call__(self) -> str:
-        import logging
-
-        try:
-            return self.read()
-        except (OSError, ValueError) as exc:
-            logging.getLogger("callctl").warning("token file %s: %s; keeping the last token", self.path,
-                                                 getattr(exc, "strerror", None) or exc)
-            return self._token
 
 
 def _token_claims(token: str, where: str) -> tuple[str, str]:
@@ -316,28 +275,6 @@ def outputs(settings: Settings, *, quiet_until_online: bool = False) -> tuple[li
     return [PlainOutput(quiet_until_online=quiet_until_online)], False
 
 
-def own_user(settings: Settings) -> str | None:
-    """Who we are, as far as it is known before going online (--as, or the token's subject)."""
-    if settings.user:
-        return settings.user
-    token = settings.token
-    if settings.token_file is not None:
-        try:
-            token = TokenFile(settings.token_file).read()
-        except (OSError, ValueError):
-            return None
-    if token:
-        import jwt
-
-        try:
-            sub = jwt.decode(token, options={"verify_signature": False,
-                                             "verify_exp": False}).get("sub")
-        except jwt.InvalidTokenError:
-            return None
-        return sub if isinstance(sub, str) else None
-    return None
-
-
 async def run_phone(
     settings: Settings,
     device: str,
@@ -353,7 +290,8 @@ async def run_phone(
 ) -> int:
     """Bring a Phone online with its control socket and output, run ``body``, clean up."""
     from callctl.engine.commands import Request, run_command, status_of
-    from callctl.engine.control import ControlError, ControlServer, socket_path
+    from callctl.engine.control import ControlServer
+    from callctl.engine.sockets import ControlError, socket_path
     from callctl.engine.phone import Phone
     from callctl.media.adjust import preload
     from callctl.media.errors import UnsupportedStack

@@ -59,7 +59,7 @@ def command_defaults(ctx: Any, settings: Settings) -> dict[str, dict[str, Any]]:
 def settings_with_file(ctx: typer.Context, config: Path) -> Settings:
     """The settings this command line would have with ``--config config``."""
     root = ctx.find_root()
-    params = {k: root.params.get(k) for k in ("server", "user", "service", "token", "device",
+    params: dict[str, Any] = {k: root.params.get(k) for k in ("server", "user", "service", "token", "device",
                                               "ca_file", "token_file", "log_level")}
     return resolve(**params, json=bool(root.params.get("json")), config=config,
                    given=given_settings(root))

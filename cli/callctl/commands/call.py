@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from callctl.commands import _phone
-from callctl.config import Settings
+from callctl.config import Settings, own_user
 from callctl.exitcodes import ExitCode, for_reason
 from callctl.ui.console import fail
 
@@ -73,7 +73,7 @@ def call(
     settings = ctx.obj
     if not valid_id(peer):
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
-    if peer == _phone.own_user(settings):
+    if peer == own_user(settings):
         fail(f"{peer} cannot call itself", ExitCode.USAGE)
     hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end}
     if not standalone:
@@ -112,40 +112,28 @@ def call(
                                 reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout))
 
 
-#: Options of ``call`` that are not sent to a running listen (they are this process's own).
-_LOCAL_OPTIONS = frozenset({"peer", "on_ring", "on_connect", "on_end", "standalone", "device"})
-
-
 def _through_listener(ctx: typer.Context, settings: Settings, peer: str, device: str | None,
                       hooks: dict[str, str | None]) -> None:
     """If a listen of ours runs here, place the call through it and exit with its code."""
     from callctl.commands import _via_listen
+    from callctl.commands._quick import FORWARDED
+    from callctl.engine.sockets import ControlError
 
-    path = _via_listen.find_listener(_phone.own_user(settings), device or settings.device)
+    try:
+        path = _via_listen.find_listener(own_user(settings), device or settings.device)
+    except ControlError as exc:
+        fail(f"{exc}, or --standalone", ExitCode.USAGE)
     if path is None:
         return
     opts = {}
     for name, value in ctx.params.items():
         source = getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
-        if name in _LOCAL_OPTIONS or source == "DEFAULT":
+        if name in _via_listen.LOCAL_OPTIONS or source == "DEFAULT":
             continue
-        opts[name] = _absolute(name, value)
-    code = _via_listen.place(settings, path, peer, opts, hooks)
+        if name not in FORWARDED and source != "COMMANDLINE":
+            continue  # an environment's or config file's default for a standalone call: the listener's own
+        opts[name] = _via_listen.absolute(name, value)
+    sock = _via_listen.dial(path, peer, opts)
+    code = None if sock is None else _via_listen.follow(sock, path, settings.json, hooks)
     if code is not None:
         raise typer.Exit(int(code))
-
-
-def _absolute(name: str, value: object) -> object:
-    """Paths as the listener (another working directory) will read them."""
-    import os
-
-    if isinstance(value, Path):
-        return os.path.abspath(value)
-    if isinstance(value, list):
-        return ",".join(map(str, value))  # --ice-server: refused by the listener with a clear message
-    if isinstance(value, str):
-        if value.startswith("file:"):
-            return "file:" + os.path.abspath(value[5:])
-        if name == "ringback" and value not in ("tone", "none"):
-            return os.path.abspath(value)
-    return value

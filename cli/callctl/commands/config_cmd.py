@@ -20,7 +20,7 @@ def _problems(settings: Any) -> list[str]:
     """What would stop a ``listen`` with these settings, found without going online."""
     problems = []
     if settings.token_file is not None:
-        from callctl.commands._phone import TokenFile
+        from callctl.config import TokenFile
 
         try:
             token = TokenFile(settings.token_file).read()

@@ -17,7 +17,7 @@ DeviceOpt = Annotated[
 
 
 def _target(ctx: typer.Context, device: str | None) -> Any:
-    from callctl.engine.control import ControlError, find_socket
+    from callctl.engine.sockets import ControlError, find_socket
 
     settings = ctx.obj
     try:
@@ -28,7 +28,7 @@ def _target(ctx: typer.Context, device: str | None) -> Any:
 
 def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None,
           arg: str | None = None) -> None:
-    from callctl.engine.control import ControlError, request
+    from callctl.engine.sockets import ControlError, request
 
     path = _target(ctx, device)
     try:
@@ -85,7 +85,7 @@ def unmute(ctx: typer.Context, device: DeviceOpt = None) -> None:
 def status(ctx: typer.Context, device: DeviceOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False) -> None:
     """Show the running process's identity and call."""
-    from callctl.engine.control import ControlError, request
+    from callctl.engine.sockets import ControlError, request
 
     path = _target(ctx, device)
     try:
@@ -135,7 +135,7 @@ def _duration(seconds: float) -> str:
 
 def events(ctx: typer.Context, device: DeviceOpt = None) -> None:
     """Print the running process's events as NDJSON until it exits."""
-    from callctl.engine.control import ControlError, tail
+    from callctl.engine.sockets import ControlError, tail
 
     path = _target(ctx, device)
 

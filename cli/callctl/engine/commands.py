@@ -179,7 +179,7 @@ def _dial(phone: Phone, req: Request) -> Answer | Follow:
         return {"ok": False, "error": "this process is a call, not a listen", "standalone": True}
     peer = req.arg or ""
     if not p.valid_id(peer):
-        return {"ok": False, "error": f"bad user id {peer!r}"}
+        return {"ok": False, "error": f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", "usage": True}
     if peer == phone.user:
         return {"ok": False, "error": f"{peer} cannot call itself", "usage": True}
     current = phone.session

@@ -99,6 +99,7 @@ class CallSession:
         self._queue: asyncio.Queue[m.CallEvent | None] = asyncio.Queue()  # None: look at _failure
         self._tasks = Tasks(on_error=self._task_failed, expected=EXPECTED)
         self._create_task: asyncio.Task[Any] | None = None
+        self._created_id: str | None = None
         #: Re-offers and re-answers one at a time (each restarts the peer connection).
         self._negotiating = asyncio.Lock()
         #: The re-offer attempt whose offer the current peer connection holds.
@@ -277,6 +278,7 @@ class CallSession:
         except (SignalingError, DeviceError, MediaError) as exc:
             self._fail(exc)
             return
+        self._created_id = info.call_id  # for a hangup that came while the request was in flight
         # the ring's length by the server's own clock (both times are its): no clock skew
         self.feed(m.Created(info.call_id, ring_s=max(0.0, info.ring_expires_at - info.created_at)))
         self.phone.adopt(info.call_id, self)
@@ -441,8 +443,9 @@ class CallSession:
             # hung up while the create request was in flight: wait for the id
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._create_task), REQUEST_TIMEOUT_S)
-        if self.call.call_id is not None:
-            await self._quietly(self.phone.client.hangup(self.call.call_id, reason))
+        call_id = self.call.call_id or self._created_id  # the call has ended before it learnt its id
+        if call_id is not None:
+            await self._quietly(self.phone.client.hangup(call_id, reason))
 
     async def _quietly(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """A request whose failure does not change the call (it ends anyway, or is advisory)."""

@@ -90,6 +90,10 @@ _BY_STATUS: dict[int, type[SignalingError]] = {
 }
 
 
+#: Idle HTTP connections are kept this long (below the server's 5 s keep-alive).
+KEEPALIVE_S = 4.0
+
+
 def _error_from_response(status: int, body: bytes, headers: httpx.Headers) -> SignalingError:
     try:
         err = msgspec.json.decode(body, type=p.Error)
@@ -173,6 +177,9 @@ class SignalingClient:
             timeout=httpx.Timeout(timeout),
             headers={p.DEVICE_HEADER: device},
             follow_redirects=False,
+            # the server closes an idle connection after 5 s (uvicorn's keep-alive); a pool that keeps
+            # its own longer holds the closed ones (CLOSE_WAIT) until its next request: fewer, shorter
+            limits=httpx.Limits(max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_S),
         )
 
     def _auth(self) -> dict[str, str]:
