@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import random
+import socket
 import ssl
 import time
 import sys
@@ -94,6 +95,16 @@ _BY_STATUS: dict[int, type[SignalingError]] = {
 KEEPALIVE_S = 4.0
 
 
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` among ``exc`` and its causes, or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _error_from_response(status: int, body: bytes, headers: httpx.Headers) -> SignalingError:
     try:
         err = msgspec.json.decode(body, type=p.Error)
@@ -113,6 +124,13 @@ def _error_from_response(status: int, body: bytes, headers: httpx.Headers) -> Si
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
+        dns = _cause(exc, socket.gaierror)
+        if dns is not None:  # say so: it is not the server that is down
+            try:
+                host = exc.request.url.host
+            except RuntimeError:  # no request attached
+                host = "the server's name"
+            return f"cannot resolve {host} (DNS): {getattr(dns, 'strerror', None) or dns}"
         return f"cannot connect: {exc}" if str(exc) else "cannot connect"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
