@@ -1,7 +1,8 @@
-"""Bad days for a kiosk: months of calls, a server restarted in the middle of a ring."""
+"""Bad days for a kiosk: months of calls, a server restarted in the middle of a ring or of a call."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,61 @@ async def test_a_server_restart_during_a_ring_ends_it_on_both_sides(
         assert await again.exit_code() == 0
     finally:
         await roomy_cli.close()
+
+
+async def test_a_call_hung_up_across_a_server_restart_ends_as_the_peers_hangup(
+    cli: Callctl, server: ServerProcess
+) -> None:
+    """The restarted server has no record of the connected call, so the caller's hangup reaches
+    nobody through it: the kiosk sees the peer close the media path, and ends the call as its hangup
+    once the server (asked again) does not know the call, not as server_unreachable."""
+    bob = await cli.listen("bob", "--auto-accept")
+    # the caller hangs up while the server is down
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    await bob.wait_event("call.connected")
+    server.stop(signal.SIGKILL)
+    await bob.wait_event("server.lost")
+    await alice.wait_event("server.lost")
+    alice.signal(signal.SIGINT)
+    assert await alice.exit_code() == 130
+    await bob.wait_event("call.reconnecting")  # its media path closed, and no hangup could reach us
+    server.start()
+    ended = await bob.wait_event("call.ended")
+    assert (ended["reason"], ended["source"]) == ("hangup", "remote"), bob.proc.describe()
+    await bob.wait_event("server.restored")
+    # ... and once the server is back (both registered again, the call unknown to it)
+    alice = await cli.call("alice", "bob")
+    await alice.wait_event("call.connected")
+    await bob.wait_event("call.connected", count=2)
+    server.stop(signal.SIGKILL)
+    server.start()
+    await bob.wait_event("server.restored", count=2)
+    await alice.wait_event("server.restored")
+    alice.signal(signal.SIGINT)
+    assert await alice.exit_code() == 130
+    ended = await bob.wait_event("call.ended", count=2)
+    assert (ended["reason"], ended["source"]) == ("hangup", "remote"), bob.proc.describe()
+    assert len(bob.named("server.lost")) == len(bob.named("server.restored")) == 2
+
+
+async def test_a_stream_reopened_on_purpose_is_neither_lost_nor_restored(cli: Callctl) -> None:
+    """A broken media path reopens the event stream at once (the network may have broken it too):
+    while the server stays reachable, that is no ``server.lost`` and no ``server.restored``."""
+    bob = await cli.listen("bob", "--auto-accept")
+    alice = await cli.call("alice", "bob")
+    await bob.wait_event("call.connected")
+    alice.signal(signal.SIGSTOP)  # its media stops: the kiosk reconnects the call
+    try:
+        await bob.wait_event("call.reconnecting")
+    finally:
+        alice.signal(signal.SIGCONT)
+    # the re-offer that brings the media back came over the kiosk's reopened stream
+    await bob.wait_event("call.reconnected", timeout=20)
+    assert bob.named("server.lost") == [] and bob.named("server.restored") == [], bob.proc.describe()
+    alice.signal(signal.SIGINT)
+    assert await alice.exit_code() == 130
+    assert (await bob.wait_event("call.ended"))["reason"] == "hangup"
 
 
 async def test_a_hundred_calls_do_not_grow_the_listener(roomy_cli: Callctl, roomy: ServerProcess) -> None:

@@ -302,17 +302,73 @@ async def test_a_call_the_server_answers_busy_is_missed_at_the_kiosk(cli: Callct
     await alice.exit_code()
 
 
+async def test_a_call_turned_away_busy_is_missed_after_the_call_that_took_the_line(cli: Callctl) -> None:
+    """Two calls back to back both ring: the second is declined busy while the first still prepares
+    its ring, and the kiosk's events say the first's ``call.incoming`` before the second's ``call.missed``."""
+    from callctl.engine.phone import Phone
+    from callctl.engine.session import CallLimits
+    from callctl.media.assembly import MediaOptions
+    from callctl.signaling.protocol import Media
+
+    bob = await cli.listen("bob", "--auto-accept")
+    phones = [Phone(client=cli.server.client(user, "desk"), device="desk",
+                    media=MediaOptions(audio_in="tone:440", audio_out="null", video_out="null"))
+              for user in ("alice", "carol")]
+    for phone in phones:
+        phone.start()
+    try:
+        for phone in phones:
+            await asyncio.wait_for(phone.registered.wait(), WAIT)
+        sessions = [phone.dial("bob", Media.AUDIO, CallLimits(hangup_after=0.5)) for phone in phones]
+        missed = await bob.wait_event("call.missed")
+        for session in sessions:
+            await asyncio.wait_for(session.ended.wait(), WAIT)
+        taken = (await bob.wait_event("call.ended"))["call_id"]
+    finally:
+        for phone in phones:
+            await phone.close()
+    assert sorted(s.outcome().reason.value for s in sessions) == ["busy", "hangup"]
+    told = [(e["event"], e["call_id"]) for e in bob.events if e["event"] in ("call.incoming", "call.missed")]
+    assert told == [("call.incoming", taken), ("call.missed", missed["call_id"])], bob.proc.describe()
+    assert missed["reason"] == "busy"
+
+
+async def test_status_counts_every_call_placed_whether_it_connects_or_not(cli: Callctl) -> None:
+    bob = await cli.listen("bob")
+    await cli.listen("kiosk", device="door")
+    declined = await cli.start("kiosk", "call", "bob")
+    await bob.wait_event("call.incoming")
+    code, _, err = await cli.run("bob", "decline")
+    assert code == 0, err
+    assert await declined.exit_code() == 3
+    code, _, err = await cli.run("kiosk", "call", "bob", "--ring-timeout", "1")
+    assert code == 5, err  # no answer
+    answered = await cli.start("kiosk", "call", "bob", "--hangup-after", "0.5")
+    await bob.wait_event("call.incoming", count=3)
+    code, _, err = await cli.run("bob", "accept")
+    assert code == 0, err
+    assert await answered.exit_code() == 0
+    await bob.wait_event("call.ended", count=3)
+    statuses = {}
+    for user in ("kiosk", "bob"):
+        code, out, err = await cli.run(user, "status", "--json")
+        assert code == 0, err
+        statuses[user] = json.loads(out)
+    counters = {user: (st["calls_placed"], st["calls_taken"], st["calls_missed"]) for user, st in statuses.items()}
+    assert counters == {"kiosk": (3, 0, 0), "bob": (0, 1, 1)}  # bob missed the one nobody answered
+
+
 # ------------------------------------------------------------------------ the token file
 
 
-def expired_token(server: ServerProcess, user: str) -> str:
-    """A token of ``user`` that expired two minutes ago (past the server's leeway)."""
+def expired_token(server: ServerProcess, user: str, ago: int = 120) -> str:
+    """A token of ``user`` that expired ``ago`` seconds ago (by default: past the server's leeway)."""
     import jwt
 
     from callctl.signaling.auth import ALGORITHM, read_secret
 
     now = int(time.time())
-    claims = {"sub": user, "svc": "default", "iat": now - 600, "exp": now - 120}
+    claims = {"sub": user, "svc": "default", "iat": now - 600, "exp": now - ago}
     return jwt.encode(claims, read_secret(server.secret_file), algorithm=ALGORITHM)
 
 
@@ -340,6 +396,26 @@ async def test_a_rotated_token_file_keeps_listen_online(cli: Callctl, tmp_path: 
     await bob.wait_event("call.incoming")
     alice.signal(signal.SIGINT)
     await alice.exit_code()
+
+
+async def test_a_renewed_token_reopens_the_stream_without_a_loss(cli: Callctl, tmp_path: Path) -> None:
+    """The server ends the stream of a token that expired; listen reopens it at once with the file's
+    fresh token: a deliberate reconnect, neither ``server.lost`` nor ``server.restored``."""
+    from callctl.signaling.auth import CLOCK_SKEW_S
+
+    token_file = tmp_path / "token"
+    # taken for CLOCK_SKEW_S past its expiry: the server ends the stream within ~6 s
+    token_file.write_text(expired_token(cli.server, "bob", ago=CLOCK_SKEW_S - 6) + "\n")
+    bob = await cli.start(None, "--token-file", str(token_file), "listen", "--device", "kiosk",
+                          "--audio-in", "tone", "--audio-out", "null", env={"CALLCTL_LOG": "info"})
+    await bob.wait_event("registered")
+    token_file.write_text(cli.server.token("bob", ttl=3600) + "\n")
+    await bob.proc.await_stderr("the access token expired; reconnecting with a fresh one", timeout=15)
+    alice = await cli.call("alice", "bob", "--ring-timeout", "5")
+    await bob.wait_event("call.incoming")  # through the reopened stream
+    alice.signal(signal.SIGINT)
+    await alice.exit_code()
+    assert bob.named("server.lost") == [] and bob.named("server.restored") == [], bob.proc.describe()
 
 
 async def test_a_token_file_that_is_missing_or_bad_is_one_line_and_exit_11(cli: Callctl, tmp_path: Path) -> None:

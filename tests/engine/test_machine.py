@@ -359,3 +359,18 @@ def test_a_reconnecting_call_can_be_hung_up_and_outlives_signaling() -> None:
     call, actions = run(m.Role.CALLER, [*CONNECTED_CALLER, m.MediaLost(), m.ReconnectTimeout(1, 20)])
     assert (call.state, call.reason) == (m.State.ENDED, R.NETWORK_LOST)
     assert m.SendHangup(R.NETWORK_LOST) in actions  # the peer is told, through the server
+
+
+def test_a_peer_that_closed_the_media_path_of_a_call_the_server_forgot_hung_up() -> None:
+    """A restarted server has no record of the call: the peer's hangup could not come through it."""
+    for role, connected in ((m.Role.CALLEE, CONNECTED_CALLEE), (m.Role.CALLER, CONNECTED_CALLER)):
+        call, _ = run(role, [*connected, m.MediaLost(closed_by_peer=True)])  # reconnecting from t=4
+        actions = call.handle(m.CallForgotten(), 9.0)
+        assert (call.state, call.reason, call.source) == (m.State.ENDED, R.HANGUP, m.Source.REMOTE)
+        assert call.duration_s == call.lost_at - call.connected_at  # type: ignore[operator]
+        assert not any(isinstance(a, m.SendHangup) for a in actions)  # nobody to tell
+    # a path that broke (not closed by the peer), or one closed before a reconnect that worked
+    for lost in ([m.MediaLost()], [m.MediaLost(closed_by_peer=True), m.MediaUp(), m.MediaLost()]):
+        call, _ = run(m.Role.CALLEE, [*CONNECTED_CALLEE, *lost])
+        call.handle(m.CallForgotten(), 20.0)
+        assert (call.reason, call.source) == (R.SERVER_UNREACHABLE, m.Source.SERVER)

@@ -16,7 +16,10 @@ Reconnecting: the caller negotiates a fresh media path through the server
 (``Reoffer`` with a new attempt number, again every ``ArmReconnectRetry``
 until one connects); the callee answers each and asks the caller to start
 when it noticed the loss first (``RequestReconnect``).  The call's id, timers,
-mute and video state carry over.
+mute and video state carry over.  A server that has no record of the call
+(``CallForgotten``: it restarted) ends it: ``server_unreachable``, or the
+peer's ``hangup`` when the reconnect began with the peer closing the media
+path (its hangup had no server to reach us through).
 
 Callee preparation: the media path may come up while still ringing
 (``MediaUp`` in outgoing/incoming only sets ``media_up``), so that answering
@@ -228,6 +231,10 @@ class CallForgotten:
 @dataclass(frozen=True, slots=True)
 class MediaLost:
     """The media path failed, or the peer stopped sending."""
+
+    #: The peer closed it (DTLS close, RTCP BYE) and no hangup came for it within a grace: a
+    #: hangup that could not reach us through the server, or a peer starting a reconnect.
+    closed_by_peer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +472,8 @@ class Call:
     #: Times the media path broke and a reconnect began; when the current one began.
     reconnects: int = 0
     lost_at: float | None = None
+    #: The current reconnect began with the peer closing the media path (not with it breaking).
+    peer_closed: bool = False
     #: Caller: when the current re-offer attempt started (or got its answer).
     attempt_at: float | None = None
     #: Callee: the last re-offer attempt we answered.
@@ -647,6 +656,7 @@ def _lost_connected(c: Call, e: MediaLost | ReconnectRequested, now: float) -> l
     if isinstance(e, ReconnectRequested) and e.attempt < c.attempt:
         return []  # about a media path we have replaced since
     actions = _reconnecting(c, now)
+    c.peer_closed = isinstance(e, MediaLost) and e.closed_by_peer
     if isinstance(e, MediaLost):
         actions.append(RefreshSignaling())  # the network that broke media may have broken the stream
     if c.role == Role.CALLER:
@@ -665,7 +675,7 @@ def _callee_signaling_back(c: Call, e: SignalingBack, now: float) -> list[Action
 
 
 def _reconnected(c: Call, e: MediaUp, now: float) -> list[Action]:
-    c.state, c.media_up, c.reoffered = State.CONNECTED, True, False
+    c.state, c.media_up, c.reoffered, c.peer_closed = State.CONNECTED, True, False, False
     down_ms = round((now - (c.lost_at or now)) * 1000, 1)
     return [Notify(Ev.CALL_RECONNECTED, {"call_id": c.call_id, "peer": c.peer, "down_ms": down_ms})]
 
@@ -764,6 +774,11 @@ def _ring_expired(c: Call, e: RingExpired, now: float) -> list[Action]:
 
 
 def _forgotten(c: Call, e: CallForgotten, now: float) -> list[Action]:
+    if c.state == State.RECONNECTING and c.peer_closed:
+        # the peer closed the media path, and the (restarted) server has no record of the call:
+        # the peer hung up, and its hangup had no server to go through (a reconnect would need one).
+        # The call ended when the media path closed
+        return c._end(c.lost_at if c.lost_at is not None else now, EndReason.HANGUP, Source.REMOTE)
     return c._end(now, EndReason.SERVER_UNREACHABLE, Source.SERVER)
 
 

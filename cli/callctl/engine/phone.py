@@ -69,7 +69,8 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class PhoneCounts:
-    """Since the process started: calls placed, taken and missed, the last error, the server link."""
+    """Since the process started: calls placed (dialed), taken (answered and connected), missed
+    and refused, the last error, the server link."""
 
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
@@ -82,11 +83,10 @@ class PhoneCounts:
     link_since: float | None = None
 
     def count(self, event: str, record: dict[str, Any], session: Any) -> None:
-        if event == Ev.CALL_CONNECTED and session is not None:
-            if session.call.role == m.Role.CALLEE:
-                self.calls_taken += 1
-            else:
-                self.calls_placed += 1
+        if event == Ev.CALL_OUTGOING:  # every call dialed, whether it connects or not
+            self.calls_placed += 1
+        elif event == Ev.CALL_CONNECTED and session is not None and session.call.role == m.Role.CALLEE:
+            self.calls_taken += 1
         elif event == Ev.CALL_MISSED:
             self.calls_missed += 1
         elif event == Ev.CALL_REFUSED:
@@ -143,6 +143,8 @@ class Phone:
     online: bool = False
     #: Why the event stream is down, while it is (the last attempt's error).
     offline_reason: str | None = None
+    #: ``server.lost`` was told since the last registration: the next one is ``server.restored``.
+    _lost_told: bool = False
     fatal: SignalingError | None = None
     #: Set when the stream failed for good (auth refused, device taken over).
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -168,6 +170,8 @@ class Phone:
     _offline_timer: asyncio.TimerHandle | None = None
     _ice_timer: asyncio.TimerHandle | None = None
     _early: dict[str, list[p.Event]] = field(default_factory=dict)
+    #: ``call.missed`` (busy) waiting for the call that holds the line to be told first.
+    _held_missed: list[dict[str, Any]] = field(default_factory=list)
     #: Ids of calls that ended here: a late or replayed event for one is dropped.
     _ended_ids: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
 
@@ -244,10 +248,12 @@ class Phone:
             self._events.restart(hurry_s=self.reconnect_timeout)
 
     def _went_offline(self, item: Disconnected) -> None:
-        if item.deliberate:
-            return  # we reopen it ourselves: the server is not known to be gone
+        if item.deliberate:  # we reopen it ourselves: the server is not known to be gone
+            log.info("reopening the event stream (%s)", item.error.message)
+            return
         self.offline_reason = item.error.message
         if self.online or not self.registered.is_set():
+            self._lost_told = True
             self.emit(Ev.SERVER_LOST, {"message": item.error.message,
                                        "retry_in_s": round(item.retry_in, 2)})
         self.online = False
@@ -278,8 +284,8 @@ class Phone:
             return  # news of a call that is over here (a replayed ring among them)
         if isinstance(event, p.CallMissed):  # the server answered it busy: it never rang here
             self._forget(call_id)
-            self.emit(Ev.CALL_MISSED, {"call_id": call_id, "peer": event.caller,
-                                       "media": event.media.value, "reason": event.reason.value})
+            self._missed_busy({"call_id": call_id, "peer": event.caller,
+                               "media": event.media.value, "reason": event.reason.value})
             return
         if isinstance(event, p.CallIncoming):
             self._on_ring(event)
@@ -336,11 +342,15 @@ class Phone:
                     asyncio.get_running_loop().call_later(REPLAY_WAIT_S, self._replay_done)
                 else:
                     self._replay_done()
-        self.emit(
-            Ev.SERVER_RESTORED if was_registered else Ev.REGISTERED,
-            {"user": event.user, "service": event.service, "device": event.device,
-             "server": self.client.server},
-        )
+        lost, self._lost_told = self._lost_told, False
+        fields = {"user": event.user, "service": event.service, "device": event.device,
+                  "server": self.client.server}
+        if not was_registered:
+            self.emit(Ev.REGISTERED, fields)
+        elif lost:
+            self.emit(Ev.SERVER_RESTORED, fields)
+        else:  # a stream we reopened ourselves (a refresh, a renewed token): no loss to answer
+            log.info("event stream open again")
         self.registered.set()
 
     async def _ring_after(self, ending: CallSession, ring: p.CallIncoming) -> None:
@@ -385,8 +395,8 @@ class Phone:
                 # wait for it instead of turning the caller away as busy
                 self._tasks.spawn(self._ring_after(self.session, ring), "ring-after-end")
                 return
-            self.emit(Ev.CALL_MISSED, {**ids, "reason": "busy"})
             self._tasks.spawn(self.client.decline(ring.call_id, True), "decline-busy")
+            self._missed_busy({**ids, "reason": "busy"})
             return
         session = self._new_session(m.Role.CALLEE, self.policy.limits)
         self.sessions_by_id[ring.call_id] = session
@@ -400,6 +410,27 @@ class Phone:
             asyncio.get_running_loop().call_later(
                 self.policy.accept_after, session.feed, m.Accept()
             )
+
+    def _missed_busy(self, fields: dict[str, Any]) -> None:
+        """``call.missed`` of a call turned away because of ours: after ours was told.
+
+        The call holding the line may not have said ``call.incoming`` (or
+        ``call.outgoing``) yet: its ring is prepared first, and a second ring can
+        come in the same burst of the stream.
+        """
+        holder = self.session
+        if not self._held_missed and (holder is None or holder.announced.is_set()):
+            self.emit(Ev.CALL_MISSED, fields)
+            return
+        self._held_missed.append(fields)  # in order, behind any held already
+        if len(self._held_missed) == 1:
+            self._tasks.spawn(self._missed_after(holder), "missed-busy")
+
+    async def _missed_after(self, holder: CallSession | None) -> None:
+        if holder is not None:
+            await holder.announced.wait()
+        while self._held_missed:
+            self.emit(Ev.CALL_MISSED, self._held_missed.pop(0))
 
     def _new_session(self, role: m.Role, limits: CallLimits,
                      media: MediaOptions | None = None) -> CallSession:

@@ -92,6 +92,8 @@ class CallSession:
         self.peer: PeerConnection | None = None
         self.answer_sdp: str | None = None
         self.ended = asyncio.Event()
+        #: The user has been told of this call (``call.incoming`` / ``call.outgoing``), or it ended.
+        self.announced = asyncio.Event()
         self.muted = False
         self.ending = False
         self.accepted_at: float | None = None
@@ -171,6 +173,7 @@ class CallSession:
             if self._ring is not None:
                 self._ring.stop()
             await self._tasks.cancel_all()
+            self.announced.set()
             self.ended.set()
 
     # --------------------------------------------------------------- actions
@@ -181,6 +184,8 @@ class CallSession:
             if action.event in (Ev.CALL_CONNECTED, Ev.CALL_RECONNECTED) and self.peer is not None:
                 fields = {**fields, "route": self.peer.route()}
             self.phone.emit(action.event, fields)
+            if action.event in (Ev.CALL_INCOMING, Ev.CALL_OUTGOING):
+                self.announced.set()
         elif isinstance(action, m.CreateCall):
             self._create_task = self._spawn(self._create(action), "create")
         elif isinstance(action, m.ApplyAnswer):
@@ -265,7 +270,7 @@ class CallSession:
 
     def _still_lost(self, generation: int) -> None:
         if self.peer is not None and self.peer.generation == generation:
-            self.feed(m.MediaLost())
+            self.feed(m.MediaLost(closed_by_peer=True))
 
     async def _create(self, action: m.CreateCall) -> None:
         try:

@@ -154,7 +154,7 @@ class Disconnected:
 
     error: SignalingError
     retry_in: float
-    #: We closed it ourselves (``restart``): not news of an outage.
+    #: We closed it ourselves (``restart``, or to renew an expired token): not news of an outage.
     deliberate: bool = False
 
 
@@ -474,6 +474,7 @@ class EventStream:
                     if isinstance(event, p.StreamClosing):
                         if event.reason == "token_expired":
                             if c.token_renews:  # the provider has a fresh one (a rotated file)
+                                self._restart_asked = True  # reopened at once, on purpose: no outage
                                 raise ServerUnreachable(f"{c.server}: the access token expired; "
                                                         "reconnecting with a fresh one")
                             raise AuthFailed("token expired", "unauthorized", 401)
