@@ -1,7 +1,9 @@
 """An accelerated "month" for a kiosk: one ``callctl listen --auto-accept`` process through a bad month.
 
 One real kiosk process (``callctl --json --as kiosk listen --auto-accept
---audio-in tone --audio-out null``) runs for ``--minutes`` (default 30) while:
+--audio-in mic:Kiosk_Mic --audio-out speaker:Kiosk_Speaker``: a sound card
+made of ALSA plugin PCMs, see ``SoundCard``) runs for ``--minutes`` (default
+30) while:
 
 - **calls** arrive at random (Poisson, ``--rate`` per second) from ``--callers``
   caller identities that come and go (each is online for a while, then
@@ -19,8 +21,19 @@ One real kiosk process (``callctl --json --as kiosk listen --auto-accept
   the kiosk lives in a network namespace (``harness/netns.py``) whose cable
   (veth) is pulled; without namespaces, nftables drops the traffic of the
   kiosk's cgroup (``--cut nft``);
-- **a device unplug** is due every ``--unplug-every`` s: recorded as skipped
-  for now (the kiosk runs ``--audio-in tone``; see ``unplug_device``);
+- **the kiosk's sound card is unplugged** every ``--unplug-every`` s, in a
+  call when there is one: its microphone and speaker stop (their PCMs' next
+  write fails, the streams stop calling back, as a pulled USB card's do) and
+  leave ALSA's configuration; ``--unplug-for`` s later the card comes back
+  under other names (``Kiosk_Mic2`` ...) and indexes, its microphone another
+  tone.  The kiosk must report ``device.lost`` and ``device.restored``, keep
+  taking calls, and the next call of 2 s or more must carry audio through the
+  new devices both ways: the caller hears the new microphone's tone, the new
+  speaker plays the callers' 440 Hz.  An unplug is no disruption for the
+  call and ring targets: it must cost no call and no ring.  Without PyAudio
+  or root for the card's tmpfs (or with ``--devices tone``) the kiosk runs
+  ``--audio-in tone --audio-out null`` and the unplugs are recorded as
+  skipped, with why;
 - every ``--every`` calls the kiosk is sampled while idle: RSS, open fds,
   threads, asyncio tasks (control socket ``status``).
 
@@ -29,19 +42,24 @@ a call the server accepted while the kiosk was registered, idle, and no
 disruption was going on, must show up there as ``call.incoming``; one that
 does not is a *missed ring*.
 
+Callers hear the kiosk through a probe (the dominant frequency of each
+half second they receive), so every connected call shows whether the
+kiosk's microphone reached the far end.
+
 Targets (exit 1 when one is missed): ≥ ``--min-calls`` calls attempted
 (2,000 per 30 minutes); 0 missed rings; 0 calls failed outside disruptions;
+every device unplug lost, restored and carrying audio both ways afterwards;
 kiosk RSS growth < ``--max-rss-growth`` MiB and fd growth 0 after the
 kiosk took ``--warm-up`` calls (TCP connections the server closed and the
 kiosk's HTTP pool still holds, CLOSE_WAIT, are counted apart: the pool drops
 them at its next request); re-register after a server restart p50 and max
 ≤ ``--max-reregister`` s; the kiosk alive to the end and exiting 0 on SIGTERM.
 Exit 2: could not run; 130: interrupted.  Every process, namespace, nftables
-table, cgroup and temporary directory is removed on success, failure, Ctrl-C
+table, cgroup, tmpfs and temporary directory is removed on success, failure, Ctrl-C
 or SIGTERM.
 
     scripts/soak                                          # 30 minutes (root: namespaces)
-    scripts/soak --minutes 3 --server-every 50 --cut-every 70 --unplug-every 100
+    scripts/soak --minutes 3 --server-every 50 --cut-every 70 --unplug-every 40
     scripts/soak --minutes 5 --scale-periods              # every disruption, 6 times as often
 """
 
@@ -102,6 +120,7 @@ class KioskLog:
         self.events: list[dict[str, Any]] = []
         self.online = False
         self.call: str | None = None  # call id between call.incoming and call.ended
+        self.connected: str | None = None  # ... between call.connected and call.ended
         self.last_ended = 0.0
         self.incoming = 0
 
@@ -118,9 +137,13 @@ class KioskLog:
             elif name == "call.incoming":
                 self.call = record.get("call_id")
                 self.incoming += 1
+            elif name == "call.connected":
+                self.connected = record.get("call_id")
             elif name == "call.ended":
                 if record.get("call_id") == self.call or self.call is None:
                     self.call = None
+                if record.get("call_id") == self.connected or self.connected is None:
+                    self.connected = None
                 self.last_ended = float(record.get("ts", now()))
 
     def named(self, name: str, since: float = 0.0) -> list[dict[str, Any]]:
@@ -319,6 +342,211 @@ def make_cutter(choice: str) -> Cutter:
     return Cutter()
 
 
+# ------------------------------------------------------------------ the kiosk's sound card
+
+#: What the callers send, and what the kiosk's speaker must play.
+CALLER_HZ = 440.0
+#: The kiosk's microphone tone, one per plug-in (not the callers' 440, the ringback's 425 or the ring's
+#: 800/1000 Hz): the tone a caller hears tells which PCM it came from.
+MIC_HZ = (523.0, 659.0, 784.0, 988.0)
+
+
+def dominant_hz(samples: Any, rate: int = 48000) -> float:
+    import numpy as np
+
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
+
+
+class SoundCard:
+    """The kiosk's microphone and speaker: ALSA ``file`` plugin PCMs that PortAudio opens like a card.
+
+    As in tests/media/test_replug.py, the kiosk's ``HOME`` holds the
+    ``.asoundrc`` that defines them: the microphone plays a raw file holding a
+    tone, the speaker writes what it is given to a raw file.  Both also write
+    what passes through them to files on a small tmpfs of their own, and that
+    is what makes an unplug real from outside the kiosk: filling the tmpfs
+    makes the PCMs' next write fail, ALSA's file plugin returns EIO and
+    PortAudio's callback thread ends — the streams stop calling back, as a
+    USB card's do when it is pulled.  The PCMs leave the configuration at the
+    same moment, so reopening fails until the card is plugged back: under
+    other names (``Kiosk_Mic2``: ``mic:Kiosk_Mic`` is part of it), behind one
+    more PCM (another index), its microphone another tone.
+    """
+
+    WANTED = ("Kiosk_Mic", "Kiosk_Speaker")
+
+    def __init__(self, work: Path, tone_s: float) -> None:
+        self.dir = work / "card"  # the tmpfs: what the PCMs write
+        self.home = work / "alsa-home"
+        self.tones = work / "tones"
+        self.tone_s = tone_s
+        self.generation = 1
+        self.plugged = True
+        self.mounted = False
+        self.devices: list[tuple[int, str]] = []
+
+    def why_not(self) -> str | None:
+        """Set the card up; None, or why it cannot be here (the kiosk runs a tone then)."""
+        import importlib.util
+
+        if importlib.util.find_spec("pyaudio") is None:
+            return "no PyAudio"
+        if os.geteuid() != 0:
+            return "not root: no tmpfs for the card to fill"
+        self.dir.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "callctl-soak-card",
+                               str(self.dir)], capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"cannot mount a tmpfs: {done.stderr.strip()[:200]}"
+        self.mounted = True
+        self.home.mkdir()
+        self.tones.mkdir()
+        self.write_config()
+        self.devices = self.list_devices()
+        names = [n for _, n in self.devices]
+        if not all(n in names for n in self.names()):
+            return f"PortAudio does not list the card's PCMs (it lists {names})"
+        return None
+
+    def names(self, generation: int | None = None) -> tuple[str, str]:
+        g = generation or self.generation
+        return self.WANTED if g == 1 else (f"{self.WANTED[0]}{g}", f"{self.WANTED[1]}{g}")
+
+    @property
+    def mic_hz(self) -> float:
+        return MIC_HZ[(self.generation - 1) % len(MIC_HZ)]
+
+    def speaker_file(self, generation: int | None = None) -> Path:
+        return self.dir / f"speaker{generation or self.generation}.raw"
+
+    def kiosk_args(self) -> list[str]:
+        return ["--audio-in", f"mic:{self.WANTED[0]}", "--audio-out", f"speaker:{self.WANTED[1]}"]
+
+    def tone(self, hz: float) -> Path:
+        """A raw tone the microphone plays (from its start at each open: as long as a call)."""
+        import numpy as np
+
+        path = self.tones / f"tone{hz:g}.raw"
+        if not path.exists():
+            t = np.arange(int(48000 * self.tone_s))
+            path.write_bytes((np.sin(2 * math.pi * hz * t / 48000) * 8000).astype("<i2").tobytes())
+        return path
+
+    def write_config(self) -> None:
+        """ALSA's configuration: PCMs ahead of the card's (one per earlier plug-in), then the card's."""
+        pcms = [f'pcm.Line_In{k} {{ type file slave.pcm "null" file "/dev/null" format "raw" }}'
+                for k in range(1, self.generation)]
+        if self.plugged:
+            mic, speaker = self.names()
+            g = self.generation
+            pcms += [f'pcm.{mic} {{ type file slave.pcm "null" file "{self.dir}/mic{g}.raw" '
+                     f'infile "{self.tone(self.mic_hz)}" format "raw" }}',
+                     f'pcm.{speaker} {{ type file slave.pcm "null" file "{self.speaker_file()}" '
+                     'format "raw" }']
+        temp = self.home / ".asoundrc.new"
+        temp.write_text("".join(f"{line}\n" for line in pcms))
+        temp.replace(self.home / ".asoundrc")  # in one step: ALSA never reads half of it
+
+    def list_devices(self) -> list[tuple[int, str]]:
+        """PortAudio's devices as the kiosk finds them now: (index, name)."""
+        code = ("import json, pyaudio; pa = pyaudio.PyAudio(); print(json.dumps("
+                "[(i, pa.get_device_info_by_index(i)['name']) for i in range(pa.get_device_count())]))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "HOME": str(self.home)})
+        return [tuple(d) for d in json.loads(out.stdout)] if out.returncode == 0 else []
+
+    def index(self, name: str) -> int | None:
+        return next((i for i, n in self.devices if n == name), None)
+
+    def unplug(self) -> None:
+        """Pulled: the PCMs leave the configuration, and their next write fails (the tmpfs is full)."""
+        self.plugged = False
+        self.write_config()
+        with contextlib.suppress(OSError), (self.dir / "filler").open("wb") as f:
+            block = bytes(1 << 20)
+            while True:
+                f.write(block)
+        with contextlib.suppress(OSError), (self.dir / "filler").open("ab") as f:
+            while True:  # the last bytes, unbuffered
+                os.write(f.fileno(), b"\0" * 512)
+
+    def replug(self) -> None:
+        """Back as the next card: room on the tmpfs, PCMs under new names behind one more PCM."""
+        for path in self.dir.iterdir():
+            path.unlink()
+        self.generation += 1
+        self.plugged = True
+        self.write_config()
+        self.devices = self.list_devices()
+
+    def speaker_hz(self) -> float:
+        """The dominant frequency of the last half second the speaker played (0: silent, too little)."""
+        import numpy as np
+
+        try:
+            with self.speaker_file().open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 48000) & ~1)
+                tail = np.frombuffer(f.read(), dtype="<i2")
+        except OSError:
+            return 0.0
+        if tail.size < 24000 or np.abs(tail).max() < 1000:
+            return 0.0
+        return dominant_hz(tail)
+
+    def close(self) -> None:
+        if self.mounted and subprocess.run(["umount", str(self.dir)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.dir)], capture_output=True)  # the kiosk still held it
+        self.mounted = False
+
+
+class HeardTone:
+    """A caller's speaker: the dominant frequency of each loud half second it receives.
+
+    Registered as the audio sink ``probe:USER`` (``Caller``); what a call's
+    sinks heard is the attempt's ``heard`` ({Hz: half seconds}).
+    """
+
+    #: USER -> the probes opened for the call that user is placing now
+    open_now: dict[str, list[HeardTone]] = {}
+
+    def __init__(self, user: str) -> None:
+        self.name = f"probe:{user}"
+        self.frames = 0
+        self.heard: collections.Counter[int] = collections.Counter()
+        self._block: list[Any] = []
+        HeardTone.open_now.setdefault(user, []).append(self)
+
+    def write(self, pcm: Any) -> None:
+        import numpy as np
+
+        self.frames += 1
+        self._block.append(pcm)
+        if len(self._block) == 25:
+            block = np.concatenate(self._block)
+            self._block = []
+            if np.abs(block).max() > 1000:
+                self.heard[int(round(dominant_hz(block)))] += 1
+
+    @staticmethod
+    def register() -> None:
+        from callctl.media.audio import AudioSink
+        from callctl.media.registry import AUDIO_SINKS, Arg, Kind
+
+        class Probe(HeardTone, AudioSink):
+            pass
+
+        AUDIO_SINKS.register(Kind("probe", "probe:USER", Arg.REQUIRED,
+                                  lambda a, p: Probe(a or ""), lambda a, p: None))
+
+
+def heard(counts: dict[int, int], hz: float) -> int:
+    """Half seconds of ``hz`` (±5 Hz) in what a caller heard."""
+    return sum(n for f, n in counts.items() if abs(f - hz) <= 5)
+
+
 # ------------------------------------------------------------------ the month
 
 
@@ -339,6 +567,8 @@ class Attempt:
     ev: dict[str, float] = field(default_factory=dict)
     setup_ms: float | None = None
     stuck: bool = False
+    #: what the caller heard of the kiosk: {dominant Hz: half seconds} (``HeardTone``)
+    heard: dict[int, int] = field(default_factory=dict)
     #: the kiosk's side of it (filled by ``analyse``)
     kiosk: dict[str, Any] | None = None
 
@@ -391,10 +621,16 @@ class Caller:
 
 
 class Month:
-    def __init__(self, args: argparse.Namespace, work: Path, cutter: Cutter) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, cutter: Cutter, card: SoundCard | None,
+                 card_skip: str | None) -> None:
         self.args = args
         self.work = work
         self.cutter = cutter
+        #: the kiosk's sound card (None: it runs a tone, for ``card_skip``)
+        self.card = card
+        self.card_skip = card_skip
+        #: checks of the calls after each replug, done while the month goes on
+        self.checks: list[asyncio.Task[None]] = []
         self.rng = random.Random(args.seed)
         self.spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
         self.server: ServerProcess | None = None
@@ -438,13 +674,14 @@ class Month:
     async def start_kiosk(self) -> None:
         assert self.server is not None
         self.run_dir.mkdir(mode=0o700)
+        audio = self.card.kiosk_args() if self.card else ["--audio-in", "tone", "--audio-out", "null"]
         argv = [*self.cutter.kiosk_prefix(),
                 *callctl_command("--json", "--server", self.server.url, "--as", KIOSK_USER, "listen",
-                                 "--auto-accept", "--device", KIOSK_DEVICE, "--audio-in", "tone",
-                                 "--audio-out", "null", "--video-out", "null")]
+                                 "--auto-accept", "--device", KIOSK_DEVICE, *audio, "--video-out", "null")]
         env = callctl_env(XDG_RUNTIME_DIR=str(self.run_dir), XDG_CONFIG_HOME=str(self.work / "config"),
                           XDG_STATE_HOME=str(self.work / "state"),
-                          CALLCTL_SECRET_FILE=str(self.server.secret_file))
+                          CALLCTL_SECRET_FILE=str(self.server.secret_file),
+                          **({"HOME": str(self.card.home)} if self.card else {}))  # its ~/.asoundrc
         self.kiosk = Child(argv, name="kiosk", env=env, stderr=self.work / "kiosk.log",
                            on_event=self.klog.hook)
         await self.kiosk.await_event("registered", timeout=60)
@@ -466,7 +703,8 @@ class Month:
             await asyncio.sleep(self.rng.uniform(0, a.offline_max))
         while not self.ending:
             phone = Phone(client=self.client(caller.user), device="desk",
-                          media=MediaOptions(audio_in="tone:440", audio_out="null", video_out="null"))
+                          media=MediaOptions(audio_in=f"tone:{CALLER_HZ:g}", audio_out=f"probe:{caller.user}",
+                                             video_out="null"))
             phone.listeners.append(caller.listener)
             phone.start()
             caller.phone, caller.leaving = phone, False
@@ -497,6 +735,7 @@ class Month:
         from callctl.signaling.protocol import Media
 
         phone = caller.phone
+        HeardTone.open_now[caller.user] = []  # the probes this call opens
         try:
             session = phone.dial(KIOSK_USER, Media.AUDIO, CallLimits(ring_timeout=self.args.ring_timeout,
                                                                      hangup_after=attempt.length_s))
@@ -521,6 +760,9 @@ class Month:
             logging.getLogger("soak").exception("call %d", attempt.n)
         finally:
             attempt.t_end = now()
+            for probe in HeardTone.open_now.pop(caller.user, []):
+                for hz, n in probe.heard.items():
+                    attempt.heard[hz] = attempt.heard.get(hz, 0) + n
             caller.attempt = None
 
     async def arrivals(self) -> None:
@@ -679,29 +921,140 @@ class Month:
                   f"registered again {row['reregister_s']} s after the cable came back")
 
     async def unplug_device(self) -> None:
-        """The kiosk's microphone/speaker unplugged, and plugged back: not done yet.
+        """The kiosk's sound card pulled out (in a call when there is one), then plugged back as another.
 
-        The kiosk runs ``--audio-in tone --audio-out null``: there is no device
-        to unplug.  The ALSA ``file`` plugin PCMs of tests/media/test_devices.py
-        give a real PortAudio device, but it cannot be unplugged from outside
-        the process (that test stops the stream from inside it:
-        ``mic._stream.stop_stream()``), and media/devices.py's re-plug handling
-        is being changed.  To wire it: start the kiosk with ``--audio-in mic:Kiosk_Mic``
-        and ``HOME`` holding such an .asoundrc, make the unplug here, and expect
-        ``device.lost`` then ``device.restored`` on the kiosk's events (``self.klog``).
+        The kiosk must notice (``device.lost``), keep taking calls without it,
+        and take the card back under its new names and indexes
+        (``device.restored`` in a call that goes on; the next call opens it by
+        name): ``check_replug`` then listens to the next call through it.
         """
-        row = {"t_s": round(now() - self.t0, 1),
-               "result": "skipped: the kiosk uses --audio-in tone/--audio-out null; an ALSA file-plugin "
-                         "PCM cannot be unplugged from outside the process (re-plug handling in "
-                         "media/devices.py is being changed)"}
+        card = self.card
+        if card is None:
+            row: dict[str, Any] = {"t_s": round(now() - self.t0, 1), "result": f"skipped: {self.card_skip}"}
+            self.unplugs.append(row)
+            bench.log(f"device unplug at {row['t_s']} s: {row['result']}")
+            return
+        # a cable is pulled mid-call, the hard case (the streams running): wait for a call a moment
+        await until(lambda: self.klog.connected is not None, self.args.unplug_wait)
+        in_call = self.klog.connected
+        was = card.names()
+        was_index = [card.index(n) for n in was]
+        was_hz = card.mic_hz
+        t_unplug = now()
+        await asyncio.to_thread(card.unplug)
+        if in_call is not None:  # the streams stop at their next write; the watchdog sees it in 1.5 s
+            await until(lambda: self.klog.connected != in_call or {
+                e.get("kind") for e in self.klog.named("device.lost", since=t_unplug)
+                if e.get("call_id") == in_call} >= {"mic", "speaker"}, 6)
+        await asyncio.sleep(max(0.0, t_unplug + self.args.unplug_for - now()))
+        t_replug = now()
+        await asyncio.to_thread(card.replug)
+        now_names = card.names()
+        row = {"t_s": round(t_unplug - self.t0, 1), "for_s": round(t_replug - t_unplug, 1),
+               "kiosk_in_call": in_call is not None, "generation": card.generation,
+               "was": {"mic": [was[0], was_index[0]], "speaker": [was[1], was_index[1]], "mic_hz": was_hz},
+               "now": {"mic": [now_names[0], card.index(now_names[0])],
+                       "speaker": [now_names[1], card.index(now_names[1])], "mic_hz": card.mic_hz},
+               "result": "checking"}
         self.unplugs.append(row)
-        bench.log(f"device unplug at {row['t_s']} s: {row['result']}")
+        bench.log(f"sound card unplugged at {row['t_s']} s for {row['for_s']} s (kiosk "
+                  f"{'in a call' if in_call else 'idle'}); back as {now_names[0]} (index "
+                  f"{row['now']['mic'][1]}, was {was_index[0]}) and {now_names[1]} (index "
+                  f"{row['now']['speaker'][1]}, was {was_index[1]})")
+        self.checks.append(asyncio.ensure_future(self.check_replug(row, t_unplug, t_replug, in_call)))
+
+    async def check_replug(self, row: dict[str, Any], t_unplug: float, t_replug: float,
+                           in_call: str | None) -> None:
+        """What the kiosk said about the unplug, and whether the next call carried audio through the card."""
+        card = self.card
+        assert card is not None
+        generation, mic_hz = card.generation, card.mic_hz
+
+        def current() -> bool:
+            return card.generation == generation and card.plugged
+
+        # the speaker: the callers' tone reaches the new card's speaker (within a call, or the next one)
+        speaker_after = None
+        deadline = t_replug + 45
+        while now() < deadline and current():
+            if abs(card.speaker_hz() - CALLER_HZ) < 5:
+                speaker_after = round(now() - t_replug, 2)
+                break
+            await asyncio.sleep(0.2)
+        # the microphone: the next call of 2 s or more placed after the replug; did its caller hear it?
+        mic_call: Attempt | None = None
+        deadline = t_replug + 120
+        i = 0
+        while mic_call is None and now() < deadline and not self.ending:
+            after = [x for x in self.attempts if x.t_place > t_replug]
+            if i < len(after):
+                x = after[i]
+                if x.t_end is None:
+                    await asyncio.sleep(0.2)
+                    continue
+                if x.connected and x.duration_s >= 2.0:
+                    mic_call = x
+                i += 1
+                continue
+            await asyncio.sleep(0.2)
+        # what the kiosk said: lost while unplugged, restored after (in the calls still going on)
+        calls: dict[str, tuple[float, float]] = {}
+        for cid, t in ((e.get("call_id"), float(e["ts"])) for e in self.klog.named("call.incoming")):
+            if cid:
+                calls[cid] = (t, math.inf)
+        for e in self.klog.named("call.ended"):
+            if e.get("call_id") in calls:
+                calls[e["call_id"]] = (calls[e["call_id"]][0], float(e["ts"]))
+        lost = [e for e in self.klog.named("device.lost", since=t_unplug) if float(e["ts"]) <= t_replug + 1]
+        restored = [e for e in self.klog.named("device.restored", since=t_replug)
+                    if float(e["ts"]) <= t_replug + 15]
+        lost_at = {k: round(min(float(e["ts"]) for e in lost if e.get("kind") == k) - t_unplug, 2)
+                   for k in ("mic", "speaker") if any(e.get("kind") == k for e in lost)}
+        restored_at = {k: [e.get("device"), round(float(e["ts"]) - t_replug, 2)]
+                       for k in ("mic", "speaker") for e in restored[::-1] if e.get("kind") == k}
+        # a call going on for 2 s of the unplug must have lost both; one still going 3 s after the
+        # replug (a reopen every 2 s) must have both back, under the new names
+        must_lose = any(s <= t_replug and e >= t_unplug + 2.0 for s, e in calls.values())
+        going_on = {cid for cid, (s, e) in calls.items() if s <= t_replug and e > t_replug + 3.0}
+        must_restore = {e.get("kind") for e in lost if e.get("call_id") in going_on}
+        during = [cid for cid, (s, _) in calls.items() if t_unplug <= s <= t_replug]
+        ends = collections.Counter(str(e.get("reason")) for e in self.klog.named("call.ended", since=t_unplug)
+                                   if e.get("call_id") in during)
+        row.update(lost_after_s=lost_at, lost_in_call=in_call is not None and {
+                       e.get("kind") for e in lost if e.get("call_id") == in_call} >= {"mic", "speaker"},
+                   restored=restored_at, kiosk_calls_unplugged=len(during), their_ends=dict(ends),
+                   speaker_after_s=speaker_after,
+                   mic_call=None if mic_call is None else {
+                       "n": mic_call.n, "t_s": round(mic_call.t_place - self.t0, 1),
+                       "talk_s": mic_call.duration_s, "heard": mic_call.heard,
+                       "heard_mic_s": heard(mic_call.heard, mic_hz) / 2})
+        misses = []
+        if must_lose and set(lost_at) != {"mic", "speaker"}:
+            misses.append(f"lost only {sorted(lost_at)}")
+        names = dict(zip(("mic", "speaker"), card.names(generation), strict=True))
+        for kind in sorted(k for k in must_restore if k):
+            if restored_at.get(kind, [None])[0] != names[kind]:
+                misses.append(f"{kind} not restored as {names[kind]}")
+        if not current() and (speaker_after is None or mic_call is None):
+            row["result"] = "not checked: unplugged again first"
+            return
+        if speaker_after is None:
+            misses.append(f"no {CALLER_HZ:g} Hz on {names['speaker']}")
+        if mic_call is None:
+            misses.append("no call of 2 s or more after the replug")
+        elif heard(mic_call.heard, mic_hz) == 0:
+            misses.append(f"call {mic_call.n}'s caller did not hear {names['mic']} ({mic_hz:g} Hz): "
+                          f"heard {mic_call.heard}")
+        row["result"] = "ok" if not misses else "MISS: " + "; ".join(misses)
+        row["ok"] = not misses
+        bench.log(f"sound card back at {round(t_replug - self.t0, 1)} s: {row['result']}")
 
     # ---------------------------------------------------------------- the run
     async def run(self) -> None:
         from callctl.media.adjust import preload
 
         preload()
+        HeardTone.register()
         a = self.args
         self.server = ServerProcess(self.work / "server", self.server_args())
         self.server.workdir.mkdir()
@@ -710,7 +1063,10 @@ class Month:
         await self.start_kiosk()
         assert self.kiosk is not None
         bench.log(f"kiosk registered (pid {self.kiosk.pid}); {a.minutes:g} minutes of calls from "
-                  f"{len(self.callers)} callers at {a.rate:g}/s")
+                  f"{len(self.callers)} callers at {a.rate:g}/s; its sound: "
+                  + (f"{' and '.join(self.card.names())} (ALSA plugin PCMs, indexes "
+                     f"{[self.card.index(n) for n in self.card.names()]})" if self.card
+                     else f"a tone ({self.card_skip})"))
         self.t0 = now()
         self.t_stop = self.t0 + a.minutes * 60
         lives = [asyncio.ensure_future(self.caller_life(c, True)) for c in self.callers]
@@ -728,6 +1084,8 @@ class Month:
             bench.log(f"{len(self.attempts)} calls placed; waiting for the last ones to end")
             await until(lambda: not self.inflight, a.ring_timeout + a.length_max + 60)
             await until(lambda: self.klog.idle(), 30)
+            if self.checks:  # a replug near the end: its next call may not have come
+                await asyncio.wait(self.checks, timeout=10)
             if not self.samples or self.samples[-1]["attempts"] != len(self.attempts):
                 await self.sample("end")
             try:
@@ -736,7 +1094,7 @@ class Month:
                 self.notes.append(f"no status from the kiosk at the end: {type(exc).__name__}: {exc}")
         finally:
             self.ending = True
-            for t in (arrive, disrupt, watch):
+            for t in (arrive, disrupt, watch, *self.checks):
                 t.cancel()
             await asyncio.gather(*lives, return_exceptions=True)
             for t in list(self.inflight):
@@ -919,6 +1277,17 @@ def analyse(month: Month) -> dict[str, Any]:
                       tasks=(last["tasks"] or 0) - (base["tasks"] or 0),
                       kiosk_calls=last["kiosk_calls"] - base["kiosk_calls"])
     out["growth"] = growth
+    # what the callers heard: the kiosk's microphone (its tone then) in calls of 2 s or more
+    long_calls = [x for x in connected if x.duration_s >= 2.0]
+    tones = list(MIC_HZ) if month.card else [440.0]
+    heard_kiosk = [x for x in long_calls if any(heard(x.heard, hz) for hz in tones)]
+    unplugged = [x for x in long_calls if any(
+        x.t_place <= month.t0 + u["t_s"] + u.get("for_s", 0) + 3 and (x.t_end or 0) >= month.t0 + u["t_s"]
+        for u in month.unplugs if "for_s" in u)]
+    out["heard"] = {"calls": len(long_calls), "heard_kiosk": len(heard_kiosk),
+                    "over_an_unplug": len(unplugged),
+                    "heard_kiosk_not_over_an_unplug": len({id(x) for x in heard_kiosk} - {id(x) for x in unplugged}),
+                    "not_over_an_unplug": len(long_calls) - len(unplugged)}
     rereg = [r["reregister_s"] for r in month.restarts]
     out["reregister_s"] = stats.summary(rereg, (50,), 2)
     out["reregister_after_cut_s"] = stats.summary([c.get("reregister_s") for c in month.cuts], (50,), 2)
@@ -955,6 +1324,11 @@ def targets(month: Month, res: dict[str, Any]) -> list[dict[str, Any]]:
         {"target": "kiosk alive to the end, exit 0 on SIGTERM", "value": month.kiosk_exit, "limit": "0",
          "ok": month.kiosk_died_at is None and month.kiosk_exit == 0},
     ]
+    done = [u for u in month.unplugs if "for_s" in u and not str(u["result"]).startswith("not checked")]
+    if month.card is not None and a.unplug_every:
+        t.append({"target": "sound card unplugs: lost, back under new names, next call carries audio both ways",
+                  "value": f"{sum(1 for u in done if u.get('ok'))} of {len(done)}", "limit": "all",
+                  "ok": bool(done) and all(u.get("ok") for u in done)})
     return t
 
 
@@ -1023,8 +1397,33 @@ def report(month: Month, res: dict[str, Any], tgts: list[dict[str, Any]]) -> Non
         else:
             p(f"| {s['t_s']} | {s['for_s']} | {'yes' if s['kiosk_in_call'] else 'no'} | "
               f"{'yes' if s['kiosk_noticed'] else 'no'} | {s['reregister_s']} | {s['reconnected_after_s']} |")
+    h = res["heard"]
+    p(f"callers heard the kiosk's {'microphone' if month.card else 'tone'} in {h['heard_kiosk']} of "
+      f"{h['calls']} calls of 2 s or more ({h['heard_kiosk_not_over_an_unplug']} of "
+      f"{h['not_over_an_unplug']} not over an unplug)")
+    p()
+    p("| card unplugged at s | for s | kiosk in call | lost after s (mic / speaker) | back as (index was → now) "
+      "| restored after s | kiosk calls while out (ended) | speaker: 440 Hz after s | next call ≥ 2 s: "
+      "caller heard | |")
+    p("|---:|---:|---|---|---|---|---|---:|---|---|")
     for s in month.unplugs:
-        p(f"device unplug at {s['t_s']} s: {s['result']}")
+        if "for_s" not in s:
+            p(f"| {s['t_s']} | {s['result']} | | | | | | | | |")
+            continue
+        lost = s.get("lost_after_s", {})
+        was, new = s["was"], s["now"]
+        back = (f"{new['mic'][0]} ({was['mic'][1]} → {new['mic'][1]}), "
+                f"{new['speaker'][0]} ({was['speaker'][1]} → {new['speaker'][1]})")
+        rest = s.get("restored") or {}
+        restored = " / ".join(f"{k} {v[1]}" for k, v in rest.items()) or "—"
+        mc = s.get("mic_call")
+        caller = (f"call {mc['n']}: {mc['heard_mic_s']:g} s of {new['mic_hz']:g} Hz in {mc['talk_s']} s"
+                  if mc else "no call")
+        p(f"| {s['t_s']} | {s['for_s']} | {'yes' if s['kiosk_in_call'] else 'no'} | "
+          f"{lost.get('mic', '—')} / {lost.get('speaker', '—')} | {back} | {restored} | "
+          f"{s.get('kiosk_calls_unplugged', 0)} {fmt(s.get('their_ends', {}))} | "
+          f"{s.get('speaker_after_s') if s.get('speaker_after_s') is not None else '—'} | {caller} | "
+          f"{s['result']} |")
     for n in month.notes:
         p(f"note: {n}")
     for name, lines in res["logs"].items():
@@ -1070,7 +1469,15 @@ def parse() -> argparse.Namespace:
                     help="after the cable is back, calls still count as disrupted this long (s)")
     ap.add_argument("--cut", choices=["auto", "netns", "nft", "none"], default="auto",
                     help="how: a namespace's cable (netns), nftables on the kiosk's cgroup (nft)")
-    ap.add_argument("--unplug-every", type=float, default=540.0, help="device unplug every (s; 0: never)")
+    ap.add_argument("--unplug-every", type=float, default=540.0,
+                    help="unplug the kiosk's sound card every (s; 0: never)")
+    ap.add_argument("--unplug-for", type=float, default=5.0, help="... for this long (s)")
+    ap.add_argument("--unplug-wait", type=float, default=10.0,
+                    help="an unplug waits this long at most for the kiosk to be in a call (s)")
+    ap.add_argument("--devices", choices=["auto", "alsa", "tone"], default="auto",
+                    help="the kiosk's microphone and speaker: ALSA plugin PCMs that can be unplugged "
+                         "(alsa; needs PyAudio and root), --audio-in tone --audio-out null (tone; the "
+                         "unplugs are skipped), alsa when it can (auto)")
     ap.add_argument("--scale-periods", action="store_true",
                     help="scale the three periods above by minutes/30 (a shorter month with as many "
                          "disruptions); the cut's length stays")
@@ -1113,16 +1520,27 @@ def main() -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("callctl").setLevel(logging.INFO)
     cutter: Cutter | None = None
+    card: SoundCard | None = None
     month: Month | None = None
     code = bench.CANNOT_RUN
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     info = machine.describe(ROOT, ["aiortc", "aioice", "av"])
     error: str | None = None
     try:
+        card_skip: str | None = "--devices tone"
+        if args.devices != "tone":
+            card = SoundCard(work, tone_s=max(60.0, args.length_max + args.ring_timeout + 30))
+            card_skip = card.why_not()
+            if card_skip is not None:
+                if args.devices == "alsa":
+                    raise bench.BenchError(f"--devices alsa: {card_skip}")
+                bench.log(f"no sound card for the kiosk ({card_skip}): it runs a tone, unplugs skipped")
+                card.close()
+                card = None
         cutter = make_cutter(args.cut)
         if isinstance(cutter, NetnsCutter):
             cutter.enter_pub()  # the server and the callers: the public segment; the kiosk: its own host
-        month = Month(args, work, cutter)
+        month = Month(args, work, cutter, card, card_skip)
         asyncio.run(month.run())
         code = bench.MET
     except KeyboardInterrupt:
@@ -1139,6 +1557,9 @@ def main() -> int:
         if cutter is not None:
             with contextlib.suppress(Exception):
                 cutter.close()
+        if card is not None:
+            with contextlib.suppress(Exception):
+                card.close()
     try:
         if month is not None and month.t0:
             res = analyse(month)

@@ -8,7 +8,7 @@ never names a source, a sink or a device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
@@ -92,15 +92,17 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
     from callctl.media.devices import absent_ok
     from callctl.media.recorder import RecordedVideo, Recorder
 
+    # the call's watchdog reports a recording that stops (full disk) as a warning event
+    params = replace(opts.params, watched=True)
     with absent_ok():  # a mic or speaker unplugged now: the call starts silent there (watchdog.py)
-        source = AUDIO_SOURCES.open(opts.audio_in, opts.params)
+        source = AUDIO_SOURCES.open(opts.audio_in, params)
     opened: list[AudioSource | AudioSink | VideoSink | VideoSource] = [source]
     try:
         with absent_ok():
-            sinks = [AUDIO_SINKS.open(opts.audio_out, opts.params)]
+            sinks = [AUDIO_SINKS.open(opts.audio_out, params)]
         opened += sinks
         if opts.record is not None and not opts.records_video:
-            sinks.append(AUDIO_SINKS.open(f"file:{opts.record}", opts.params))
+            sinks.append(AUDIO_SINKS.open(f"file:{opts.record}", params))
             opened.append(sinks[-1])
         video = VideoSetup(
             source=open_video_source(opts) if video_call and opts.video_in else None,
@@ -113,7 +115,7 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
         opened += video.sinks
         if opts.record is not None and opts.records_video:
             recorder = Recorder(opts.record, audio=True, video=video_call,
-                                size=opts.video_size, fps=opts.fps, watched=True)  # a warning if it fails
+                                size=opts.video_size, fps=opts.fps, watched=True)
             sinks.append(recorder)
             opened.append(recorder)
             if video_call:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from callctl.media.audio import AudioSink
+from callctl.media.audio import MUX_OPTIONS, FileSink, Recording
 from callctl.media.errors import MediaError
 from callctl.media.video_sinks import VideoSink
-
-log = logging.getLogger("callctl.media")
-
 
 #: Video containers by extension: (format, video codec, audio codec).
 VIDEO_FILES = {
@@ -25,17 +20,8 @@ VIDEO_FILES = {
     ".mp4": ("mp4", "libx264", "aac"),
 }
 
-#: Each packet goes to the file at once, and Matroska closes a cluster every second (not 5 s):
-#: a full disk is noticed within a second, not when the call ends, and a recording cut
-#: short (disk full, power cut) keeps all but its last second.
-_MUX_OPTIONS = {
-    "matroska": {"flush_packets": "1", "cluster_time_limit": "1000"},
-    "webm": {"flush_packets": "1", "cluster_time_limit": "1000"},
-    "mp4": {"flush_packets": "1"},
-}
 
-
-class Recorder(AudioSink):
+class Recorder(Recording):
     """Remote audio and video into one container, written in a thread.
 
     Timestamps come from the wall clock since the recording started, so both
@@ -43,10 +29,11 @@ class Recorder(AudioSink):
     flushes and finalizes whatever ended the call.
 
     A recording that cannot go on (a full disk, a file that cannot be
-    written) stops there and never takes the call with it: what was written
-    stays, later frames are dropped, and ``failure`` says why.  That is logged
-    once as an error, or — ``watched``: the call's watchdog reports
-    ``failure`` as a ``warning`` event — once at info level.
+    written) stops there and never takes the call with it, as an audio
+    file's does (``Recording``: what was written stays, later frames are
+    dropped, ``failure`` says why, and it is said once: a ``warning`` event
+    when ``watched``).  Each packet goes to the file at once and Matroska
+    closes a cluster every second (``MUX_OPTIONS``).
     """
 
     def __init__(self, path: Path, *, audio: bool = True, video: bool = True,
@@ -56,25 +43,15 @@ class Recorder(AudioSink):
             raise MediaError(
                 f"cannot record video to {path}: use one of {', '.join(sorted(VIDEO_FILES))}"
             )
-        from callctl.media.audio import FileSink
-
         FileSink.check(path, any_extension=True)
-        self.path = path
+        super().__init__(path, queue_size=200, watched=watched, thread="recorder")
         self.name = f"record:{path}"
         self.size = size
         self.fps = fps
         self.want_audio = audio
         self.want_video = video
-        self.frames = 0
-        self.dropped = 0
-        #: Why the recording stopped before the call ended (None: it goes on).
-        self.failure: str | None = None
-        self._watched = watched
         self._start = time.monotonic()
-        self._queue: queue.Queue[tuple[str, float, Any] | None] = queue.Queue(maxsize=200)
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-        self._thread.start()
+        self._start_writing()
 
     # the two faces: an audio sink and a video sink
     def write(self, pcm: np.ndarray) -> None:
@@ -83,55 +60,14 @@ class Recorder(AudioSink):
     def write_video(self, frame: Any) -> None:
         self._put(("video", time.monotonic() - self._start, frame))
 
-    def _put(self, item: tuple[str, float, Any]) -> None:
-        if self.failure is not None:  # stopped: nothing to write to
-            self.dropped += 1
-            return
-        try:
-            self._queue.put_nowait(item)
-            self.frames += 1
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        try:
-            self._record()
-        except Exception as exc:  # the disk filled up, the file went away: the call goes on
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._fail(f"recording to {self.path} stopped: {why}; the call goes on without it")
-            self._drain()
-
-    def _fail(self, message: str) -> None:
-        self.failure = message
-        if self._watched and not self._closing.is_set():
-            log.info("%s", message)  # the watchdog reports it as a warning event
-        else:
-            log.error("%s", message)
-
-    def _drain(self) -> None:
-        """After a failure: take what was queued until close(), so no writer ever waits."""
-        while True:
-            try:
-                if self._queue.get(timeout=0.2) is None:
-                    return
-            except queue.Empty:
-                if self._closing.is_set():
-                    return
-
     def _record(self) -> None:
         import fractions
 
         import av
 
         fmt, vcodec, acodec = VIDEO_FILES[self.path.suffix.lower()]
-        try:
-            container = av.open(str(self.path), "w", format=fmt, options=_MUX_OPTIONS.get(fmt, {}))
-        except Exception as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._fail(f"cannot record to {self.path}: {why}")
-            self._drain()
-            return
-        with container:
+        with av.open(str(self.path), "w", format=fmt, options=MUX_OPTIONS.get(fmt, {})) as container:
+            self._opened()
             # the video stream takes the size of the first frame that arrives
             # (what the peer sends), so hold early items until then (2 s at most)
             held: list[tuple[str, float, Any]] = []
@@ -172,15 +108,7 @@ class Recorder(AudioSink):
             audio_pts = 0
             last_video_ms = -1
             while True:
-                if held:
-                    item = held.pop(0)
-                else:
-                    try:
-                        item = self._queue.get(timeout=0.2)
-                    except queue.Empty:
-                        if self._closing.is_set():
-                            break
-                        continue
+                item = held.pop(0) if held else self._get()
                 if item is None:
                     break
                 kind, at, payload = item
@@ -209,13 +137,6 @@ class Recorder(AudioSink):
                            *(astream.encode(None) if astream else [])]:
                 container.mux(packet)
 
-    def close(self) -> None:
-        self._closing.set()
-        try:
-            self._queue.put(None, timeout=5)
-        except queue.Full:
-            pass  # the writer still drains what is queued, then sees _closing
-        self._thread.join(timeout=20)
 
 
 class RecordedVideo(VideoSink):

@@ -43,6 +43,9 @@ class OpenParams:
     loop: bool = False
     video: VideoFormat = VideoFormat()
     camera_format: str | None = None
+    #: Opened for a call, whose watchdog reports a recording that stopped (``failure``) as a
+    #: ``warning`` event: the recording itself logs it at info level only (``Recording``).
+    watched: bool = False
 
 
 class Arg(enum.Enum):
@@ -156,7 +159,8 @@ def _check_speaker(arg: str | None, params: OpenParams) -> None:
 AUDIO_SINKS: Registry[AudioSink] = Registry("audio sink")
 AUDIO_SINKS.register(Kind("null", "null", Arg.NONE, lambda a, p: NullSink(), _nothing))
 AUDIO_SINKS.register(Kind("file", "file:PATH", Arg.REQUIRED,
-                          lambda a, p: FileSink(_path(a)), lambda a, p: FileSink.check(_path(a))))
+                          lambda a, p: FileSink(_path(a), watched=p.watched),
+                          lambda a, p: FileSink.check(_path(a))))
 AUDIO_SINKS.register(Kind("speaker", "speaker[:NAME]", Arg.OPTIONAL, _open_speaker, _check_speaker))
 
 # ----------------------------------------------------------------- video in
