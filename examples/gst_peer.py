@@ -190,6 +190,12 @@ class Peer:
             say("level", peak_db=round(max(peak), 1))
         elif msg.type == Gst.MessageType.ERROR:
             err, _ = msg.parse_error()
+            source = msg.src.get_name() if msg.src is not None else ""
+            if source.startswith("sctp") and self.connected:
+                # the data channel's association ended: a peer that hangs up aborts it (aiortc
+                # does), a moment before its hangup reaches us through the server
+                say("warning", message=f"{source}: {err}")
+                return
             say("error", message=str(err))
             self.loop.quit()
 

@@ -127,7 +127,8 @@ app.command("listen", help=listen_cmd.__doc__, epilog=listen_cmd.EXAMPLES)(liste
 app.command("demo", help=demo_cmd.__doc__)(demo_cmd.demo)
 app.command("devices", help=devices_cmd.__doc__)(devices_cmd.devices)
 app.command("preview", help=preview_cmd.__doc__)(preview_cmd.preview)
-for _name in ("accept", "decline", "hangup", "mute", "unmute", "video", "status", "events"):
+for _name in ("accept", "decline", "hangup", "mute", "unmute", "hold", "unhold", "video", "dtmf", "send",
+              "snapshot", "switch", "status", "events"):
     app.command(_name)(getattr(control_cmd, _name))
 app.add_typer(token_cmd.app, name="token", help=token_cmd.__doc__)
 app.add_typer(service_cmd.app, name="service", help=service_cmd.__doc__)

@@ -181,7 +181,7 @@ async def test_listener_survives_a_server_restart(cli: Callctl, server: ServerPr
 
 async def test_hooks_get_the_call_in_their_environment(cli: Callctl, tmp_path: Path) -> None:
     log = tmp_path / "hooks.log"
-    line = 'echo "$CALLCTL_EVENT $CALLCTL_PEER $CALLCTL_MEDIA $CALLCTL_REASON $CALLCTL_CALL_ID" >> ' + str(log)
+    line = "sh -c 'echo \"$CALLCTL_EVENT $CALLCTL_PEER $CALLCTL_MEDIA $CALLCTL_REASON $CALLCTL_CALL_ID\" >> " + str(log) + "'"
     bob = await cli.listen("bob", "--auto-accept", "--once", "--on-ring", line, "--on-connect", line,
                            "--on-end", line)
     alice = await cli.call("alice", "bob", "--hangup-after", "0.5")

@@ -70,11 +70,11 @@ async def test_listen_hangup_after_and_max_duration_count_from_connect(cli: Call
 
 
 async def test_hooks_run_on_call_too_with_who_and_how_long(cli: Callctl, tmp_path: Path) -> None:
-    bob = await cli.listen("bob", "--once", "--auto-accept", "--on-end", f"env > {tmp_path / 'bob-end'}")
+    bob = await cli.listen("bob", "--once", "--auto-accept", "--on-end", f"sh -c 'env > {tmp_path}/bob-end'")
     alice = await cli.call("alice", "bob", "--hangup-after", "1",
-                           "--on-ring", f"env > {tmp_path / 'ringback'}",
-                           "--on-connect", f"env > {tmp_path / 'connect'}",
-                           "--on-end", f"env > {tmp_path / 'end'}")
+                           "--on-ring", f"sh -c 'env > {tmp_path}/ringback'",
+                           "--on-connect", f"sh -c 'env > {tmp_path}/connect'",
+                           "--on-end", f"sh -c 'env > {tmp_path}/end'")
     assert await alice.exit_code() == 0
     assert await bob.exit_code() == 0
     ringback, connect, end = (env_file(tmp_path / n) for n in ("ringback", "connect", "end"))

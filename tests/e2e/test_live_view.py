@@ -40,7 +40,7 @@ async def test_an_audio_call_on_a_terminal_shows_the_panel_and_takes_keys(tty: O
     bob.type("a")
     await bob.wait_for("in call")
     await alice.wait_for("in call")
-    await bob.wait_for("m mute · q hang up")
+    await bob.wait_for("m mute · h hold · q hang up")
     bob.type("m")
     await bob.wait_for("MUTED")
     await alice.wait_for(lambda t: "muted" in t.text.split("remote", 1)[-1].split("\n", 1)[0])

@@ -174,8 +174,8 @@ async def test_call_goes_through_the_running_listen_with_its_devices(cli: Callct
     kiosk = await cli.listen("kiosk", "--audio-in", "tone:880", device="door")
     hooks = tmp_path / "hooks.txt"
     caller = await cli.start("kiosk", "call", "bob", "--hangup-after", "2",
-                             "--on-connect", f"echo connect $CALLCTL_PEER $CALLCTL_DEVICE >> {hooks}",
-                             "--on-end", f"echo end $CALLCTL_REASON >> {hooks}")
+                             "--on-connect", f"sh -c 'echo connect $CALLCTL_PEER $CALLCTL_DEVICE >> {hooks}'",
+                             "--on-end", f"sh -c 'echo end $CALLCTL_REASON >> {hooks}'")
     connected = await caller.wait_event("call.connected")
     maps = modules_mapped(caller.proc.pid)
     assert "aiortc" not in maps and "libopus" not in maps and "/av/" not in maps, \

@@ -96,3 +96,34 @@ async def test_no_ringtone_is_silence_and_a_bad_one_is_a_usage_error(cli: Callct
     code, _, err = await cli.run("bob", "listen", "--audio-in", "tone", "--audio-out", "null",
                                  "--ringtone", str(tmp_path / "missing.wav"))
     assert code == 2 and err.count("\n") == 1 and "--ringtone takes tone, none or an audio file" in err
+
+
+async def test_the_held_side_hears_the_hold_pips_and_not_the_call(cli: Callctl, tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    raw = tmp_path / "speaker.raw"
+    bob = await cli.start("bob", "listen", "--device", "kiosk", "--once", "--auto-accept", "--ringtone", "none",
+                          "--audio-in", "tone:660", "--audio-out", "speaker:Kiosk_Speaker", env={"HOME": str(home)})
+    await bob.wait_event("registered")
+    alice = await cli.call("alice", "bob", "--audio-in", "tone:550")
+    await bob.wait_event("media.flowing")
+    await until_played(raw, lambda hz: sum(near(f, 550, tolerance=25) for f in hz) >= 20)  # 0.5 s of the call
+    code, _, err = await cli.run("alice", "hold")
+    assert code == 0, err
+    await bob.wait_event("peer.held")
+    held_from = len(heard(raw))
+    # two pips (0.15 s each) of 440 Hz: 6 windows or more, after the hold began
+    await until_played(raw, lambda hz: sum(near(f, 440, tolerance=25) for f in hz[held_from:]) >= 8)
+    code, _, err = await cli.run("alice", "unhold")
+    assert code == 0, err
+    await bob.wait_event("peer.unheld")
+    unheld_from = len(heard(raw))
+    await until_played(raw, lambda hz: sum(near(f, 550, tolerance=25) for f in hz[unheld_from:]) >= 20)
+    code, _, _ = await cli.run("alice", "hangup")
+    assert await alice.exit_code() == 0
+    assert await bob.exit_code() == 0
+    hz = heard(raw)
+    pips = [i for i, f in enumerate(hz) if near(f, 440, tolerance=25)]
+    call_during_hold = [i for i in range(held_from + 10, unheld_from) if near(hz[i], 550, tolerance=25)]
+    assert pips and min(pips) >= held_from - 2, (pips[:3], held_from)
+    assert not call_during_hold, call_during_hold[:5]  # the peer's audio is not played while held
+    assert max(pips) < unheld_from + 10  # and the pips stop with the hold

@@ -131,11 +131,18 @@ Ringtone = Annotated[str, typer.Option(
 Ringback = Annotated[str, typer.Option(
     envvar="CALLCTL_RINGBACK", metavar="tone|none|FILE",
     help="What the speaker plays while the callee's device rings (tone: built in).")]
-OnRing = Annotated[str | None, typer.Option(help="Shell command run when a call rings (see docs/EVENTS.md, Hooks).")]
-OnConnect = Annotated[str | None, typer.Option(help="Shell command run when a call connects.")]
-OnEnd = Annotated[str | None, typer.Option(help="Shell command run when a call ends.")]
+HoldAudio = Annotated[str, typer.Option(
+    envvar="CALLCTL_HOLD_AUDIO", metavar="tone|none|FILE",
+    help="What the speaker plays while the peer holds the call (tone: two soft pips every 4 s).")]
+OnRing = Annotated[str | None, typer.Option(help="Program run when a call rings (no shell: see docs/EVENTS.md, Hooks).")]
+OnConnect = Annotated[str | None, typer.Option(help="Program run when a call connects.")]
+OnEnd = Annotated[str | None, typer.Option(help="Program run when a call ends.")]
 OnMissed = Annotated[str | None, typer.Option(
-    help="Shell command run for a missed call: busy, not answered, or given up by the caller while ringing.")]
+    help="Program run for a missed call: busy, not answered, or given up by the caller while ringing.")]
+OnDtmf = Annotated[str | None, typer.Option(
+    help="Program run for each DTMF digit the peer sends (CALLCTL_DIGIT; no shell: docs/EVENTS.md, Hooks).")]
+OnMessage = Annotated[str | None, typer.Option(
+    help="Program run for each message the peer sends; the payload on its stdin (docs/EVENTS.md, Hooks).")]
 CameraFormat = Annotated[str | None, typer.Option(help="Camera input format: mjpeg or yuyv.")]
 
 
@@ -338,9 +345,11 @@ async def run_phone(
         from callctl.ui.output import LiveView
 
         def key(cmd: str) -> None:
+            s = phone.session
             if cmd == "toggle-mute":
-                s = phone.session
                 cmd = "unmute" if s is not None and s.muted else "mute"
+            elif cmd == "toggle-hold":
+                cmd = "unhold" if s is not None and s.held else "hold"
             run_command(phone, Request(cmd))
 
         async def stats() -> Any:
@@ -401,3 +410,13 @@ def run(coro: Coroutine[Any, Any, int]) -> None:
 
     code = asyncio.run(coro)
     raise typer.Exit(int(code))
+
+
+def check_hooks(hooks: dict[str, str | None]) -> None:
+    """Every hook can be run (quoting, program found), or one usage line and exit 2."""
+    from callctl.commands._hooks import HookError, check
+
+    try:
+        check(hooks)
+    except HookError as exc:
+        fail(str(exc), ExitCode.USAGE)

@@ -46,9 +46,12 @@ CALL_OPTIONS: dict[str, tuple[str, str, str | None, float | None, float | None]]
     "--hangup-after": ("hangup_after", "float", None, 0.1, None),
     "--max-duration": ("max_duration", "float", None, 0.1, None),
     "--ringback": ("ringback", "str", "CALLCTL_RINGBACK", None, None),
+    "--hold-audio": ("hold_audio", "str", "CALLCTL_HOLD_AUDIO", None, None),
     "--on-ring": ("on_ring", "str", None, None, None),
     "--on-connect": ("on_connect", "str", None, None, None),
     "--on-end": ("on_end", "str", None, None, None),
+    "--on-dtmf": ("on_dtmf", "str", None, None, None),
+    "--on-message": ("on_message", "str", None, None, None),
     "--record": ("record", "str", None, None, None),
     "--device": ("device", "str", "CALLCTL_DEVICE", None, None),
     "--bitrate": ("bitrate", "int", "CALLCTL_BITRATE", 6, 510),
@@ -62,13 +65,15 @@ OTHER_CALL_OPTIONS = frozenset({
     "relay_only", "reconnect_timeout", "connect_timeout", "standalone",
 })
 #: What a call through a listen carries to it (the rest of CALL_OPTIONS is this process's own).
-FORWARDED = frozenset(spec[0] for spec in CALL_OPTIONS.values()) - {"on_ring", "on_connect", "on_end", "device"}
+FORWARDED = frozenset(spec[0] for spec in CALL_OPTIONS.values()) - {"on_ring", "on_connect", "on_end", "on_dtmf",
+                                                                   "on_message", "device"}
 #: Their environment variables: when one is set, Typer reads (and checks) it.
 OTHER_CALL_ENV = ("CALLCTL_VIDEO_OUT", "CALLCTL_ICE_SERVER", "CALLCTL_ICE_USERNAME", "CALLCTL_ICE_CREDENTIAL",
                   "CALLCTL_RELAY_ONLY", "CALLCTL_RECONNECT_TIMEOUT", "CALLCTL_CONNECT_TIMEOUT")
 #: The commands a config file's ``[command.NAME]`` tables may name.
 COMMANDS = frozenset({"server", "call", "listen", "demo", "devices", "preview", "accept", "decline", "hangup",
-                      "mute", "unmute", "video", "status", "events", "token", "service", "config"})
+                      "mute", "unmute", "hold", "unhold", "video", "dtmf", "send", "snapshot", "switch",
+                      "status", "events", "token", "service", "config"})
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
@@ -214,12 +219,20 @@ def _call(given: dict[str, Any], peer: str, params: dict[str, Any]) -> int | Non
         return None
     if path is None:
         return None
+    hooks = {"ringback": params.get("on_ring"), "connect": params.get("on_connect"), "end": params.get("on_end"),
+             "dtmf": params.get("on_dtmf"), "message": params.get("on_message")}
+    if any(hooks.values()):
+        from callctl.commands._hooks import HookError, check
+
+        try:
+            check(hooks)
+        except HookError:
+            return None  # Typer's way says it in one line
     opts = {name: _via_listen.absolute(name, value) for name, value in params.items()
             if name not in _via_listen.LOCAL_OPTIONS}
     sock = _via_listen.dial(path, peer, opts)
     if sock is None:
         return None
-    hooks = {"ringback": params.get("on_ring"), "connect": params.get("on_connect"), "end": params.get("on_end")}
     return _via_listen.follow(sock, path, settings.json, hooks)
 
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: Options of ``call`` that are not sent to a running listen (they are this process's own).
-LOCAL_OPTIONS = frozenset({"peer", "on_ring", "on_connect", "on_end", "standalone", "device"})
+LOCAL_OPTIONS = frozenset({"peer", "on_ring", "on_connect", "on_end", "on_dtmf", "on_message", "standalone",
+                           "device"})
 
 
 def find_listener(user: str | None, device: str | None) -> Path | None:
@@ -51,7 +52,7 @@ def absolute(name: str, value: object) -> object:
     if isinstance(value, str):
         if value.startswith("file:"):
             return "file:" + os.path.abspath(value[5:])
-        if name == "ringback" and value not in ("tone", "none"):
+        if name in ("ringback", "hold_audio") and value not in ("tone", "none"):
             return os.path.abspath(value)
     return value
 

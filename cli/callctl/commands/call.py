@@ -40,9 +40,13 @@ def call(
     hangup_after: _phone.HangupAfter = None,
     max_duration: _phone.MaxDuration = None,
     ringback: _phone.Ringback = "tone",
-    on_ring: Annotated[str | None, typer.Option(help="Shell command run when the callee's device rings.")] = None,
+    hold_audio: _phone.HoldAudio = "tone",
+    on_ring: Annotated[str | None, typer.Option(
+        help="Program run when the callee's device rings (no shell: docs/EVENTS.md, Hooks).")] = None,
     on_connect: _phone.OnConnect = None,
     on_end: _phone.OnEnd = None,
+    on_dtmf: _phone.OnDtmf = None,
+    on_message: _phone.OnMessage = None,
     record: Annotated[Path | None, typer.Option(
         help="Record the call to this file: the peer's audio (.wav .ogg .flac ...), "
              "and its video too into .mkv/.webm/.mp4.")] = None,
@@ -75,7 +79,8 @@ def call(
         fail(f"bad user id {peer!r}: letters, digits and . _ @ + - (max 64)", ExitCode.USAGE)
     if peer == own_user(settings):
         fail(f"{peer} cannot call itself", ExitCode.USAGE)
-    hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end}
+    hooks = {"ringback": on_ring, "connect": on_connect, "end": on_end, "dtmf": on_dtmf, "message": on_message}
+    _phone.check_hooks(hooks)
     if not standalone:
         _through_listener(ctx, settings, peer, device, hooks)
     if video and video_in is None:
@@ -83,7 +88,8 @@ def call(
     dev, media = _phone.device_and_media(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
-                                       video_paused=video_paused, ringback=ringback),
+                                       video_paused=video_paused, ringback=ringback,
+                                       hold_audio=hold_audio),
         video_out=video_out, size=video_size, camera_format=camera_format)
     _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     call_media = Media.VIDEO if video else Media.AUDIO

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,18 +28,20 @@ def _target(ctx: typer.Context, device: str | None) -> Any:
 
 
 def _send(ctx: typer.Context, cmd: str, call_id: str | None, device: str | None,
-          arg: str | None = None) -> None:
+          arg: str | None = None, opts: dict[str, Any] | None = None, timeout: float = 10) -> None:
     from callctl.engine.sockets import ControlError, request
 
     path = _target(ctx, device)
     try:
-        answer = request(path, cmd, call_id, arg=arg)
+        answer = request(path, cmd, call_id, arg=arg, opts=opts, timeout=timeout)
     except ControlError as exc:
         fail(str(exc), ExitCode.INTERNAL_ERROR)
     if ctx.obj.json:
         print(json.dumps(answer))
     if not answer.get("ok"):
-        fail(str(answer.get("error", "failed")), ExitCode.INTERNAL_ERROR)
+        code = (ExitCode.USAGE if answer.get("usage") else ExitCode.DEVICE_ERROR if answer.get("device")
+                else ExitCode.INTERNAL_ERROR)
+        fail(str(answer.get("error", "failed")), code)
     if not ctx.obj.json and cmd != "status":
         call = answer.get("call") or {}
         print(f"{cmd}: ok ({call.get('peer', '?')}, {call.get('state', '?')})", file=sys.stderr)
@@ -75,6 +78,16 @@ def hangup(ctx: typer.Context, call_id: Annotated[str | None, typer.Argument(hel
 def mute(ctx: typer.Context, device: DeviceOpt = None) -> None:
     """Mute the microphone (the peer is told)."""
     _send(ctx, "mute", None, device)
+
+
+def hold(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Put the call on hold: no media either way until unhold (the peer is told, and may play a hold tone)."""
+    _send(ctx, "hold", None, device)
+
+
+def unhold(ctx: typer.Context, device: DeviceOpt = None) -> None:
+    """Take the call off hold."""
+    _send(ctx, "unhold", None, device)
 
 
 def unmute(ctx: typer.Context, device: DeviceOpt = None) -> None:
@@ -149,3 +162,107 @@ def events(ctx: typer.Context, device: DeviceOpt = None) -> None:
         fail(str(exc), ExitCode.INTERNAL_ERROR)
     except KeyboardInterrupt:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def dtmf(ctx: typer.Context,
+         tones: Annotated[str, typer.Argument(
+             help="Digits 0-9 * # A-D, in order; ',' pauses 2 s, 'w' 0.5 s (e.g. 1234#, 0w*9).")],
+         duration: Annotated[int, typer.Option(min=40, max=6000, help="Milliseconds each tone lasts.")] = 100,
+         gap: Annotated[int, typer.Option(min=30, max=6000, help="Milliseconds of quiet after each tone.")] = 70,
+         device: DeviceOpt = None) -> None:
+    """Send DTMF digits in the current call (RFC 4733, as a phone keypad does); exits 0 once they are sent."""
+    from callctl.media.dtmf import check_tones
+
+    try:
+        check_tones(tones)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    pauses = tones.count(",") * 2.0 + tones.lower().count("w") * 0.5
+    _send(ctx, "dtmf", None, device, tones, opts={"duration_ms": duration, "gap_ms": gap},
+          timeout=pauses + len(tones) * (duration + gap) / 1000 + 20)
+
+
+def send(ctx: typer.Context,
+         text: Annotated[str | None, typer.Argument(help="A text message (UTF-8).", show_default=False)] = None,
+         data: Annotated[str | None, typer.Option(
+             "--data", metavar="JSON|@FILE|@-",
+             help="Send JSON instead: inline, from a file (@FILE) or from stdin (@-).")] = None,
+         device: DeviceOpt = None) -> None:
+    """Send a text or JSON message to the peer over the call's data channel; exits 0 only when the peer got it."""
+    from callctl.media.errors import MessageError
+    from callctl.media.messages import MAX_BYTES, encode, size
+
+    if (text is None) == (data is None):
+        fail("send takes a TEXT or --data JSON (one of the two)", ExitCode.USAGE)
+    kind, body = "text", text or ""
+    value: Any = body
+    if data is not None:
+        kind, body = "json", _read_data(data)
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            fail(f"--data is not JSON: {exc}", ExitCode.USAGE)
+    try:
+        encoded = size(encode(1, kind, value))
+    except MessageError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if encoded > MAX_BYTES:
+        fail(f"the message is {encoded} bytes as sent; at most {MAX_BYTES}", ExitCode.USAGE)
+    _send(ctx, "send", None, device, body, opts={"type": kind}, timeout=30)
+
+
+def _read_data(data: str) -> str:
+    """--data's JSON: inline, @FILE or @- (stdin); at most a little over the message cap is read."""
+    from callctl.media.messages import MAX_BYTES
+
+    if not data.startswith("@"):
+        return data
+    try:
+        if data == "@-":
+            raw = sys.stdin.buffer.read(MAX_BYTES * 4 + 1)
+        else:
+            with open(data[1:], "rb") as f:
+                raw = f.read(MAX_BYTES * 4 + 1)
+    except OSError as exc:
+        fail(f"cannot read {data[1:]}: {exc.strerror or exc}", ExitCode.USAGE)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"{data[1:] if data != '@-' else 'stdin'} is not UTF-8 text", ExitCode.USAGE)
+
+
+def snapshot(ctx: typer.Context,
+             path: Annotated[Path, typer.Argument(help="The .jpg file to write (replaced if it exists).")],
+             device: DeviceOpt = None) -> None:
+    """Save the peer's current video frame as a JPEG (waits up to 5 s for the first one)."""
+    import os
+
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        fail(f"a snapshot is a .jpg file, not {str(path)!r}", ExitCode.USAGE)
+    target = Path(os.path.abspath(path))
+    _send(ctx, "snapshot", None, device, str(target), timeout=30)
+    if not ctx.obj.json:
+        print(f"snapshot: {target}", file=sys.stderr)
+
+
+def switch(ctx: typer.Context,
+           mic: Annotated[str | None, typer.Option(help="Send from this microphone (a name from 'callctl devices').")] = None,
+           speaker: Annotated[str | None, typer.Option(help="Play the peer on this speaker.")] = None,
+           camera: Annotated[str | None, typer.Option(help="Send this camera's video (/dev/videoN).")] = None,
+           audio_in: Annotated[str | None, typer.Option(help="Send from this source: mic[:NAME], tone[:HZ], file:PATH.")] = None,
+           audio_out: Annotated[str | None, typer.Option(help="Play the peer into this sink: speaker[:NAME], null, file:PATH.")] = None,
+           video_in: Annotated[str | None, typer.Option(help="Send this video: camera[:DEV], testsrc, file:PATH.")] = None,
+           device: DeviceOpt = None) -> None:
+    """Switch the microphone, speaker or camera of the current call (the peer sees nothing but the change)."""
+    import os
+
+    given = {"mic": mic, "speaker": speaker, "camera": camera, "audio_in": audio_in, "audio_out": audio_out,
+             "video_in": video_in}
+    opts: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if not opts:
+        fail("switch what? --mic NAME, --speaker NAME, --camera DEV, --audio-in SRC, --audio-out SINK "
+             "or --video-in SRC", ExitCode.USAGE)
+    for key, value in opts.items():  # paths as the running process (another directory) reads them
+        if value.startswith("file:"):
+            opts[key] = "file:" + os.path.abspath(value[5:])
+    _send(ctx, "switch", None, device, None, opts=opts, timeout=30)

@@ -42,10 +42,13 @@ def listen(
     hangup_after: _phone.HangupAfter = None,
     max_duration: _phone.MaxDuration = None,
     ringtone: _phone.Ringtone = "tone",
+    hold_audio: _phone.HoldAudio = "tone",
     on_ring: _phone.OnRing = None,
     on_connect: _phone.OnConnect = None,
     on_end: _phone.OnEnd = None,
     on_missed: _phone.OnMissed = None,
+    on_dtmf: _phone.OnDtmf = None,
+    on_message: _phone.OnMessage = None,
     audio_in: _phone.AudioIn = "mic",
     audio_out: _phone.AudioOut = "speaker",
     loop: _phone.Loop = False,
@@ -82,12 +85,15 @@ def listen(
     dev, media = _phone.device_and_media(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
-                                       video_paused=video_paused, ringtone=ringtone),
+                                       video_paused=video_paused, ringtone=ringtone,
+                                       hold_audio=hold_audio),
         video_out=video_out, size=video_size, camera_format=camera_format)
     _phone.network(media, ice_server, ice_username, ice_credential, relay_only)
     limits = CallLimits(ring_timeout=ring_timeout, hangup_after=hangup_after, max_duration=max_duration)
     policy = CallPolicy(auto_accept=auto_accept, accept_after=accept_after, allow=allowed, limits=limits)
-    hooks = {"ring": on_ring, "connect": on_connect, "end": on_end, "missed": on_missed}
+    hooks = {"ring": on_ring, "connect": on_connect, "end": on_end, "missed": on_missed,
+             "dtmf": on_dtmf, "message": on_message}
+    _phone.check_hooks(hooks)
 
     async def body(phone: Phone, interrupted: _phone.Interrupt) -> int:
         stop = asyncio.ensure_future(interrupted.wait())

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callctl.engine import machine as m
-from callctl.engine.control import Follow, Request
+from callctl.engine.control import Follow, Later, Request
 from callctl.engine.events import Ev
 from callctl.engine.phone import Phone
 from callctl.engine.session import CallLimits, CallSession
@@ -38,6 +38,8 @@ def call_status(s: CallSession) -> dict[str, Any]:
         "media": c.media.value,
         "muted": s.muted,
         "peer_muted": c.peer_muted,
+        "held": s.held,
+        "peer_held": c.peer_held,
     }
     if c.connected_at is not None and c.state in (m.State.CONNECTED, m.State.RECONNECTING):
         out["duration_s"] = round(time.monotonic() - c.connected_at, 1)
@@ -105,11 +107,166 @@ def _mute(muted: bool) -> Callable[[CallSession, Request], Answer]:
     return run
 
 
+def _hold(held: bool) -> Callable[[CallSession, Request], Answer]:
+    def run(s: CallSession, req: Request) -> Answer:
+        if not s.in_call:
+            return {"ok": False, "error": f"cannot {'hold' if held else 'unhold'} a call that is "
+                                          f"{s.call.state.value}"}
+        s.set_held(held)
+        return {"ok": True, "call": call_status(s)}
+
+    return run
+
+
+#: ``dtmf`` takes a tone this long (ms) and this gap after it, by default (W3C insertDTMF's).
+DTMF_DURATION_MS, DTMF_GAP_MS = 100, 70
+
+
+def _int_opt(opts: dict[str, Any], key: str, default: int, low: int, high: int) -> int | str:
+    value = opts.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        return f"{key.replace('_', '-')} takes a whole number of milliseconds from {low} to {high}"
+    return value
+
+
+def _dtmf(s: CallSession, req: Request) -> Answer | Later:
+    """Send DTMF digits on the call's audio (RFC 4733); the answer comes once they are sent."""
+    from callctl.media.dtmf import check_tones
+
+    if s.peer is None or s.call.state != m.State.CONNECTED:
+        return {"ok": False, "error": f"DTMF needs a connected call (this one is {s.call.state.value})"}
+    opts = req.opts or {}
+    duration = _int_opt(opts, "duration_ms", DTMF_DURATION_MS, 40, 6000)
+    gap = _int_opt(opts, "gap_ms", DTMF_GAP_MS, 30, 6000)
+    if isinstance(duration, str) or isinstance(gap, str):
+        return {"ok": False, "error": duration if isinstance(duration, str) else gap, "usage": True}
+    try:
+        tones = check_tones(req.arg or "")
+    except ValueError as exc:
+        return {"ok": False, "error": str(exc), "usage": True}
+    peer = s.peer
+
+    async def send() -> Answer:
+        try:
+            await peer.send_dtmf(tones, duration, gap)
+        except MediaError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "sent": tones, "call": call_status(s)}
+
+    pauses = tones.count(",") * 2.0 + tones.lower().count("w") * 0.5
+    return Later(send(), timeout=pauses + len(tones) * (duration + gap) / 1000 + 10)
+
+
+#: How long ``send`` waits for the peer's acknowledgement.
+SEND_TIMEOUT_S = 10.0
+
+
+def _send_message(s: CallSession, req: Request) -> Answer | Later:
+    """Send a text or JSON message over the call's data channel; the answer is the peer's ack."""
+    import json
+
+    from callctl.media.messages import MessageError
+
+    kind = (req.opts or {}).get("type", "text")
+    if kind not in ("text", "json"):
+        return {"ok": False, "error": f"a message is text or json, not {kind!r}", "usage": True}
+    if not s.in_call:
+        return {"ok": False, "error": f"messages need a call in progress (this one is {s.call.state.value})"}
+    body: Any = req.arg or ""
+    if kind == "json":
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return {"ok": False, "error": f"not JSON: {exc}", "usage": True}
+    messenger = s.messenger
+
+    async def send() -> Answer:
+        try:
+            await messenger.send(kind, body, timeout=SEND_TIMEOUT_S)
+        except MessageError as exc:
+            return {"ok": False, "error": str(exc), "usage": bool(getattr(exc, "usage", False))}
+        return {"ok": True, "delivered": True, "call": call_status(s)}
+
+    return Later(send(), timeout=SEND_TIMEOUT_S + 5)
+
+
+#: ``snapshot`` early in a call (an ``--on-connect`` hook's) waits this long for the peer's first frame.
+SNAPSHOT_WAIT_S = 5.0
+
+
+def _snapshot(s: CallSession, req: Request) -> Answer | Later:
+    """The peer's newest video frame as a JPEG file (``arg``: its absolute path)."""
+    from callctl.media.snapshot import save_jpeg
+
+    peer = s.peer
+    if peer is None or not s.in_call:
+        return {"ok": False, "error": f"a snapshot needs a call in progress (this one is {s.call.state.value})"}
+    path = Path(req.arg or "")
+    if not path.is_absolute() or path.suffix.lower() not in (".jpg", ".jpeg"):
+        return {"ok": False, "error": f"a snapshot goes to a .jpg file by absolute path, not {req.arg!r}",
+                "usage": True}
+
+    async def take() -> Answer:
+        try:
+            await asyncio.wait_for(peer.video_arrived.wait(), SNAPSHOT_WAIT_S)
+        except TimeoutError:
+            return {"ok": False, "error": f"no video from the peer in this call (waited {SNAPSHOT_WAIT_S:g} s)"}
+        frame = peer.last_video_frame
+        try:
+            width, height = await asyncio.get_running_loop().run_in_executor(None, save_jpeg, frame, path)
+        except MediaError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "path": str(path), "width": width, "height": height}
+
+    return Later(take(), timeout=SNAPSHOT_WAIT_S + 10)
+
+
+#: ``switch``'s options: what each one opens (``--mic NAME`` is the source ``mic:NAME`` …).
+SWITCHES = {"mic": ("audio_in", "mic:"), "speaker": ("audio_out", "speaker:"), "camera": ("video_in", "camera:"),
+            "audio_in": ("audio_in", ""), "audio_out": ("audio_out", ""), "video_in": ("video_in", "")}
+
+
+def _switch(s: CallSession, req: Request) -> Answer | Later:
+    """Another mic, speaker, camera or source mid-call (``opts``: one or more of SWITCHES)."""
+    opts = {k: v for k, v in (req.opts or {}).items() if v is not None}
+    if not opts or set(opts) - set(SWITCHES) or not all(isinstance(v, str) and v for v in opts.values()):
+        return {"ok": False, "usage": True,
+                "error": "switch takes --mic NAME, --speaker NAME, --camera DEV, --audio-in SRC, --audio-out SINK "
+                         "or --video-in SRC"}
+    targets = [(SWITCHES[k][0], SWITCHES[k][1] + v) for k, v in opts.items()]
+    if len({kind for kind, _ in targets}) != len(targets):
+        return {"ok": False, "error": "one device per direction: --mic and --audio-in are both the source",
+                "usage": True}
+    if not s.in_call:
+        return {"ok": False, "error": f"switch needs a call in progress (this one is {s.call.state.value})"}
+    registries: dict[str, Any] = {"audio_in": assembly.AUDIO_SOURCES, "audio_out": assembly.AUDIO_SINKS,
+                                  "video_in": assembly.VIDEO_SOURCES}
+    for kind, spec in targets:
+        try:
+            registries[kind].check(spec, s.media_opts.params)
+        except (MediaError, DeviceError) as exc:
+            return {"ok": False, "error": str(exc), "usage": isinstance(exc, MediaError),
+                    "device": isinstance(exc, DeviceError)}
+
+    async def switch() -> Answer:
+        switched = {}
+        for kind, spec in targets:
+            try:
+                switched[kind] = await s.switch(kind, spec)
+            except (MediaError, DeviceError) as exc:
+                return {"ok": False, "error": str(exc), "switched": switched, "device": isinstance(exc, DeviceError)}
+        return {"ok": True, "switched": switched, "call": call_status(s)}
+
+    return Later(switch(), timeout=20)
+
+
 def _video(s: CallSession, req: Request) -> Answer:
     """pause | resume | on | off, mid-call: a track swap, never a renegotiation."""
     what, peer = req.arg or "", s.peer
     if peer is None or not s.in_call:
         return {"ok": False, "error": "video can only change during a call"}
+    if s.on_hold:
+        return {"ok": False, "error": "the call is on hold: its video comes back with it (unhold)"}
     has_video = peer.video.source is not None
     if what in ("pause", "resume"):
         if not has_video:
@@ -140,7 +297,7 @@ def _video(s: CallSession, req: Request) -> Answer:
 DIAL_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "video": bool, "video_paused": bool, "loop": bool,
     "ring_timeout": (int, float), "hangup_after": (int, float), "max_duration": (int, float),
-    "bitrate": int, "record": str, "ringback": str,
+    "bitrate": int, "record": str, "ringback": str, "hold_audio": str,
     "audio_in": str, "audio_out": str, "video_in": str,
 }
 
@@ -154,7 +311,7 @@ def _dial_media(phone: Phone, opts: dict[str, Any]) -> tuple[p.Media, CallLimits
         if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
             return f"bad value for {key.replace('_', '-')}: {value!r}"
     media = dataclasses.replace(phone.media)
-    for key in ("audio_in", "audio_out", "loop", "ringback", "video_paused"):
+    for key in ("audio_in", "audio_out", "loop", "ringback", "hold_audio", "video_paused"):
         if opts.get(key) is not None:
             setattr(media, key, opts[key])
     if opts.get("bitrate") is not None:
@@ -210,17 +367,23 @@ def _dial(phone: Phone, req: Request) -> Answer | Follow:
 
 
 #: Commands about the current call: they need one, and ``call_id`` (when given) must name it.
-CALL_COMMANDS: dict[str, Callable[[CallSession, Request], Answer]] = {
+CALL_COMMANDS: dict[str, Callable[[CallSession, Request], Answer | Later]] = {
     "accept": _accept,
     "decline": lambda s, req: _feed(s, "decline", m.Decline()),
     "hangup": lambda s, req: _feed(s, "hangup", m.Hangup()),
     "mute": _mute(True),
     "unmute": _mute(False),
+    "hold": _hold(True),
+    "unhold": _hold(False),
     "video": _video,
+    "dtmf": _dtmf,
+    "send": _send_message,
+    "snapshot": _snapshot,
+    "switch": _switch,
 }
 
 
-def run_command(phone: Phone, req: Request) -> Answer | Follow:
+def run_command(phone: Phone, req: Request) -> Answer | Follow | Later:
     """The answer to one control request."""
     if req.cmd == "status":
         return _status(phone, req)

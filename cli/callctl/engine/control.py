@@ -30,15 +30,18 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from callctl.engine.sockets import ControlError, alive, check_private, unix_address
 
-#: A request line may be this long; a longer one is answered with an error and skipped.
-MAX_LINE = 4096
+#: A request line may be this long (a ``send`` carries a message); a longer one is answered with an error and skipped.
+MAX_LINE = 128 * 1024
+#: An ``arg`` is this long at most; a ``send``'s (the message itself) ``MAX_SEND_ARG``.
+MAX_ARG = 256
+MAX_SEND_ARG = 100_000
 #: A connection that sends no request for this long is closed (an event feed is exempt).
 IDLE_TIMEOUT_S = 60.0
 #: Connections served at once; the next one is told so and closed.
@@ -77,11 +80,29 @@ class Follow:
     hang_up: Callable[[], None]
 
 
+@dataclass
+class Later:
+    """An answer that takes a while (a DTMF code being sent, a message waiting for its ack).
+
+    The connection waits for it; other connections are served meanwhile.
+    """
+
+    work: Awaitable[dict[str, Any]]
+    #: The answer when it takes longer than this.
+    timeout: float = 30.0
+
+    async def result(self) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self.work, self.timeout)
+        except TimeoutError:
+            return {"ok": False, "error": f"no result within {self.timeout:g} s"}
+
+
 class ControlServer:
     def __init__(
         self,
         path: Path,
-        handle: Callable[[Request], dict[str, Any] | Follow],
+        handle: Callable[[Request], dict[str, Any] | Follow | Later],
     ) -> None:
         self.path = path
         self.handle = handle
@@ -144,6 +165,8 @@ class ControlServer:
                 if isinstance(answer, Follow):
                     await self._follow(lines, writer, answer)
                     return
+                if isinstance(answer, Later):
+                    answer = await answer.result()
                 await _send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -271,7 +294,8 @@ def parse_request(line: bytes) -> Request | str:
     cmd, call_id, arg, opts = req.get("cmd"), req.get("call_id"), req.get("arg"), req.get("opts")
     if not isinstance(cmd, str) or not all(v is None or isinstance(v, str) for v in (call_id, arg)):
         return usage
-    if len(cmd) > 32 or (call_id is not None and len(call_id) > 64) or (arg is not None and len(arg) > 256):
+    longest = MAX_SEND_ARG if cmd == "send" else MAX_ARG
+    if len(cmd) > 32 or (call_id is not None and len(call_id) > 64) or (arg is not None and len(arg) > longest):
         return usage
     if opts is not None:
         if not isinstance(opts, dict) or len(opts) > MAX_OPTS:

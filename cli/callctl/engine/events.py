@@ -36,6 +36,10 @@ class Ev(str, enum.Enum):
     MEDIA_VIDEO_RESUMED = "media.video.resumed"
     MEDIA_VIDEO_ENABLED = "media.video.enabled"
     MEDIA_VIDEO_DISABLED = "media.video.disabled"
+    #: ``callctl switch``: the call sends from / plays to another device now.
+    MEDIA_SWITCHED = "media.switched"
+    MEDIA_HELD = "media.held"
+    MEDIA_UNHELD = "media.unheld"
     VIDEO_FLOWING = "video.flowing"
 
     PEER_MUTED = "peer.muted"
@@ -44,6 +48,13 @@ class Ev(str, enum.Enum):
     PEER_VIDEO_RESUMED = "peer.video.resumed"
     PEER_VIDEO_ENABLED = "peer.video.enabled"
     PEER_VIDEO_DISABLED = "peer.video.disabled"
+    PEER_HELD = "peer.held"
+    PEER_UNHELD = "peer.unheld"
+
+    #: A DTMF digit the peer sent (RFC 4733 on the audio stream).
+    DTMF = "dtmf"
+    #: A text or JSON message the peer sent over the call's data channel.
+    MESSAGE = "message"
 
     DEVICE_LOST = "device.lost"
     DEVICE_RESTORED = "device.restored"

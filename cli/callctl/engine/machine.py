@@ -287,6 +287,13 @@ class PeerMuted:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerHeld:
+    """The peer put the call on hold (``held``) or took it off."""
+
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PeerVideo:
     """The peer's video changed: paused, resumed, enabled or disabled."""
 
@@ -296,7 +303,7 @@ class PeerVideo:
 CallEvent = (
     ConnectTimeout | Dial | Created | Ringing | Answered | Ring | Accept | AnswerSent | Decline | MediaUp
     | Hangup | RemoteEnded | Failed | MediaLost | SignalingLost | AnswerRefused | Prepared | Reoffered
-    | Reanswered | ReofferRefused | PeerMuted | PeerVideo | RingExpired | CallForgotten | TalkTimeUp
+    | Reanswered | ReofferRefused | PeerMuted | PeerHeld | PeerVideo | RingExpired | CallForgotten | TalkTimeUp
     | MaxDurationReached | ReconnectRequested | ReconnectRetry | ReconnectTimeout | SignalingBack
 )
 
@@ -479,6 +486,8 @@ class Call:
     #: Callee: the last re-offer attempt we answered.
     answered_attempt: int = 0
     peer_muted: bool = False
+    #: The peer holds the call (``peer.held``): no media either way until it takes it off.
+    peer_held: bool = False
     peer_video: str | None = None
     reason: EndReason | None = None
     source: Source | None = None
@@ -717,6 +726,13 @@ def _peer_muted(c: Call, e: PeerMuted, now: float) -> list[Action]:
     return [Notify(Ev.PEER_MUTED if e.muted else Ev.PEER_UNMUTED, {"call_id": c.call_id})]
 
 
+def _peer_held(c: Call, e: PeerHeld, now: float) -> list[Action]:
+    if e.held == c.peer_held:
+        return []  # told twice: nothing changed
+    c.peer_held = e.held
+    return [Notify(Ev.PEER_HELD if e.held else Ev.PEER_UNHELD, {"call_id": c.call_id})]
+
+
 def _peer_video(c: Call, e: PeerVideo, now: float) -> list[Action]:
     if e.state not in VIDEO_STATES:
         return []  # a state this version does not know: nothing to show
@@ -839,6 +855,7 @@ for _role, _states in ((_CALLER, (_O, _CG, _CD, _RC)), (_CALLEE, (_I, _CG, _CD, 
         TRANSITIONS[(_role, _state, Failed)] = _failed
         TRANSITIONS.setdefault((_role, _state, MediaLost), _media_lost)
         TRANSITIONS[(_role, _state, PeerMuted)] = _peer_muted
+        TRANSITIONS[(_role, _state, PeerHeld)] = _peer_held
         TRANSITIONS[(_role, _state, PeerVideo)] = _peer_video
         if _state in (_CG, _CD, _RC):  # the call timers start once connected
             TRANSITIONS[(_role, _state, TalkTimeUp)] = _talk_time_up

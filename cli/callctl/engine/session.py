@@ -24,6 +24,7 @@ from callctl.media import assembly
 from callctl.media.assembly import MediaOptions
 from callctl.media.errors import BadSdp, DeviceError, MediaError
 from callctl.media.sdp import check_negotiable
+from callctl.media.messages import Messenger
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from callctl.media.ring import RingPlayer
 from callctl.signaling import protocol as p
@@ -114,6 +115,13 @@ class CallSession:
         self._failure: m.Failed | None = None
         #: The ring or ringback playing on the speaker while the call rings.
         self._ring: RingPlayer | None = None
+        #: The call's app messages (its data channel), across every peer connection it has.
+        self.messenger = Messenger(self._on_message)
+        #: We hold the call (``callctl hold``); the peer's hold is ``call.peer_held``.
+        self.held = False
+        self._hold_player: RingPlayer | None = None
+        #: Our video was being sent when the hold began: it comes back after.
+        self._video_before_hold: bool | None = None
         self._runner = asyncio.ensure_future(self._run())  # awaited through ``ended``
 
     # ----------------------------------------------------------- event input
@@ -172,6 +180,9 @@ class CallSession:
         finally:
             if self._ring is not None:
                 self._ring.stop()
+            if self._hold_player is not None:
+                self._hold_player.stop()
+            self.messenger.close()
             await self._tasks.cancel_all()
             self.announced.set()
             self.ended.set()
@@ -186,6 +197,8 @@ class CallSession:
             self.phone.emit(action.event, fields)
             if action.event in (Ev.CALL_INCOMING, Ev.CALL_OUTGOING):
                 self.announced.set()
+            elif action.event in (Ev.PEER_HELD, Ev.PEER_UNHELD):
+                self._apply_hold()
         elif isinstance(action, m.CreateCall):
             self._create_task = self._spawn(self._create(action), "create")
         elif isinstance(action, m.ApplyAnswer):
@@ -242,9 +255,9 @@ class CallSession:
 
     def _new_peer(self) -> PeerConnection:
         call_id = lambda: self.call.call_id  # noqa: E731  # the id may arrive after the peer
-        return assembly.build_peer(
+        peer = assembly.build_peer(
             self.media_opts, self.phone.ice_servers,
-            video_call=self.call.media == p.Media.VIDEO,
+            video_call=self.call.media == p.Media.VIDEO, messenger=self.messenger,
             callbacks=MediaCallbacks(
                 on_device=lambda event, fields: self._emit(Ev(event), **fields),
                 on_first_video=lambda w, h: self._emit(Ev.VIDEO_FLOWING, width=w, height=h),
@@ -254,6 +267,11 @@ class CallSession:
                     Ev.MEDIA_FLOWING, {"call_id": call_id(), "peer": self.call.peer}),
             ),
         )
+        peer.on_dtmf = lambda digit: self._emit(Ev.DTMF, peer=self.call.peer, digit=digit)
+        return peer
+
+    def _on_message(self, kind: str, body: Any) -> None:
+        self._emit(Ev.MESSAGE, peer=self.call.peer, type=kind, body=body)
 
     def _media_lost(self, why: str) -> None:
         log.info("media lost: %s", why)
@@ -397,7 +415,7 @@ class CallSession:
             self._check_gathering(peer)
             if start:
                 peer.start()
-                peer.muted = self.muted
+                self._apply_hold()
         assert self.call.call_id is not None
         reconnecting = self.call.state == m.State.RECONNECTING
         try:
@@ -489,7 +507,7 @@ class CallSession:
     def _start_media(self) -> None:
         if self.peer is not None:
             self.peer.start()
-            self.peer.muted = self.muted
+            self._apply_hold()
             if self.peer.video.source is not None and not self.peer.video.sending:
                 self.video_changed("paused")  # PlanetKit's initial video state "paused": the peer is told
         self._spawn(self._report_levels(), "levels")
@@ -529,10 +547,82 @@ class CallSession:
             return
         self.muted = muted
         if self.peer is not None:
-            self.peer.muted = muted
+            self.peer.muted = muted or self.on_hold
         self._emit(Ev.MEDIA_MUTED if muted else Ev.MEDIA_UNMUTED)
         if self.in_call:
             self._signal("mute" if muted else "unmute", {"audio": True})
+
+    @property
+    def on_hold(self) -> bool:
+        """Held by us or by the peer: no media either way."""
+        return self.held or self.call.peer_held
+
+    def set_held(self, held: bool) -> None:
+        """Hold or take off hold (media stops both ways; the call, its path and its timers go on)."""
+        if held == self.held:
+            return
+        self.held = held
+        self._apply_hold()
+        self._emit(Ev.MEDIA_HELD if held else Ev.MEDIA_UNHELD)
+        if self.in_call:
+            self._signal("hold" if held else "unhold", {})
+
+    def _apply_hold(self) -> None:
+        """Our mic and video stop and the peer's audio is not played while on hold (silence
+        still flows: the path and its watchdogs stay up); held by the peer, the hold sound plays."""
+        peer = self.peer
+        if peer is None or not peer.playing:
+            return
+        on_hold = self.on_hold
+        peer.on_hold = on_hold
+        peer.muted = self.muted or on_hold
+        if peer.video.source is not None:
+            if on_hold and self._video_before_hold is None:
+                self._video_before_hold = peer.video.sending
+                peer.set_video_sending(False)
+            elif not on_hold and self._video_before_hold is not None:
+                peer.set_video_sending(self._video_before_hold)
+                self._video_before_hold = None
+        wanted = self.call.peer_held and self.call.state != m.State.ENDED
+        if wanted and self._hold_player is None and peer.sinks:
+            self._hold_player = RingPlayer(self.media_opts.hold_spec(), peer.sinks[0], ringback=False, hold=True)
+            self._hold_player.start()
+            peer.hold_sink = peer.sinks[0] if self._hold_player.playing else None
+        elif not wanted and self._hold_player is not None:
+            self._hold_player.stop()
+            self._hold_player = None
+            peer.hold_sink = None
+
+    async def switch(self, kind: str, spec: str) -> str:
+        """Send from, play to or film with another device mid-call (``kind``: audio_in, audio_out,
+        video_in): the device behind the same track changes, nothing is renegotiated.  The new
+        device's name; MediaError/DeviceError (the call goes on as it was) if it cannot be opened."""
+        peer = self.peer
+        if peer is None:
+            raise MediaError("no media in this call yet")
+        new: Any = await asyncio.to_thread(assembly.open_switched, self.media_opts, kind, spec)
+        if self.peer is not peer or self.call.state == m.State.ENDED:
+            await asyncio.to_thread(new.close)
+            raise MediaError("the call ended meanwhile")
+        if kind == "audio_in":
+            old: Any = peer.switch_audio_source(new)
+        elif kind == "audio_out":
+            old = peer.switch_audio_sink(new)
+            if self._hold_player is not None:  # the hold sound moves to the new speaker
+                self._hold_player.stop()
+                self._hold_player = None
+                peer.hold_sink = None
+                self._apply_hold()
+        else:
+            old = None
+            if peer.video.source is None and self.call.media != p.Media.VIDEO:
+                await asyncio.to_thread(new.close)
+                raise MediaError("an audio call: turn video on first (callctl video on)")
+            peer.set_video_source(new)  # closes the old one
+        if old is not None:
+            await asyncio.to_thread(old.close)
+        self._emit(Ev.MEDIA_SWITCHED, kind=kind, device=new.name)
+        return str(new.name)
 
     def video_changed(self, state: str) -> None:
         """Tell the user and the peer that our video is now ``state``."""

@@ -12,6 +12,7 @@ kinds, with their ``data``:
     reconnect        {"attempt"}         callee -> caller: our media path broke, please re-offer
                                          (attempt: the last re-offer we answered)
     mute, unmute     {"audio": true}     either way
+    hold, unhold     {}                  either way: no media both ways while held
     video            {"state"}           paused | resumed | enabled | disabled
 """
 
@@ -39,6 +40,8 @@ def event_for(signal: p.CallSignal) -> m.CallEvent | None:
         return m.ReofferRefused()
     if kind in ("mute", "unmute"):
         return m.PeerMuted(kind == "mute")
+    if kind in ("hold", "unhold"):
+        return m.PeerHeld(kind == "hold")
     state = signal.data.get("state")
     if kind == "video" and isinstance(state, str):
         return m.PeerVideo(state)

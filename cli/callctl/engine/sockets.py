@@ -103,14 +103,17 @@ def find_socket(service: str | None, user: str | None, device: str | None) -> Pa
 
 
 def request(path: Path, cmd: str, call_id: str | None = None, timeout: float = 10,
-            arg: str | None = None) -> dict[str, Any]:
+            arg: str | None = None, opts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Send one command and return the answer (blocking; for the short CLI commands)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
             with unix_address(path) as address:
                 s.connect(address)
-            s.sendall(json.dumps({"cmd": cmd, "call_id": call_id, "arg": arg}).encode() + b"\n")
+            req: dict[str, Any] = {"cmd": cmd, "call_id": call_id, "arg": arg}
+            if opts:
+                req["opts"] = opts
+            s.sendall(json.dumps(req).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)

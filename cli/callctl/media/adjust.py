@@ -38,13 +38,31 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
   reordered packet for a wrap) by ``SerialTimestampMapper``.
   ``CALLCTL_STOCK_AUDIO=1`` keeps aiortc's own buffer and writes frames
   straight to the sinks (for A/B measurements).
+- DTMF (``dtmf.py``): RFC 4733 telephone-events on the audio stream.
+  ``telephone-event/48000`` and ``/8000`` are negotiated (payload types 110
+  and 126: none of aiortc's audio or video ones, which share the bundle),
+  always after the real audio codecs, offered or answered, so a peer that
+  lists them first cannot make one our send codec.  A received
+  telephone-event packet is taken before aiortc's receiver would queue it
+  for its decoder (which has none for it: its decoder thread dies and the
+  peer's audio stops); it feeds the stream's statistics and the receiver's
+  ``attach_dtmf_receiver`` callback.  A sender with ``attach_dtmf_sender``
+  has its outgoing RTP packets passed through its rewrite function in
+  ``RTCDtlsTransport._send_rtp``, before encryption: that is where Opus
+  packets become telephone-event packets.  These internals have their own
+  guard (``DTMF_INTERNALS``): when they are not what it expects, DTMF is
+  unavailable (one log line, ``dtmf_problem()`` says why), nothing is
+  negotiated, and the call is otherwise the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
+import logging
 import os
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -83,6 +101,35 @@ INTERNALS = {
 }
 
 STOCK_AUDIO = os.environ.get("CALLCTL_STOCK_AUDIO") == "1"
+
+#: DTMF: the telephone-event codecs offered, (payload type, clock rate): Opus's clock, PCMU/PCMA's.
+TELEPHONE_EVENTS = ((110, 48000), (126, 8000))
+TELEPHONE_EVENT = "audio/telephone-event"
+
+#: The aiortc internals DTMF uses, by module (each must exist, or DTMF is unavailable) ...
+DTMF_INTERNALS = {
+    "aiortc.codecs": ("CODECS",),
+    "aiortc.rtcpeerconnection": ("find_common_codecs",),
+    "aiortc.rtcdtlstransport": ("RTCDtlsTransport", "RtpRouter"),
+    "aiortc.rtcrtpreceiver": ("RTCRtpReceiver", "StreamStatistics"),
+    "aiortc.rtcrtptransceiver": ("RTCRtpTransceiver",),
+    "aiortc.rtcrtpparameters": ("RTCRtpCodecParameters",),
+    "aiortc.rtp": ("is_rtcp",),
+}
+#: ... and (module, class, method it must have, attributes its ``__init__`` must set).
+DTMF_ATTRIBUTES = (
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_send_rtp", ("_rtp_router",)),
+    ("aiortc.rtcdtlstransport", "RtpRouter", "register_sender", ("senders",)),
+    ("aiortc.rtcrtpreceiver", "RTCRtpReceiver", "_handle_rtp_packet",
+     ("_enabled", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__remote_streams")),
+    ("aiortc.rtcrtpreceiver", "StreamStatistics", "add", ("_last_arrival", "_last_timestamp")),
+    ("aiortc.rtcrtptransceiver", "RTCRtpTransceiver", "__init__", ("_codecs",)),
+)
+
+log = logging.getLogger("callctl.media")
+
+#: Why DTMF is unavailable in this process (None: it is available).
+_dtmf_problem: str | None = None
 
 _tuned = False
 
@@ -247,6 +294,7 @@ def tune_aiortc() -> None:
         setattr(aiortc.rtcrtpreceiver, "JitterBuffer", jitter_buffer)  # noqa: B010  # a class replaced by a factory
         # reordered packets now reach the decoder: map their timestamps correctly
         setattr(aiortc.rtcrtpreceiver, "TimestampMapper", SerialTimestampMapper)  # noqa: B010
+    _telephone_events()
     _tuned = True
 
 
@@ -331,6 +379,158 @@ def _any_certificate() -> None:
         return ctx
 
     RTCCertificate._create_ssl_context = create_ssl_context  # type: ignore[method-assign]  # a run-time replacement
+
+
+def dtmf_internals_problem() -> str | None:
+    """What of aiortc's internals DTMF needs is missing or changed (None: all is as verified)."""
+    import importlib
+
+    for module_name, names in DTMF_INTERNALS.items():
+        module = importlib.import_module(module_name)
+        missing = [n for n in names if not hasattr(module, n)]
+        if missing:
+            return f"{module_name} lacks {', '.join(missing)}"
+    for module_name, class_name, method, attributes in DTMF_ATTRIBUTES:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        init = getattr(cls.__init__, "__code__", None)
+        if not callable(getattr(cls, method, None)) or init is None:
+            return f"{module_name}.{class_name} has no {method}"
+        missing = [a for a in attributes if a not in init.co_names]
+        if missing:
+            return f"{module_name}.{class_name} no longer sets {', '.join(missing)}"
+    from aiortc.codecs import CODECS
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    if not isinstance(CODECS, dict) or not isinstance(CODECS.get("audio"), list):
+        return "aiortc.codecs.CODECS has no list of audio codecs"
+    if not (inspect.iscoroutinefunction(RTCDtlsTransport._send_rtp)
+            and inspect.iscoroutinefunction(RTCRtpReceiver._handle_rtp_packet)
+            and "arrival_time_ms" in inspect.signature(RTCRtpReceiver._handle_rtp_packet).parameters):
+        return "RTCDtlsTransport._send_rtp or RTCRtpReceiver._handle_rtp_packet changed"
+    return None
+
+
+def dtmf_problem() -> str | None:
+    """Why DTMF is unavailable with this aiortc (None: it is available)."""
+    return _dtmf_problem
+
+
+def is_telephone_event(codec: Any) -> bool:
+    return str(codec.mimeType).lower() == TELEPHONE_EVENT
+
+
+def negotiated_codecs(transceiver: Any) -> list[Any]:
+    """A transceiver's negotiated codecs, the send codec first (aiortc keeps them private)."""
+    return list(getattr(transceiver, "_codecs", None) or [])
+
+
+def attach_dtmf_sender(sender: Any, rewrite: Callable[[bytes], bytes] | None) -> None:
+    """Every RTP packet ``sender`` sends goes through ``rewrite`` before encryption (None: no more)."""
+    if rewrite is None:
+        vars(sender).pop("_callctl_dtmf", None)
+    else:
+        sender._callctl_dtmf = rewrite
+
+
+def attach_dtmf_receiver(receiver: Any, on_event: Callable[[bytes, int, bool], None] | None) -> None:
+    """Each telephone-event packet ``receiver`` gets: ``on_event(payload, timestamp, marker)``.
+
+    Called on the event loop; None: no more (the packets are still taken from the decoder).
+    """
+    if on_event is None:
+        vars(receiver).pop("_callctl_dtmf", None)
+    else:
+        receiver._callctl_dtmf = on_event
+
+
+def _telephone_events() -> None:
+    """Negotiate telephone-events, take them before the decoder, rewrite a DTMF sender's packets."""
+    global _dtmf_problem
+    problem = dtmf_internals_problem()
+    if problem is not None:
+        _dtmf_problem = f"{problem}: DTMF is unavailable with this aiortc"
+        log.warning("%s", _dtmf_problem)
+        return
+    import aiortc.rtcdtlstransport
+    import aiortc.rtcpeerconnection
+    import aiortc.rtcrtpreceiver
+    from aiortc.codecs import CODECS
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtp import is_rtcp
+
+    audio = CODECS["audio"]
+    if not any(is_telephone_event(c) for c in audio):
+        audio += [RTCRtpCodecParameters(mimeType="audio/telephone-event", clockRate=rate,
+                                        payloadType=pt, parameters={"0-15": None})
+                  for pt, rate in TELEPHONE_EVENTS]
+
+    stock_common = aiortc.rtcpeerconnection.find_common_codecs
+
+    def find_common_codecs(local: list[Any], remote: list[Any]) -> list[Any]:
+        common: list[Any] = stock_common(local, remote)
+        events = [c for c in common if is_telephone_event(c)]
+        if not events:
+            return common
+        media = [c for c in common if not is_telephone_event(c)]
+        return media + events if media else []  # events alone are no audio codec: refused
+
+    setattr(aiortc.rtcpeerconnection, "find_common_codecs", find_common_codecs)  # noqa: B010
+    _take_telephone_events(aiortc.rtcrtpreceiver)
+    _rewrite_dtmf_senders(aiortc.rtcdtlstransport.RTCDtlsTransport, is_rtcp)
+
+
+def _take_telephone_events(module: Any) -> None:
+    """Received telephone-event packets: counted, handed to the receiver's callback, never decoded."""
+    statistics = module.StreamStatistics
+    stock = module.RTCRtpReceiver._handle_rtp_packet
+
+    async def handle_rtp_packet(self: Any, packet: Any, arrival_time_ms: int) -> None:
+        codec = self._RTCRtpReceiver__codecs.get(packet.payload_type)
+        if codec is None or not is_telephone_event(codec):
+            await stock(self, packet, arrival_time_ms=arrival_time_ms)
+            return
+        if not self._enabled:
+            return
+        # the events take the audio's sequence numbers: uncounted, they would be reported lost;
+        # their timestamp is the event's start, not their time: the jitter is the audio's alone
+        streams = self._RTCRtpReceiver__remote_streams
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = statistics(codec.clockRate)
+        last = stream._last_arrival, stream._last_timestamp
+        if last[1] is not None:
+            stream._last_timestamp = packet.timestamp  # add() takes no jitter sample from it
+        stream.add(packet)
+        if last[1] is not None:
+            stream._last_arrival, stream._last_timestamp = last
+        on_event = getattr(self, "_callctl_dtmf", None)
+        if on_event is not None:
+            try:
+                on_event(packet.payload, packet.timestamp, bool(packet.marker))
+            except Exception:  # a broken callback must not stop the peer's audio
+                log.exception("DTMF receiver")
+
+    module.RTCRtpReceiver._handle_rtp_packet = handle_rtp_packet
+
+
+def _rewrite_dtmf_senders(transport_class: Any, is_rtcp: Callable[[bytes], bool]) -> None:
+    """A sender with a DTMF rewrite function: its RTP packets pass through it before encryption."""
+    stock = transport_class._send_rtp
+
+    async def send_rtp(self: Any, data: bytes) -> None:
+        if len(data) >= 12 and not is_rtcp(data):
+            sender = self._rtp_router.senders.get(int.from_bytes(data[8:12], "big"))
+            rewrite = getattr(sender, "_callctl_dtmf", None)
+            if rewrite is not None:
+                try:
+                    data = rewrite(data)
+                except Exception:  # the audio goes on, without DTMF
+                    log.exception("DTMF sender: detached")
+                    attach_dtmf_sender(sender, None)
+        await stock(self, data)
+
+    transport_class._send_rtp = send_rtp
 
 
 def preload() -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
+from callctl.media.errors import MediaError
+from callctl.media.messages import Messenger
 from callctl.media.peer import MediaCallbacks, PeerConnection, VideoSetup
 from callctl.media.ring import RingSpec
 from callctl.media.registry import AUDIO_SINKS, AUDIO_SOURCES, VIDEO_SINKS, VIDEO_SOURCES, OpenParams
@@ -48,10 +50,15 @@ class MediaOptions:
     #: rings (caller): ``tone``, ``none`` or an audio file (media/ring.py).
     ringtone: str = "tone"
     ringback: str = "tone"
+    #: What the speaker plays while the peer holds the call: ``tone``, ``none`` or a file.
+    hold_audio: str = "tone"
 
     def ring_spec(self, *, ringback: bool) -> RingSpec:
         return RingSpec.parse(self.ringback if ringback else self.ringtone,
                               "--ringback" if ringback else "--ringtone")
+
+    def hold_spec(self) -> RingSpec:
+        return RingSpec.parse(self.hold_audio, "--hold-audio")
 
     @property
     def video_format(self) -> VideoFormat:
@@ -79,6 +86,20 @@ def check(opts: MediaOptions) -> None:
     VIDEO_SINKS.check(opts.video_out, opts.params)
     opts.ring_spec(ringback=False)
     opts.ring_spec(ringback=True)
+    opts.hold_spec()
+
+
+def open_switched(opts: MediaOptions, kind: str, spec: str) -> AudioSource | AudioSink | VideoSource:
+    """The device a call switches to mid-call (``callctl switch``): ``kind`` is audio_in, audio_out
+    or video_in.  Blocks (devices open slowly): run it off the event loop."""
+    params = replace(opts.params, watched=True)
+    if kind == "audio_in":
+        return AUDIO_SOURCES.open(spec, params)
+    if kind == "audio_out":
+        return AUDIO_SINKS.open(spec, params)
+    if kind == "video_in":
+        return VIDEO_SOURCES.open(spec, opts.params)
+    raise MediaError(f"nothing to switch called {kind!r}")
 
 
 def open_video_source(opts: MediaOptions) -> VideoSource:
@@ -87,7 +108,7 @@ def open_video_source(opts: MediaOptions) -> VideoSource:
 
 
 def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: bool,
-               callbacks: MediaCallbacks) -> PeerConnection:
+               callbacks: MediaCallbacks, messenger: Messenger | None = None) -> PeerConnection:
     """Open the source and sinks of one call and the peer connection that carries them."""
     from callctl.media.devices import absent_ok
     from callctl.media.recorder import RecordedVideo, Recorder
@@ -122,7 +143,7 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
                 video.sinks.append(RecordedVideo(recorder))
         return PeerConnection(ice_servers, source, sinks, callbacks, video=video,
                               voice=VoiceSettings(bitrate=opts.bitrate_kbps * 1000),
-                              relay_only=opts.relay_only)
+                              relay_only=opts.relay_only, messenger=messenger)
     except BaseException:
         for endpoint in reversed(opened):  # nothing opened for a call that never starts stays open
             endpoint.close()

@@ -23,6 +23,15 @@ class BadSdp(Exception):
     """The peer's offer or answer cannot make a call (garbage, no audio, no ICE or DTLS)."""
 
 
+class MessageError(Exception):
+    """An app message was not delivered (refused before sending, no data channel, no ack)."""
+
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        #: The message itself is at fault (its kind, body or size): a usage error, nothing sent.
+        self.usage = usage
+
+
 class UnsupportedStack(Exception):
     """aiortc or aioice is a version whose internals we have not verified."""
 

@@ -3,6 +3,10 @@
 The only module that uses aiortc's camelCase API for a call.  Audio and video
 are both negotiated in every call (video held until used), so pausing,
 resuming and turning video on are a track swap, never a renegotiation.
+DTMF rides on the audio stream as RFC 4733 telephone-events (``dtmf.py``):
+``send_dtmf``, ``on_dtmf``, ``dtmf_ready``.
+With a ``Messenger``, each connection also carries the call's data channel
+for app messages (``messages.py`` makes it and speaks aiortc's channel API).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import numpy as np
 
 from callctl.media.adjust import STOCK_AUDIO, gathering_outcomes, selected_pair, tune_aiortc
 from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
-from callctl.media.errors import BadSdp
+from callctl.media.dtmf import CallDtmf
+from callctl.media.errors import BadSdp, MediaError
+from callctl.media.messages import Messenger, create_channel
 from callctl.media.playout import PlayoutBuffer
-from callctl.media.sdp import check_sdp, refusals
+from callctl.media.sdp import check_sdp, has_data_channel, refusals
 from callctl.media.stats import link_stats
 from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
 from callctl.media.video_sinks import VideoSink
@@ -71,8 +77,12 @@ class PeerConnection:
         video: VideoSetup | None = None,
         voice: VoiceSettings | None = None,
         relay_only: bool = False,
+        messenger: Messenger | None = None,
     ) -> None:
         tune_aiortc()
+        #: The call's app messages: each peer connection's data channel is attached to it.
+        self.messenger = messenger
+        self._channel: Any = None
         self.voice = voice or VoiceSettings()
         self.video = video or VideoSetup()
         self.video_sent = Meter()
@@ -86,8 +96,19 @@ class PeerConnection:
         self.playout = PlayoutBuffer()
         self._started = asyncio.Event()
         self.muted = False
+        #: Held, by us or by the peer: the peer's audio is not played (silence to the sinks) ...
+        self.on_hold = False
+        #: ... and this sink, where the hold sound plays, gets nothing from the call meanwhile.
+        self.hold_sink: AudioSink | None = None
         self.playing = False
         self.first_remote_frame_at: float | None = None
+        #: The peer's newest video frame (``callctl snapshot``), and whether one came at all.
+        self.last_video_frame: Any = None
+        self.video_arrived = asyncio.Event()
+        self._watched: list[Any] | None = None
+        #: Called on the event loop once per DTMF digit the peer sends (RFC 4733 telephone-event).
+        self.on_dtmf: Callable[[str], None] | None = None
+        self._dtmf = CallDtmf(self._dtmf_heard)
         self._closing = False
         self._up = False
         self._last_rx = time.monotonic()
@@ -119,6 +140,7 @@ class PeerConnection:
             )
         )
         generation = self.generation
+        pc.on("connectionstatechange", lambda: self._dtmf_follow(pc))  # before on_up is told
         pc.on("connectionstatechange", lambda: self._state_changed(generation))
         pc.on("track", self._on_track)
         return pc
@@ -132,6 +154,8 @@ class PeerConnection:
         when another device than the prepared one answered.
         """
         old = self.pc
+        self._dtmf.detach("the call reconnected")
+        self._detach_channel()
         self.generation += 1
         self.ice_servers = ice_servers
         self._up = False
@@ -151,13 +175,14 @@ class PeerConnection:
     # ------------------------------------------------------------ negotiation
     def _audio_track(self) -> Any:
         """Our source as a track, held behind the start gate until ``start()``."""
-        return make_source_track(self.source, self.sent, lambda: self.muted, self._started)
+        return make_source_track(lambda: self.source, self.sent, lambda: self.muted, self._started)
 
     async def create_offer(self) -> str:
         self.pc.addTransceiver(self._audio_track(), direction="sendrecv")
         # video is negotiated in every call, held until used: pause, resume and
         # "video on" in an audio call are then a track swap, with no renegotiation
         self.pc.addTransceiver("video", direction="sendrecv")
+        self._attach_channel()
         with voice_settings(self.voice):  # the sender tasks aiortc spawns take it along
             await self.pc.setLocalDescription(await self.pc.createOffer())
         if self.playing and self.video.source is not None and self.video.sending:
@@ -176,6 +201,8 @@ class PeerConnection:
         self._remote_sdp = sdp
         with voice_settings(self.voice), refusals("answer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        if self.messenger is not None and not has_data_channel(sdp):
+            self.messenger.unavailable("the peer's answer has no data channel")
 
     @property
     def has_answer(self) -> bool:
@@ -188,6 +215,10 @@ class PeerConnection:
         check_sdp(offer_sdp, "offer")
         with voice_settings(self.voice), refusals("offer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if has_data_channel(offer_sdp):
+                self._attach_channel()  # the peer made the same negotiated channel
+            elif self.messenger is not None:
+                self.messenger.unavailable("the peer's offer has no data channel")
             for transceiver in self.pc.getTransceivers():
                 transceiver.direction = "sendrecv"
                 if transceiver.kind == "audio":
@@ -196,6 +227,17 @@ class PeerConnection:
         if self.playing and self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
         return str(self.pc.localDescription.sdp)
+
+    def _attach_channel(self) -> None:
+        """This connection's message channel, made the same on both sides (negotiated, id 0)."""
+        if self.messenger is not None and self._channel is None:
+            self._channel = create_channel(self.pc)
+            self.messenger.attach(self._channel)
+
+    def _detach_channel(self) -> None:
+        if self.messenger is not None and self._channel is not None:
+            self.messenger.detach(self._channel)
+        self._channel = None
 
     # ------------------------------------------------------------------ media
     def start(self) -> None:
@@ -208,15 +250,37 @@ class PeerConnection:
         if self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
         self._spawn(self._watch_rtp(self.generation))
-        self._spawn(watch_devices([self.source, *self.sinks], self.callbacks.on_device))
+        self._spawn(watch_devices(self._endpoints, self.callbacks.on_device))
         if not STOCK_AUDIO:
             self._spawn(self._playout_clock())
+
+    @property
+    def _endpoints(self) -> list[Any]:
+        """What the device watchdog watches: the same list object, kept current by the switches."""
+        if self._watched is None:
+            self._watched = [self.source, *self.sinks]
+        return self._watched
+
+    def switch_audio_source(self, source: AudioSource) -> AudioSource:
+        """Send from ``source`` from now on, on the same track (no renegotiation); the old one
+        is returned for the caller to close."""
+        old, self.source = self.source, source
+        self._endpoints[:] = [source if e is old else e for e in self._endpoints]
+        return old
+
+    def switch_audio_sink(self, sink: AudioSink) -> AudioSink:
+        """Play the peer into ``sink`` instead of the first sink (the speaker); the old one is returned."""
+        old = self.sinks[0]
+        self.sinks[0] = sink
+        self._endpoints[:] = [sink if e is old else e for e in self._endpoints]
+        if self.hold_sink is old:
+            self.hold_sink = None
+        return old
 
     def set_video_source(self, source: VideoSource | None) -> None:
         """Use this video source from now on (None: stop sending video)."""
         old = self.video.source
-        self.video.source = source
-        self._video_track = None
+        self.video.source = source  # the track, if there is one, takes its frames from here now
         if old is not None and old is not source:
             old.close()
         if self.playing:
@@ -230,7 +294,7 @@ class PeerConnection:
         track = None
         if sending and self.video.source is not None:
             if self._video_track is None:
-                self._video_track = make_video_track(self.video.source, self.video.fps, self.video_sent)
+                self._video_track = make_video_track(lambda: self.video.source, self.video.fps, self.video_sent)
             track = self._video_track
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
@@ -260,6 +324,8 @@ class PeerConnection:
             if first:
                 first = False
                 self.callbacks.on_first_video(frame.width, frame.height)
+            self.last_video_frame = frame
+            self.video_arrived.set()
             self.video_received.note(1.0)
             for sink in self.video.sinks:
                 try:
@@ -282,9 +348,12 @@ class PeerConnection:
                 self.playout.push(frame.pts, pcm, self._last_rx)
 
     def _play(self, pcm: np.ndarray) -> None:
+        if self.on_hold:
+            pcm = np.zeros_like(pcm)
         self.received.note(level(pcm))
         for sink in self.sinks:
-            sink.write(pcm)
+            if sink is not self.hold_sink:
+                sink.write(pcm)
 
     async def _playout_clock(self) -> None:
         """Every 20 ms: the next frame from the playout buffer to the sinks."""
@@ -347,6 +416,37 @@ class PeerConnection:
                 return "ICE found no working path to the peer"
         return f"media path {state}"
 
+    # ------------------------------------------------------------------ DTMF
+    @property
+    def dtmf_ready(self) -> bool:
+        """DTMF can be sent: telephone-event negotiated, and audio flowing both ways."""
+        receiving = self.first_remote_frame_at is not None and time.monotonic() - self._last_rx < 1.0
+        return self.playing and not self._closing and self._dtmf.ready(self.pc, receiving)
+
+    async def send_dtmf(self, tones: str, duration_ms: int = 100, gap_ms: int = 70) -> None:
+        """Send DTMF ``tones`` as RFC 4733 telephone-events on the call's audio; returns once sent.
+
+        ``tones``: 0-9, *, #, A-D; ``,`` pauses 2 s, ``w`` 0.5 s (``dtmf.check_tones``).
+        MediaError when a tone or a duration is not allowed, the peer did not
+        negotiate telephone-event, or the call's audio sender is gone.
+        """
+        if self._closing or not self.playing:
+            raise MediaError("DTMF not sent: no call in progress")
+        await self._dtmf.send(self.pc, tones, duration_ms, gap_ms)
+
+    def _dtmf_follow(self, pc: Any) -> None:
+        if pc is self.pc and not self._closing:
+            self._dtmf.follow(pc)
+
+    def _dtmf_heard(self, digit: str | None) -> None:
+        """A telephone-event packet from the peer: media (its audio pauses during a tone)."""
+        self._last_rx = time.monotonic()  # a 6 s tone must not look like a vanished peer
+        if digit is not None and self.playing and self.on_dtmf is not None:
+            try:
+                self.on_dtmf(digit)
+            except Exception as exc:  # a broken callback must not stop the call
+                log.error("DTMF callback: %s", exc)
+
     # --------------------------------------------------------------- network
     def route(self) -> dict[str, str]:
         """The candidate pair the media goes over: its local and remote types, and how.
@@ -407,6 +507,8 @@ class PeerConnection:
         if self._closing:
             return
         self._closing = True
+        self._dtmf.detach("the call ended")
+        self._detach_channel()
         # on a dead path, aiortc would wait out its TURN server (releasing the
         # allocation) for many seconds: the allocation expires by itself
         with contextlib.suppress(Exception):

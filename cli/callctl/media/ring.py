@@ -5,7 +5,8 @@
 ``none`` or a file path.  The sound goes to the call's speaker sink before its
 media starts, 20 ms at a time on the event loop's clock, and stops at once when
 the call leaves ringing: the device's queue is flushed, nothing rings on.
-Sinks that are not speakers (``null``, ``file:``) never ring.
+Sinks that are not speakers (``null``, ``file:``) never ring.  The same player
+plays ``--hold-audio`` (``tone``, ``none`` or a file) on the side that is held.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ RING_PATTERN = [(0.4, 0.2), (0.4, 2.0)]
 #: The ringback: ITU-T E.180's 425 Hz, 1 s on, 4 s off (most of Europe).
 RINGBACK_HZ = (425.0,)
 RINGBACK_PATTERN = [(1.0, 4.0)]
+#: On hold: two soft 440 Hz pips every 4 s, so the held side knows the call is still there.
+HOLD_HZ = (440.0,)
+HOLD_PATTERN = [(0.15, 0.15), (0.15, 3.55)]
 AMPLITUDE = 0.3
 
 
@@ -91,10 +95,10 @@ def rings(sink: AudioSink) -> bool:
 
 
 class RingPlayer:
-    """Plays one ring or ringback into a speaker sink until stopped."""
+    """Plays one ring, ringback or hold sound into a speaker sink until stopped."""
 
-    def __init__(self, spec: RingSpec, sink: AudioSink, *, ringback: bool) -> None:
-        self.spec, self.sink, self.ringback = spec, sink, ringback
+    def __init__(self, spec: RingSpec, sink: AudioSink, *, ringback: bool, hold: bool = False) -> None:
+        self.spec, self.sink, self.ringback, self.hold = spec, sink, ringback, hold
         self.frames = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -123,6 +127,8 @@ class RingPlayer:
         if self.spec.kind == "file":
             assert self.spec.path is not None
             source: _Cycle | FileSource = FileSource(self.spec.path, loop=True)
+        elif self.hold:
+            source = _Cycle(pattern_pcm(HOLD_HZ, HOLD_PATTERN, AMPLITUDE / 2))
         elif self.ringback:
             source = _Cycle(pattern_pcm(RINGBACK_HZ, RINGBACK_PATTERN))
         else:

@@ -78,9 +78,13 @@ class Meter:
         return peak
 
 
-def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], bool],
+def make_source_track(source: AudioSource | Callable[[], AudioSource], meter: Meter, muted: Callable[[], bool],
                       gate: asyncio.Event | None = None) -> Any:
     """An aiortc audio track pulling 20 ms frames from ``source``, paced by the clock.
+
+    ``source`` may be a function giving the source of the moment: a device
+    switched mid-call (``callctl switch``) feeds the same track, whose
+    timestamps and format run on unbroken (a new track would restart them).
 
     With a ``gate``, the first ``recv()`` waits until the gate opens: the track
     can be attached when the offer/answer is made, and the first frame leaves
@@ -91,6 +95,7 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
 
     base = _track_base()
     time_base = fractions.Fraction(1, RATE)
+    current: Callable[[], AudioSource] = source if callable(source) else (lambda: source)
 
     class SourceTrack(base):  # type: ignore[misc,valid-type]  # aiortc's track class, imported lazily
         kind = "audio"
@@ -105,7 +110,7 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
             if gate is not None and not gate.is_set():
                 await gate.wait()
             n = await self._pacer.tick()
-            pcm = source.read()
+            pcm = current().read()
             if muted():
                 pcm = SILENCE
             meter.note(level(pcm))
@@ -119,10 +124,16 @@ def make_source_track(source: AudioSource, meter: Meter, muted: Callable[[], boo
 
 
 def make_video_track(source: Any, fps: float, meter: Meter) -> Any:
-    """An aiortc video track sending the source's newest frame ``fps`` times a second."""
+    """An aiortc video track sending the source's newest frame ``fps`` times a second.
+
+    ``source`` may be a function giving the source of the moment (None: black),
+    so that a camera switched mid-call feeds the same track: its timestamps run
+    on (a new track's would restart at 0, and a browser shows a frozen picture).
+    """
     from aiortc.mediastreams import MediaStreamError
 
     base = _track_base()
+    current: Callable[[], Any] = source if callable(source) and not hasattr(source, "latest") else (lambda: source)
     clock = 90000
     time_base = fractions.Fraction(1, clock)
 
@@ -140,7 +151,8 @@ def make_video_track(source: Any, fps: float, meter: Meter) -> Any:
             n = await self._pacer.tick()
             # the newest frame; the same one again if the source is slower than fps
             # (re-stamping it is safe: the sender encodes it before asking again)
-            frame = source.latest()
+            now = current()
+            frame = now.latest() if now is not None else None
             if frame is None:
                 frame = self._black_frame()
             frame.pts = int(n * clock / fps)

@@ -37,6 +37,12 @@ PLAIN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     Ev.MEDIA_UNMUTED: lambda r: "microphone unmuted",
     Ev.PEER_MUTED: lambda r: "peer muted",
     Ev.PEER_UNMUTED: lambda r: "peer unmuted",
+    Ev.MEDIA_HELD: lambda r: "call on hold",
+    Ev.MEDIA_UNHELD: lambda r: "call taken off hold",
+    Ev.PEER_HELD: lambda r: "the peer put the call on hold",
+    Ev.PEER_UNHELD: lambda r: "the peer took the call off hold",
+    Ev.DTMF: lambda r: f"DTMF {r['digit']}",
+    Ev.MESSAGE: lambda r: f"message: {_short(r.get('body'))}",
     Ev.DEVICE_LOST: lambda r: f"{r['kind']} {r['device']!r} stopped (unplugged?): silent until it is back",
     Ev.DEVICE_RESTORED: lambda r: f"{r['kind']} {r['device']!r} is back",
     Ev.ERROR: lambda r: f"error: {r['message']}",
@@ -77,6 +83,19 @@ class PlainOutput:
             print(f"callctl: {render(record)}", file=sys.stderr, flush=True)
 
 
+def _hold_words(call: dict[str, Any]) -> str:
+    if call.get("held"):
+        return "  ON HOLD (h takes it off)"
+    return "  held by the peer" if call.get("peer_held") else ""
+
+
+def _short(body: Any, limit: int = 60) -> str:
+    """A message's body on one line of a terminal: no control characters, cut at ``limit``."""
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _meter(value: float, width: int = 20) -> str:
     filled = min(width, int(round(value * width * 2)))  # speech peaks rarely pass 0.5
     return "█" * filled + "·" * (width - filled)
@@ -91,7 +110,7 @@ STATE_KEYS = {
     "incoming": "a answer · d decline",
     "outgoing": "q cancel",
     "connecting": "q hang up",
-    "connected": "m mute · q hang up",
+    "connected": "m mute · h hold · q hang up",
     "reconnecting": "m mute · q hang up",
 }
 STATE_WORDS = {
@@ -120,7 +139,7 @@ class LiveView:
     stays on screen: the call that ended (``call``) or the waiting phone.
     """
 
-    KEYS = {"a": "accept", "d": "decline", "m": "toggle-mute", "q": "hangup"}
+    KEYS = {"a": "accept", "d": "decline", "m": "toggle-mute", "h": "toggle-hold", "q": "hangup"}
     WIDTH = 76
 
     def __init__(self, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
@@ -168,6 +187,7 @@ class LiveView:
                 words += f" ({call.get('media', 'audio')})"
             if call.get("duration_s") is not None:
                 words += f"  {_clock(call['duration_s'])}"
+            words += _hold_words(call)
             table.add_row("call", words)
             table.add_row("mic", _meter(call.get("level_out", 0.0)) + ("  MUTED" if call.get("muted") else ""))
             table.add_row("remote", _meter(call.get("level_in", 0.0)) + ("  muted" if call.get("peer_muted") else ""))
@@ -200,9 +220,9 @@ class LiveView:
             return "callctl: " + ("waiting for calls" if not self.ended else ended_text(self.ended))
         parts = [str(call.get("peer") or "?"), STATE_WORDS.get(call.get("state", ""), "")]
         if call.get("duration_s") is not None:
-            parts.append(_clock(call["duration_s"]))
-        parts.append("mic " + _meter(call.get("level_out", 0.0), 6) + (" MUTED" if call.get("muted") else ""))
-        parts.append("remote " + _meter(call.get("level_in", 0.0), 6))
+            parts.append(_clock(call["duration_s"]) + _hold_words(call))
+        parts.append("mic " + _meter(call.get("level_out", 0.0), 5) + (" MUTED" if call.get("muted") else "")
+                     + " remote " + _meter(call.get("level_in", 0.0), 5))
         parts.append(STATE_KEYS.get(call.get("state", ""), ""))
         return " · ".join(p for p in parts if p)
 

@@ -39,8 +39,25 @@ const state = {
   mediaBlocked: !window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia,
   ringing: null,       // {kind: "ring"|"ringback", call_id, title, notified} while a ring plays
   early: [],           // events of a call we placed whose id the POST has not told us yet
+  messages: [],        // messages the peer sent, {type, body}, for tests
+  // the door button: ?door=dtmf:9# | text:open | json:{"action":"open"} (default), ?door-label=Unlock
+  door: parseDoor(new URLSearchParams(location.search)),
 };
 const TITLE = document.title;
+const MAX_MESSAGE_BYTES = 16384;  // as callctl's: the whole JSON text of one message
+
+function parseDoor(params) {
+  const spec = params.get("door") || 'json:{"action":"open-door"}';
+  const at = spec.indexOf(":");
+  const kind = at < 0 ? "text" : spec.slice(0, at);
+  const value = at < 0 ? spec : spec.slice(at + 1);
+  const label = params.get("door-label") || "Open door";
+  if (kind === "dtmf") return { kind, value, label };
+  if (kind === "json") {
+    try { return { kind, value: JSON.parse(value), label }; } catch (e) { return { kind: "text", value, label }; }
+  }
+  return { kind: "text", value, label };
+}
 // why there is no microphone, and what to do: [text, is-code] parts
 const INSECURE_PARTS = [
   ["This page cannot use the microphone: browsers allow it only over HTTPS or on localhost, "
@@ -255,6 +272,7 @@ function replayEarly(call) {
 
 function newPeerConnection(call) {
   const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: state.relayOnly ? "relay" : "all" });
+  attachChannel(call, pc);
   pc.ontrack = (e) => {
     if (call.pc !== pc) return;
     const stream = e.streams[0] || new MediaStream([e.track]);
@@ -289,6 +307,99 @@ function newPeerConnection(call) {
     }
   };
   return pc;
+}
+
+// ----------------------------------------------------------------- messages
+// One data channel per peer connection, made by both sides (negotiated, id 0),
+// as callctl does: {"v":1,"id":N,"type":"text"|"json","body":…} and {"v":1,"ack":N}.
+// A message not acknowledged is sent again on the next connection's channel.
+
+function attachChannel(call, pc) {
+  const ch = pc.createDataChannel("callctl", { negotiated: true, id: 0, ordered: true });
+  call.channel = ch;
+  ch.onopen = () => {
+    if (call.channel !== ch) return;
+    for (const entry of call.outbox.values()) ch.send(entry.text);
+  };
+  ch.onmessage = (e) => { if (call.channel === ch) onChannelMessage(call, ch, e.data); };
+}
+
+function onChannelMessage(call, ch, data) {
+  if (typeof data !== "string" || data.length > MAX_MESSAGE_BYTES * 4) return;
+  let m;
+  try { m = JSON.parse(data); } catch (e) { return; }
+  if (!m || typeof m !== "object" || m.v !== 1) return;
+  if (Number.isSafeInteger(m.ack)) {
+    const entry = call.outbox.get(m.ack);
+    if (entry) { call.outbox.delete(m.ack); entry.done(true); }
+    return;
+  }
+  if (!Number.isSafeInteger(m.id) || m.id < 1 || !["text", "json"].includes(m.type)) return;
+  if (m.type === "text" && typeof m.body !== "string") return;
+  ch.send(JSON.stringify({ v: 1, ack: m.id }));
+  if (call.seen.has(m.id)) return;
+  call.seen.add(m.id);
+  state.messages.push({ type: m.type, body: m.body });
+  chatLine(call.peer + ": " + (m.type === "text" ? m.body : JSON.stringify(m.body)), "in");
+}
+
+// resolves true once the peer acknowledged it, false when the call ended first
+function sendMessage(call, type, body) {
+  const id = call.nextMessageId++;
+  const text = JSON.stringify({ v: 1, id, type, body });
+  if (new TextEncoder().encode(text).length > MAX_MESSAGE_BYTES) {
+    say("That message is too long (at most " + MAX_MESSAGE_BYTES + " bytes).", true);
+    return Promise.resolve(false);
+  }
+  return new Promise((resolve) => {
+    call.outbox.set(id, { text, done: resolve });
+    if (call.channel && call.channel.readyState === "open") call.channel.send(text);
+  });
+}
+
+function chatLine(text, cls) {
+  const li = document.createElement("li");
+  li.className = cls;
+  li.textContent = text;  // never as HTML: the peer's words are text
+  $("chat-log").appendChild(li);
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
+  return li;
+}
+
+async function sendChat(e) {
+  e.preventDefault();
+  const call = state.call;
+  const text = $("chat-input").value;
+  if (!call || !call.connectedAt || !text) return;
+  $("chat-input").value = "";
+  const li = chatLine("you: " + text, "out");
+  li.classList.add((await sendMessage(call, "text", text)) ? "delivered" : "failed");
+}
+
+function sendDtmf(tones) {
+  const call = state.call;
+  if (!call || !call.pc || !call.connectedAt) return false;
+  const sender = call.pc.getSenders().find((s) => s.track && s.track.kind === "audio") ||
+                 call.pc.getSenders().find((s) => s.dtmf);
+  if (!sender || !sender.dtmf || !sender.dtmf.canInsertDTMF) {
+    say("The other side takes no DTMF in this call.", true);
+    return false;
+  }
+  sender.dtmf.insertDTMF(tones, 100, 70);
+  state.dtmfSent = (state.dtmfSent || "") + tones;
+  return true;
+}
+
+async function openDoor() {
+  const call = state.call;
+  if (!call || !call.connectedAt) return;
+  const door = state.door;
+  if (door.kind === "dtmf") {
+    if (sendDtmf(door.value)) say(door.label + ": sent " + door.value);
+    return;
+  }
+  const ok = await sendMessage(call, door.kind, door.value);
+  say(door.label + (ok ? ": done" : ": not delivered"), !ok);
 }
 
 // ------------------------------------------------------------- reconnecting
@@ -568,7 +679,9 @@ function newCall(fields) {
   return Object.assign({
     id: null, peer: null, role: null, media: "audio", pc: null, local: null,
     state: "idle", answered: false, mediaUp: false, connectedAt: null,
-    muted: false, videoSending: false, prepared: null, peerFlags: {},
+    muted: false, held: false, videoSending: false, prepared: null, peerFlags: {},
+    // app messages (callctl's data channel, docs/CONTROL.md): ours waiting for an ack, ids seen
+    channel: null, nextMessageId: 1, outbox: new Map(), seen: new Set(),
     // wall-clock ms of the call's milestones (shown to tests and benchmarks)
     timeline: { start: Date.now(), connected: null, firstAudio: null },
   }, fields);
@@ -608,6 +721,9 @@ function showCall(call) {
     $("peer-flags").textContent = "";
     $("mic-level").value = 0;
     $("peer-level").value = 0;
+    $("remote-audio").muted = false;
+    $("chat-log").textContent = "";
+    $("keypad").hidden = true;
   }
   $("ringing").hidden = true;
   $("incall").hidden = false;
@@ -620,6 +736,14 @@ function updateButtons(call) {
   const ready = !!call.local;  // before the microphone is open there is nothing to mute or pause
   $("mute").textContent = call.muted ? "Unmute" : "Mute";
   $("mute").disabled = !ready;
+  const inCall = ready && !!call.connectedAt;
+  $("door").textContent = state.door.label;
+  $("door").disabled = !inCall;
+  $("chat-send").disabled = !inCall;
+  for (const b of $("keypad").querySelectorAll("button")) b.disabled = !inCall;
+  $("keypad-toggle").disabled = !inCall;
+  $("hold").textContent = call.held ? "Unhold" : "Hold";
+  $("hold").disabled = !ready || !call.connectedAt;
   const hasVideo = ready && call.local.getVideoTracks().length > 0;
   $("video-toggle").textContent = call.videoSending ? "Pause video" : hasVideo ? "Resume video" : "Start video";
   $("video-toggle").disabled = !ready;
@@ -741,6 +865,7 @@ function maybeConnected(call) {
     call.connectedAt = Date.now();
     call.timeline.connected = call.connectedAt;
     setCallState(call, "connected");
+    updateButtons(call);
     say("Connected to " + call.peer);
     const tick = () => {
       if (state.call !== call) return;
@@ -766,10 +891,19 @@ function onSignal(call, ev) {
     startReconnecting(call, true);
   } else if (ev.kind === "mute" || ev.kind === "unmute") {
     call.peerFlags.muted = ev.kind === "mute";
+  } else if (ev.kind === "hold" || ev.kind === "unhold") {
+    call.peerFlags.held = ev.kind === "hold";
+    applyHold(call);
   } else if (ev.kind === "video") {
     call.peerFlags.video = ev.data.state;
   }
+  showFlags(call);
+}
+
+function showFlags(call) {
   const f = [];
+  if (call.held) f.push("on hold");
+  if (call.peerFlags.held) f.push(call.peer + " put the call on hold");
   if (call.peerFlags.muted) f.push(call.peer + " muted");
   if (call.peerFlags.video) f.push(call.peer + "'s video " + call.peerFlags.video);
   $("peer-flags").textContent = f.join(" · ");
@@ -785,14 +919,37 @@ function toggleMute() {
   const call = state.call;
   if (!call || !call.local) return;
   call.muted = !call.muted;
-  call.local.getAudioTracks().forEach((t) => { t.enabled = !call.muted; });
+  applyHold(call);
   signal(call.muted ? "mute" : "unmute", { audio: true });
   updateButtons(call);
+}
+
+// on hold (ours or the peer's): our microphone sends silence, the peer is not
+// played, our video stops; the path stays up and comes back as it was
+function applyHold(call) {
+  const onHold = call.held || !!call.peerFlags.held;
+  if (call.local) call.local.getAudioTracks().forEach((t) => { t.enabled = !call.muted && !onHold; });
+  $("remote-audio").muted = onHold;
+  const track = call.local && call.local.getVideoTracks()[0];
+  if (call.videoTransceiver && track && call.videoSending) {
+    call.videoTransceiver.sender.replaceTrack(onHold ? null : track).catch(() => {});
+  }
+}
+
+function toggleHold() {
+  const call = state.call;
+  if (!call || !call.local || !call.connectedAt) return;
+  call.held = !call.held;
+  applyHold(call);
+  signal(call.held ? "hold" : "unhold", {});
+  updateButtons(call);
+  showFlags(call);
 }
 
 async function toggleVideo() {
   const call = state.call;
   if (!call || !call.pc || !call.videoTransceiver) return;
+  if (call.held || call.peerFlags.held) return say("The call is on hold: its video comes back with it.", true);
   let track = call.local.getVideoTracks()[0];
   if (!track) {  // an audio call: turn video on
     try {
@@ -842,6 +999,8 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
   }
   clearTimeout(call.reconnectDeadline);
   if (call.pc) call.pc.close();
+  for (const entry of call.outbox.values()) entry.done(false);
+  call.outbox.clear();
   if (call.local) call.local.getTracks().forEach((t) => t.stop());
   if (call.audioContext) call.audioContext.close().catch(() => {});
   state.lastEnd = { reason, source, call_id: call.id, timeline: call.timeline };
@@ -883,6 +1042,11 @@ window.addEventListener("DOMContentLoaded", () => {
   $("decline").addEventListener("click", decline);
   $("hangup").addEventListener("click", hangup);
   $("mute").addEventListener("click", toggleMute);
+  $("hold").addEventListener("click", toggleHold);
+  $("door").addEventListener("click", openDoor);
+  $("chat-form").addEventListener("submit", sendChat);
+  for (const b of $("keypad").querySelectorAll("button")) b.addEventListener("click", () => sendDtmf(b.dataset.key));
+  $("keypad-toggle").addEventListener("click", () => { $("keypad").hidden = !$("keypad").hidden; });
   $("video-toggle").addEventListener("click", toggleVideo);
   const saved = localStorage.getItem("callctl.token");
   if (saved) signIn(saved);
@@ -891,6 +1055,7 @@ window.addEventListener("DOMContentLoaded", () => {
 // what the tests (and curious people in the console) can read
 window.callctl = {
   state,
+  sendMessage: (type, body) => state.call && sendMessage(state.call, type, body),
   remoteDominantHz,
   ringtone,
   async stats() {
