@@ -252,6 +252,7 @@ class Phone:
             log.info("reopening the event stream (%s)", item.error.message)
             return
         self.offline_reason = item.error.message
+        log.info("event stream down (%s): trying again in %.1f s", item.error.message, item.retry_in)
         if self.online or not self.registered.is_set():
             self._lost_told = True
             self.emit(Ev.SERVER_LOST, {"message": item.error.message,

@@ -165,6 +165,9 @@ FIRST_EVENT_TIMEOUT_S = 10.0
 #: While hurrying (``EventStream.restart``): connect timeout and longest wait between tries.
 HURRY_CONNECT_S = 0.7
 HURRY_BACKOFF_S = 0.2
+#: The longest wait between two attempts to open the event stream (±20 %): a server that
+#: comes back after any outage is reached again within 5 s.
+MAX_BACKOFF_S = 4.0
 
 
 class SignalingClient:
@@ -295,7 +298,7 @@ class SignalingClient:
         return msgspec.json.decode(resp.content, type=p.Health)
 
     # ---------------------------------------------------------------- events
-    def events(self, *, max_backoff: float = 5.0, allow: frozenset[str] | None = None) -> EventStream:
+    def events(self, *, max_backoff: float = MAX_BACKOFF_S, allow: frozenset[str] | None = None) -> EventStream:
         """The event stream; ``allow``: the only callers this device rings for (the server
         sends no ringback to others: this device refuses them)."""
         return EventStream(self, max_backoff=max_backoff, allow=allow)
