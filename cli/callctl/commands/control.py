@@ -171,15 +171,14 @@ def dtmf(ctx: typer.Context,
          gap: Annotated[int, typer.Option(min=30, max=6000, help="Milliseconds of quiet after each tone.")] = 70,
          device: DeviceOpt = None) -> None:
     """Send DTMF digits in the current call (RFC 4733, as a phone keypad does); exits 0 once they are sent."""
-    from callctl.media.dtmf import check_tones
+    from callctl.media.dtmf import check_tones, playing_time_s
 
     try:
         check_tones(tones)
     except ValueError as exc:
         fail(str(exc), ExitCode.USAGE)
-    pauses = tones.count(",") * 2.0 + tones.lower().count("w") * 0.5
     _send(ctx, "dtmf", None, device, tones, opts={"duration_ms": duration, "gap_ms": gap},
-          timeout=pauses + len(tones) * (duration + gap) / 1000 + 20)
+          timeout=playing_time_s(tones, duration, gap) + 20)
 
 
 def send(ctx: typer.Context,

@@ -131,7 +131,7 @@ def _int_opt(opts: dict[str, Any], key: str, default: int, low: int, high: int) 
 
 def _dtmf(s: CallSession, req: Request) -> Answer | Later:
     """Send DTMF digits on the call's audio (RFC 4733); the answer comes once they are sent."""
-    from callctl.media.dtmf import check_tones
+    from callctl.media.dtmf import check_tones, playing_time_s
 
     if s.peer is None or s.call.state != m.State.CONNECTED:
         return {"ok": False, "error": f"DTMF needs a connected call (this one is {s.call.state.value})"}
@@ -153,8 +153,7 @@ def _dtmf(s: CallSession, req: Request) -> Answer | Later:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "sent": tones, "call": call_status(s)}
 
-    pauses = tones.count(",") * 2.0 + tones.lower().count("w") * 0.5
-    return Later(send(), timeout=pauses + len(tones) * (duration + gap) / 1000 + 10)
+    return Later(send(), timeout=playing_time_s(tones, duration, gap) + 10)
 
 
 #: How long ``send`` waits for the peer's acknowledgement.

@@ -59,6 +59,13 @@ STALL_S = 1.0
 FLOWING_S = 1.0
 
 
+def playing_time_s(tones: str, duration_ms: int, gap_ms: int) -> float:
+    """How long sending ``tones`` takes: each tone and its gap, and the pauses."""
+    pauses = sum(PAUSES.get(t.upper(), 0) for t in tones)
+    digits = sum(1 for t in tones if t.upper() not in PAUSES)
+    return (pauses + digits * (duration_ms + gap_ms)) / 1000
+
+
 def check_tones(tones: str) -> str:
     """The tones, normalized (upper case), or ValueError naming the first bad character."""
     if not tones:
