@@ -22,6 +22,7 @@ from callctl.engine import machine as m
 from callctl.engine.events import Ev
 from callctl.engine.reasons import reason_for
 from callctl.engine.machine import Outcome
+from callctl.engine.memory import give_back
 from callctl.engine.session import CONNECT_TIMEOUT_S, CallLimits, CallSession
 from callctl.engine.signals import event_for
 from callctl.engine.tasks import Tasks
@@ -458,6 +459,9 @@ class Phone:
         if self.session is session:
             self.session = None
         self.call_ended.set()
+        if self.takes_dials and self.session is None:
+            # a listener lives for months: the call's memory goes back (nothing new started)
+            await give_back()
 
     def _forget(self, call_id: str) -> None:
         """This call is over here: later and replayed events for it are dropped (bounded)."""
