@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from callctl.harness.redis import RedisMissing, RedisServer
+
 from tests.cli import Callctl
 from tests.helpers import Events, ServerProcess, running_server
 
@@ -32,3 +34,14 @@ async def cli(server: ServerProcess, tmp_path: Path) -> AsyncIterator[Callctl]:
     await runner.close()
     for c in runner.running:
         assert "Traceback" not in c.stderr, c.stderr
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session (each test keeps to its own key prefix)."""
+    try:
+        redis = RedisServer(tmp_path_factory.mktemp("redis"))
+    except RedisMissing as exc:
+        pytest.skip(f"needs redis-server: {exc}")
+    with redis:
+        yield redis

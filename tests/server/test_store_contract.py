@@ -1,4 +1,4 @@
-"""The Store contract: every implementation must pass these (memory today, Redis next).
+"""The Store contract: every implementation must pass these (memory, and Redis on a real redis-server).
 
 Add an implementation to ``STORES`` and the whole suite runs against it.
 """
@@ -6,8 +6,9 @@ Add an implementation to ``STORES`` and the whole suite runs against it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,13 +23,20 @@ from callctl.server.store import (
     Store,
     StoredEvent,
 )
+from callctl.server.store_redis import RedisStore
 
-STORES: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
+STORES = ("memory", "redis")
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    s = STORES[request.param]()
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    else:  # a real redis-server; each test has its own keys
+        redis = request.getfixturevalue("redis_server")
+        s = RedisStore(redis.url, prefix=f"t{secrets.token_hex(4)}:")
+    await s.start()
     yield s
     await s.close()
 
@@ -192,3 +200,19 @@ async def test_a_waiting_stream_wakes_on_the_next_event(store: Store) -> None:
     await store.publish("svc/bob", "ring", b"{}")
     item = await asyncio.wait_for(waiting, 5)
     assert isinstance(item, StoredEvent) and item.name == "ring"
+
+
+async def test_a_timer_fires_once_whoever_claims_it(store: Store) -> None:
+    now = time.time()
+    await store.schedule("ring:c1", now - 5)
+    await store.schedule("ring:c2", now - 2)
+    await store.schedule("ring:c3", now + 60)
+    # the node that set c2 fires it itself; c1's node is gone: the sweep takes it, once
+    assert await store.claim("ring:c2") is True
+    assert await store.claim("ring:c2") is False
+    swept = await asyncio.gather(store.overdue(now), store.overdue(now))
+    assert sorted(swept[0] + swept[1]) == ["ring:c1"]
+    assert await store.claim("ring:c1") is False
+    assert await store.overdue(now) == []
+    assert await store.claim("ring:c3") is True  # answered: nobody fires it later
+    assert await store.overdue(now + 120) == []

@@ -14,6 +14,7 @@ from callctl.ui.console import fail
 
 if TYPE_CHECKING:
     from callctl.server.ice import IcePolicy
+    from callctl.server.store import Store
     from callctl.server.tls import SelfSigned
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -101,6 +102,11 @@ def server(
         float, typer.Option(envvar="CALLCTL_REQUEST_TIMEOUT", min=0.5, max=300,
                             help="Seconds a client may take to send a request's headers, and its body.")
     ] = 10.0,
+    store: Annotated[
+        str, typer.Option(envvar="CALLCTL_STORE", metavar="memory|redis://HOST:PORT/DB",
+                          help="Where calls, event logs and presence live: memory (this process, "
+                          "the default) or a Redis that several server nodes share (docs/SCALING.md).")
+    ] = "memory",
 ) -> None:
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", ExitCode.USAGE)
@@ -119,6 +125,7 @@ def server(
         _check_tls(tls_cert, tls_key)
     ice = _ice_policy(stun or [], turn or [], turn_secret_file, turn_ttl,
                       ice_server or [], ice_username, ice_credential)
+    shared = _store(store)
     own = _self_signed(host, tls_name or [], secret_file or default_secret_file()) if tls else None
     if own is not None:
         tls_cert, tls_key = own.cert_file, own.key_file
@@ -145,7 +152,7 @@ def server(
         ice=ice,
     )
     configure_logging(log_level)
-    app = create_app(secret, config=config, request_timeout=request_timeout,
+    app = create_app(secret, store=shared, config=config, request_timeout=request_timeout,
                      secret_file=secret_file or default_secret_file())
     options = ServerOptions(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                             log_level=log_level.lower(), request_timeout=request_timeout)
@@ -180,6 +187,25 @@ def _ice_policy(stun: list[str], turn: list[str], secret_file: Path | None, ttl:
         fail(str(exc), ExitCode.USAGE)
     return IcePolicy(stun=tuple(stun), turn=tuple(turn), turn_secret=secret, turn_ttl_s=ttl_s,
                      turn_secret_file=secret_file, static=servers)
+
+
+def _store(url: str) -> Store:
+    """The store named by ``--store``; a Redis must answer now (exit 10 if it does not)."""
+    from callctl.server.store import StoreConfigError, open_store
+
+    try:
+        chosen = open_store(url)
+    except StoreConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if url != "memory":
+        import redis
+        from redis.exceptions import RedisError
+
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0).ping()
+        except (RedisError, OSError, ValueError) as exc:
+            fail(f"cannot reach the store {url}: {exc}", ExitCode.SERVER_UNREACHABLE)
+    return chosen
 
 
 def _check_tls(cert: Path, key: Path) -> None:

@@ -221,6 +221,19 @@ class Child:
             raise ChildError(f"no {text!r} on stderr within {timeout:g} s; {self.describe()}")
         return "".join(self._stderr_chunks)
 
+    def wait_line(self, text: str, timeout: float = 10.0) -> str:
+        """Block until a stdout line that is not an event contains ``text``; that line."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = next((line for line in self.lines if text in line), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if self._done or left <= 0:
+                    raise ChildError(f"no {text!r} within {timeout:g} s; {self.describe()}")
+                self._cond.wait(left)
+
     def wait_exit(self, timeout: float) -> int | None:
         """The exit status, or None if the child still runs after ``timeout`` s."""
         with self._cond:

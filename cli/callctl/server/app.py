@@ -13,6 +13,7 @@ import logging
 import signal
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from callctl.signaling.auth import Identity, SecretError, TokenError, read_secre
 from callctl.server.errors import Refused
 from callctl.server.hub import Hub, HubConfig, Stream
 from callctl.server.ice import IceConfigError
+from callctl.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from callctl.server.store import Close, Heartbeat, MemoryStore, Store, StoredEvent
 
 log = logging.getLogger("callctl.server")
@@ -54,6 +56,9 @@ def error_response(
 
 # ------------------------------------------------------------------ helpers
 
+
+#: Seconds a client is told to wait (Retry-After) while the store is unavailable.
+STORE_RETRY_AFTER_S = 2
 
 #: Failed authentications per client address: sustained rate and burst, then 429.
 AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST = 5.0, 100
@@ -156,6 +161,15 @@ def endpoint(fn: Handler) -> Handler:
             if exc.code is p.ErrorCode.UNAUTHORIZED:
                 headers["WWW-Authenticate"] = 'Bearer realm="callctl"'
             return error_response(exc.code, exc.message, headers)
+        except Exception as exc:
+            hub = _hub(request)
+            if not isinstance(exc, hub.store.unavailable):
+                raise
+            # nothing was half-done that a retry would double: the client tries again
+            log.warning("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+            hub.metrics.store_error()
+            return error_response(p.ErrorCode.UNAVAILABLE, "the server's store is unavailable; "
+                                  "try again shortly", {"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -171,7 +185,17 @@ def _hub(request: Request) -> Hub:
 
 @endpoint
 async def healthz(request: Request) -> Response:
-    return JSONResponse(await _hub(request).health())
+    """200 when this node can take calls; 503 while its store is unavailable (or it stops)."""
+    health = await _hub(request).health()
+    return JSONResponse(health, status_code=200 if health.status == "ok" else 503,
+                        headers=None if health.status == "ok" else
+                        {"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+
+@endpoint
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics; no authentication, like /healthz (counts only: no user names)."""
+    return Response(_hub(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 @endpoint
@@ -277,6 +301,12 @@ def _sse(event: StoredEvent) -> bytes:
 WRITE_TIMEOUT_S = 10.0
 
 
+class _RingOf(msgspec.Struct):
+    """The one field of a ``call.incoming`` event the ring metrics need."""
+
+    call_id: str
+
+
 class EventStreamResponse(Response):
     """``text/event-stream`` fed from the stream's subscription queue.
 
@@ -315,6 +345,7 @@ class EventStreamResponse(Response):
             sub.close("disconnect")
 
         watcher = asyncio.create_task(watch_disconnect())
+        self.hub.metrics.stream_opened()
         gone = False  # the client closed the connection (as opposed to stalling, or us closing it)
         try:
             await send(
@@ -326,6 +357,9 @@ class EventStreamResponse(Response):
                 first += _sse(event)
                 last_sent = event.id
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            for event in self.backlog:
+                if event.name == "call.incoming":
+                    await self._rang(event)
             self.backlog = []  # sent: don't hold it for the stream's lifetime
             while True:
                 item = await sub.get()
@@ -345,15 +379,30 @@ class EventStreamResponse(Response):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if isinstance(item, StoredEvent) and item.name == "call.incoming":
+                    await self._rang(item)
         except OSError:
             gone = True  # the client went away mid-write
         except TimeoutError:
             return  # it stopped reading
         finally:
+            self.hub.metrics.stream_closed()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await self.hub.close_stream(self.stream, gone=gone)
+
+    async def _rang(self, event: StoredEvent) -> None:
+        """Count the ring ``event``, just written: its latency from the call's creation."""
+        written = time.time()
+        call_id = msgspec.json.decode(event.data, type=_RingOf).call_id
+        try:
+            call = await self.hub.store.get_call(call_id)
+        except Exception as exc:  # the metric is not worth the stream
+            self.hub.metrics.store_error()
+            log.warning("ring metrics: reading call %s failed: %r", call_id[:8], exc)
+            call = None
+        self.hub.metrics.ring_delivered(written - call.created_at if call is not None else None)
 
 
 # ---------------------------------------------------------------- softphone
@@ -446,6 +495,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/openapi.json", openapi, methods=["GET"]),
             Route("/v1/events", events, methods=["GET"]),
             Route("/v1/stream-tickets", stream_ticket, methods=["POST"]),

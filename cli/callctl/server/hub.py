@@ -21,9 +21,14 @@ from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity
 from callctl.server.errors import Refused
 from callctl.server.ice import IcePolicy
+from callctl.server.metrics import ServerMetrics
 from callctl.server.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subscription
 
 log = logging.getLogger("callctl.server")
+
+
+#: A ring timeout this late was not fired by the node that created the call: another one fires it.
+OVERDUE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -69,9 +74,11 @@ class Hub:
         self._ring_timers: dict[str, asyncio.TimerHandle] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False
+        self.metrics = ServerMetrics(self.server_id, lambda: self.stream_count)
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        await self.store.start()
         self._ticker = asyncio.create_task(self._tick(), name="hub-ticker")
 
     async def close_streams(self) -> None:
@@ -114,9 +121,24 @@ class Hub:
                 elif stream.next_heartbeat <= mono:
                     stream.next_heartbeat = mono + self.config.heartbeat_s
                     stream.sub.offer(HEARTBEAT)
-            if mono - last_purge >= 30:
-                last_purge = mono
-                await self.store.purge(now)
+            try:
+                # ring timeouts whose node did not fire them (it died): once, here
+                for timer in await self.store.overdue(now - OVERDUE_S):
+                    kind, _, call_id = timer.partition(":")
+                    if kind == "ring":
+                        log.info("call %s: ring timeout taken over from another node", call_id[:8])
+                        try:
+                            await self._ring_timeout(call_id)
+                        except self.store.unavailable:
+                            raise
+                        except Exception:  # the ticker must go on
+                            log.exception("ring timeout of %s failed", call_id[:8])
+                if mono - last_purge >= 30:
+                    last_purge = mono
+                    await self.store.purge(now)
+            except self.store.unavailable as exc:
+                self.metrics.store_error()
+                log.warning("store unavailable: %s", exc)
 
     def _later(self, delay: float, coro_fn: Callable[..., Awaitable[None]], *args: Any) -> asyncio.TimerHandle:
         """Run ``coro_fn(*args)`` after ``delay``: a timer handle, not a sleeping task."""
@@ -124,6 +146,9 @@ class Hub:
         async def run() -> None:
             try:
                 await coro_fn(*args)
+            except self.store.unavailable as exc:  # a ring timer is fired later (``overdue``)
+                self.metrics.store_error()
+                log.warning("timer %s: store unavailable: %s", coro_fn.__name__, exc)
             except Exception:  # a timer must never take the server down
                 log.exception("timer failed")
 
@@ -172,10 +197,19 @@ class Hub:
             raise Refused(p.ErrorCode.UNAVAILABLE, "server is shutting down")
         user_key = identity.key
         stream_id = secrets.token_hex(8)
-        online = await self.store.register_device(
-            user_key, device, stream_id, self.config.max_devices
-        )
+        # subscribe before registering and before reading the log, so nothing falls between:
+        # with several nodes, an event sent once the device shows online may arrive here
+        # before the registration's own reply does
+        sub = self.store.subscribe(user_key, device)
+        try:
+            online = await self.store.register_device(
+                user_key, device, stream_id, self.config.max_devices
+            )
+        except BaseException:
+            self.store.unsubscribe(sub)
+            raise
         if online is None:
+            self.store.unsubscribe(sub)
             raise Refused(p.ErrorCode.TOO_MANY_DEVICES,
                 f"user already has {self.config.max_devices} devices online",
             )
@@ -185,8 +219,6 @@ class Hub:
             previous = self._streams.get((user_key, device))
             if previous is not None:
                 previous.sub.close("replaced")
-            # subscribe before reading the log, so nothing falls between the two
-            sub = self.store.subscribe(user_key, device)
             stream = opened = Stream(
                 identity, device, stream_id, sub,
                 time.monotonic() + random.uniform(0, self.config.heartbeat_s), allow,
@@ -224,10 +256,9 @@ class Hub:
             return stream, backlog, registered
         except BaseException:
             # a stream that never opened leaves nothing registered: not the device, not the stream
-            if opened is not None:
-                self.store.unsubscribe(opened.sub)
-                if self._streams.get((user_key, device)) is opened:
-                    del self._streams[(user_key, device)]
+            self.store.unsubscribe(sub)
+            if opened is not None and self._streams.get((user_key, device)) is opened:
+                del self._streams[(user_key, device)]
             await self.store.unregister_device(user_key, device, stream_id)
             raise
 
@@ -342,6 +373,7 @@ class Hub:
             call.reason, call.ended_by, call.ended_at = p.EndReason.BUSY, p.Party.SERVER, now
             call.offer_sdp = ""  # an ended call keeps no SDP
             await self.store.create_call(call)
+            self.metrics.call_created(call)
             log.info("call %s %s -> %s busy", call.call_id[:8], call.caller, call.callee)
             await self._emit(
                 call.caller_key,
@@ -354,6 +386,10 @@ class Hub:
             return self.info(call)
 
         await self.store.create_call(call)
+        # due in the store at once: if this node dies (or the store fails) before the ring is
+        # out, another node (or this one, later) still ends the call at its ring timeout
+        await self.store.schedule(f"ring:{call.call_id}", call.ring_expires_at)
+        self.metrics.call_created(call)
         log.info("call %s %s -> %s created media=%s", call.call_id[:8], call.caller, call.callee,
                  call.media.value)
         ring = _ring_event(call)
@@ -366,11 +402,15 @@ class Hub:
         if updated is not None:
             call = updated
             await self._mark_rang(call)
-        self._ring_timers[call.call_id] = self._later(timeout, self._ring_timeout, call.call_id)
+        self._ring_timers[call.call_id] = self._later(timeout, self._ring_fire, call.call_id)
         return self.info(call)
 
-    async def _ring_timeout(self, call_id: str) -> None:
+    async def _ring_fire(self, call_id: str) -> None:
         self._ring_timers.pop(call_id, None)
+        if await self.store.claim(f"ring:{call_id}"):  # else another node fired it
+            await self._ring_timeout(call_id)
+
+    async def _ring_timeout(self, call_id: str) -> None:
         call = await self.store.get_call(call_id)
         if call is None or call.state != p.CallState.RINGING:
             return
@@ -388,15 +428,17 @@ class Hub:
              "offer_sdp": "", "answer_sdp": None},
         )
         if applied and updated is not None:
-            self._cancel_ring_timer(call.call_id)
+            await self._cancel_ring_timer(call.call_id)
+            self.metrics.call_ended(expect, reason)
             await self._emit_ended(updated)
             return updated
         return None
 
-    def _cancel_ring_timer(self, call_id: str) -> None:
+    async def _cancel_ring_timer(self, call_id: str) -> None:
         timer = self._ring_timers.pop(call_id, None)
         if timer is not None:
             timer.cancel()
+        await self.store.claim(f"ring:{call_id}")
 
     async def _party_call(self, me: Identity, call_id: str) -> tuple[CallRecord, p.Party]:
         call = await self.store.get_call(call_id)
@@ -430,7 +472,8 @@ class Hub:
         )
         if not applied or updated is None:
             raise _state_error(updated or call)
-        self._cancel_ring_timer(call_id)
+        await self._cancel_ring_timer(call_id)
+        self.metrics.call_answered()
         await self._emit(
             updated.caller_key,
             p.CallAnswered(call_id=call_id, sdp=sdp),
@@ -505,12 +548,17 @@ class Hub:
     async def health(self) -> p.Health:
         from callctl import __version__
 
-        return p.Health(
-            status="shutting_down" if self.closing else "ok",
-            version=__version__,
-            streams=self.stream_count,
-            calls_active=await self.store.count_active_calls(),
-        )
+        status = "shutting_down" if self.closing else "ok"
+        calls_active = -1
+        if not self.store.healthy:
+            status = "store_unavailable"
+        else:
+            try:
+                calls_active = await self.store.count_active_calls()
+            except self.store.unavailable:
+                status = "store_unavailable"
+        return p.Health(status=status, version=__version__, streams=self.stream_count,
+                        calls_active=calls_active)
 
     def streams(self) -> Iterable[Stream]:
         return self._streams.values()

@@ -73,6 +73,11 @@ def document() -> dict[str, Any]:
         "paths": {
             "/healthz": {"get": {"summary": "liveness and counts", "security": [],
                                  "responses": {"200": _json(p.Health, "the server is up"), **_errors()}}},
+            "/metrics": {"get": {"summary": "this node's metrics, Prometheus text format (docs/API.md)",
+                                 "security": [],
+                                 "responses": {"200": {"description": "the metrics",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                               **_errors()}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1"}, **_errors()}}},
             "/v1/events": {"get": {

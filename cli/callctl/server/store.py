@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import heapq
 import secrets
 import time
 from typing import Any
@@ -181,6 +182,13 @@ class Store(abc.ABC):
 
     #: Identifies this store's event-id epoch (a memory store's lifetime).
     epoch: str
+    #: What the store raises while it cannot be reached (503 with Retry-After, not a 500).
+    unavailable: tuple[type[BaseException], ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store cannot be reached."""
+        return True
 
     # -- calls
     @abc.abstractmethod
@@ -262,7 +270,23 @@ class Store(abc.ABC):
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
         """Token bucket: 0.0 if allowed, else seconds until a token is free."""
 
+    # -- timers (ring timeouts): each fires once, on whichever node claims it
+    @abc.abstractmethod
+    async def schedule(self, timer: str, at: float) -> None:
+        """Keep ``timer`` due at wall-clock ``at``."""
+
+    @abc.abstractmethod
+    async def claim(self, timer: str) -> bool:
+        """Take the timer away: True for the one caller that got it (it fires the timer)."""
+
+    @abc.abstractmethod
+    async def overdue(self, before: float, limit: int = 100) -> list[str]:
+        """Claim and return timers due before ``before`` (their node did not fire them)."""
+
     # -- housekeeping
+    async def start(self) -> None:  # noqa: B027 - optional
+        """Connect (a shared store), before the first stream opens."""
+
     async def purge(self, now: float) -> None:  # noqa: B027 - optional
         """Drop expired state (stores with TTLs need not do anything)."""
 
@@ -289,6 +313,8 @@ class MemoryStore(Store):
         #: key -> (tokens, when counted, when it is full again)
         self._buckets: dict[str, tuple[float, float, float]] = {}
         self._tickets: dict[str, tuple[bytes, float]] = {}
+        self._timers: dict[str, float] = {}
+        self._timer_heap: list[tuple[float, str]] = []
 
     # -- calls
     async def create_call(self, call: CallRecord) -> None:
@@ -447,6 +473,24 @@ class MemoryStore(Store):
         self._buckets[key] = (tokens, now, now + (burst - tokens) / rate_per_s)
         return wait
 
+    # -- timers
+    async def schedule(self, timer: str, at: float) -> None:
+        self._timers[timer] = at
+        heapq.heappush(self._timer_heap, (at, timer))
+
+    async def claim(self, timer: str) -> bool:
+        return self._timers.pop(timer, None) is not None
+
+    async def overdue(self, before: float, limit: int = 100) -> list[str]:
+        due: list[str] = []
+        heap = self._timer_heap
+        while heap and heap[0][0] < before and len(due) < limit:
+            at, timer = heapq.heappop(heap)
+            if self._timers.get(timer) == at:  # not claimed, not scheduled again since
+                del self._timers[timer]
+                due.append(timer)
+        return due
+
     # -- housekeeping
     async def purge(self, now: float) -> None:
         for call_id in [
@@ -465,3 +509,26 @@ class MemoryStore(Store):
         self._tickets = {k: v for k, v in self._tickets.items() if v[1] >= mono}
         # a full bucket is the same as no bucket: forget it as soon as it would be full again
         self._buckets = {k: v for k, v in self._buckets.items() if mono < v[2]}
+
+
+class StoreConfigError(Exception):
+    """A ``--store`` value that names no store we have."""
+
+
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_store(url: str | None) -> Store:
+    """``memory`` (or nothing): this process's own; ``redis://HOST:PORT/DB``: shared by nodes."""
+    if not url or url == "memory":
+        return MemoryStore()
+    if not url.startswith(STORE_SCHEMES):
+        raise StoreConfigError(f"--store {url!r}: expected memory or redis://HOST:PORT/DB "
+                               "(rediss:// for TLS, unix:///path/redis.sock)")
+    from callctl.server.store_redis import RedisStore
+
+    try:
+        return RedisStore(url)
+    except ValueError as exc:
+        raise StoreConfigError(f"--store {url!r}: {exc}") from None
+

@@ -23,8 +23,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z"
 ID_PATTERN_RE = re.compile(ID_PATTERN)
 Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
-#: Event ids: ``EPOCH-SEQUENCE`` (ASCII only: ``str.isdigit`` takes "²", ``int`` does not).
-EVENT_ID_RE = re.compile(r"[0-9a-z]{1,32}-[0-9]{1,18}")
+#: Event ids: ``EPOCH-SEQUENCE`` (the memory store) or ``EPOCH-MS-SEQUENCE`` (a Redis stream's
+#: entry id); ASCII only: ``str.isdigit`` takes "²", ``int`` does not.
+EVENT_ID_RE = re.compile(r"[0-9a-z]{1,32}-[0-9]{1,18}(?:-[0-9]{1,18})?")
 #: How deep the JSON ``data`` of a signal may nest (real signals: 1 or 2).
 MAX_SIGNAL_DEPTH = 8
 #: ``GET /v1/events?allow=``: at most this many user ids.

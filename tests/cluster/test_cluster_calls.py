@@ -1,0 +1,216 @@
+"""Calls across server nodes that share one real redis-server (``callctl server --store``)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from callctl.harness.redis import RedisMissing, RedisServer
+from callctl.signaling import protocol as p
+from tests.cli import Callctl
+from tests.helpers import Events, ServerProcess
+from tests.signaling.test_calls import OFFER, online
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
+    """Three server processes on one Redis (a fresh key prefix is not needed: calls are new)."""
+    started: list[ServerProcess] = []
+    try:
+        for name in ("a", "b", "c"):
+            (tmp_path / name).mkdir()
+            node = ServerProcess(tmp_path / name, ["--store", redis_server.url, "--ring-timeout", "30"])
+            if started:  # one fleet, one signing secret
+                shutil.copy(started[0].secret_file, node.secret_file)
+            started.append(node.start())
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+    for node in started:
+        assert "Traceback" not in node.stderr_text(), node.stderr_text()
+
+
+@pytest.fixture
+def fleet(nodes: list[ServerProcess], tmp_path: Path) -> Iterator[Callctl]:
+    (tmp_path / "cli").mkdir()
+    yield Callctl(nodes[0], tmp_path / "cli")
+
+
+async def test_a_ring_reaches_devices_on_two_other_nodes_and_the_first_answer_wins(
+    nodes: list[ServerProcess], fleet: Callctl,
+) -> None:
+    a, b, c = nodes
+    try:
+        kiosk = await fleet.start("bob", "listen", "--device", "kiosk", "--auto-accept",
+                                  "--audio-out", "null", "--audio-in", "tone:660", server=b.url)
+        desk = await fleet.start("bob", "listen", "--device", "desk", "--auto-accept",
+                                 "--audio-out", "null", "--audio-in", "tone:660", server=c.url)
+        await kiosk.wait_event("registered")
+        await desk.wait_event("registered")
+        alice = await fleet.call("alice", "bob", "--hangup-after", "1", server=a.url)
+        await alice.wait_event("call.ringback")
+        assert await alice.exit_code() == 0
+        await kiosk.wait_event("call.incoming")
+        await desk.wait_event("call.incoming")
+        ends = [(await cli.wait_event("call.ended"))["reason"] for cli in (kiosk, desk)]
+        # both answered at once: exactly one got the call, the other was told where it went
+        assert sorted(ends) == ["answered_elsewhere", "hangup"], ends
+    finally:
+        await fleet.close()
+
+
+async def test_a_callee_that_comes_online_on_another_node_still_gets_the_ring(
+    nodes: list[ServerProcess], fleet: Callctl,
+) -> None:
+    a, b, _ = nodes
+    try:
+        alice = await fleet.call("alice", "carol", "--hangup-after", "0.5", server=a.url)
+        await alice.wait_event("call.outgoing")
+        carol = await fleet.start("carol", "listen", "--device", "kiosk", "--auto-accept",
+                                  "--audio-out", "null", "--audio-in", "tone:660", server=b.url)
+        incoming = await carol.wait_event("call.incoming")
+        assert incoming["peer"] == "alice"
+        assert await alice.exit_code() == 0
+        assert (await carol.wait_event("call.ended"))["reason"] == "hangup"
+    finally:
+        await fleet.close()
+
+
+async def test_a_ring_timeout_fires_once_when_the_node_that_created_the_call_is_killed(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    args = ["--store", redis_server.url, "--ring-timeout", "2"]
+    a = ServerProcess(tmp_path / "a", args).start()
+    b = ServerProcess(tmp_path / "b", args)
+    shutil.copy(a.secret_file, b.secret_file)
+    b.start()
+    (tmp_path / "cli").mkdir()
+    fleet = Callctl(a, tmp_path / "cli")
+    try:
+        bob = await fleet.start("bob", "listen", "--device", "kiosk", "--audio-out", "null",
+                                "--audio-in", "tone:660", server=b.url)
+        await bob.wait_event("registered")
+        alice = await fleet.call("alice", "bob", server=a.url)  # through a: its ring timer is there
+        await bob.wait_event("call.incoming")
+        a.stop(signal.SIGKILL)  # mid-ring
+        ended = await bob.wait_event("call.ended")
+        assert ended["reason"] == "no_answer"
+        assert "ring timeout taken over from another node" in b.stderr_text()
+        missed = await bob.wait_event("call.missed")
+        assert missed["reason"] == "no_answer"
+        await alice.stop()
+        # once: no second end reached bob, and b's log says it once
+        assert len(bob.named("call.ended")) == 1
+        assert b.stderr_text().count("ring timeout taken over") == 1
+    finally:
+        await fleet.close()
+        a.stop()
+        b.stop()
+    assert "Traceback" not in b.stderr_text(), b.stderr_text()
+
+
+async def test_a_stream_resumed_on_another_node_replays_what_it_missed_exactly_once(
+    nodes: list[ServerProcess], events: list[Events],
+) -> None:
+    a, b, _ = nodes
+    alice = await online(a, events, "alice")
+    bob = await online(a, events, "bob", "kiosk")
+    first = await alice.client.create_call("bob", OFFER)
+    await bob.wait(p.CallIncoming, call_id=first.call_id)
+    await alice.client.hangup(first.call_id)
+    await bob.wait(p.CallEnded, call_id=first.call_id)
+    seen_on_a = bob.stream.last_id
+    assert seen_on_a is not None
+    await bob.close()
+    # offline now: a second call rings nobody, and is over before bob comes back
+    missed = await alice.client.create_call("bob", OFFER)
+    await alice.client.hangup(missed.call_id)
+    # back, on node b, from where it left off on node a
+    resumed = Events(b.client("bob", "kiosk"))
+    resumed.stream.last_id = seen_on_a
+    events.append(resumed)
+    registered = await resumed.wait(p.Registered)
+    assert registered.server_id != (await alice.wait(p.Registered)).server_id
+    await resumed.wait(p.CallEnded, call_id=missed.call_id)
+    replayed = resumed.events()[1:1 + registered.replayed]
+    assert {getattr(e, "call_id", None) for e in replayed} == {missed.call_id}
+    assert len(resumed.events(p.CallIncoming, call_id=missed.call_id)) == 1
+    assert resumed.events(p.CallIncoming, call_id=first.call_id) == []
+
+
+async def _health(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        return await http.get("/healthz")
+
+
+async def _until_health(url: str, status: int, timeout: float = 15.0) -> httpx.Response:
+    """/healthz until it answers ``status`` (each answer is an event of the node's own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await _health(url)
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.2)
+
+
+async def test_redis_restarted_mid_run_is_503s_then_service_without_restarting_nodes(
+    tmp_path: Path,
+) -> None:
+    try:
+        redis = RedisServer(tmp_path / "redis").start()
+    except RedisMissing as exc:
+        pytest.skip(f"needs redis-server: {exc}")
+    started: list[ServerProcess] = []
+    (tmp_path / "cli").mkdir()
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            node = ServerProcess(tmp_path / name, ["--store", redis.url])
+            if started:
+                shutil.copy(started[0].secret_file, node.secret_file)
+            started.append(node.start())
+        a, b = started
+        fleet = Callctl(a, tmp_path / "cli")
+        bob = await fleet.start("bob", "listen", "--device", "kiosk", "--auto-accept",
+                                "--audio-out", "null", "--audio-in", "tone:660", server=b.url)
+        await bob.wait_event("registered")
+
+        redis.stop(signal.SIGKILL)
+        down = await _until_health(a.url, 503)
+        assert down.status_code == 503 and down.headers["retry-after"] == "2", down.text
+        assert down.json()["status"] == "store_unavailable"
+        alice = a.client("alice", "desk")
+        async with httpx.AsyncClient(base_url=a.url, timeout=5) as http:
+            refused = await http.post("/v1/calls", json={"to": "bob", "sdp": OFFER},
+                                      headers={"Authorization": f"Bearer {a.token('alice')}"})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "2"
+        assert refused.json()["error"] == "unavailable"
+        await alice.aclose()
+
+        redis.start()  # same port, no data: what a Redis without persistence is after a crash
+        for node in started:
+            assert (await _until_health(node.url, 200)).status_code == 200
+        # bob's stream stayed open all along, and the next call rings him on node b
+        call = await fleet.call("alice", "bob", "--hangup-after", "0.5", server=a.url)
+        assert await call.exit_code() == 0, (call.stderr, a.stderr_text(), b.stderr_text())
+        assert (await bob.wait_event("call.ended"))["reason"] == "hangup"
+        assert bob.named("server.lost") == []
+        await fleet.close()
+    finally:
+        for node in started:
+            node.stop()
+        redis.stop()
+    for node in started:
+        assert "Traceback" not in node.stderr_text(), node.stderr_text()
+        assert "store unavailable" in node.stderr_text() or node is b
