@@ -214,3 +214,40 @@ async def test_redis_restarted_mid_run_is_503s_then_service_without_restarting_n
     for node in started:
         assert "Traceback" not in node.stderr_text(), node.stderr_text()
         assert "store unavailable" in node.stderr_text() or node is b
+
+
+async def test_a_node_that_dies_in_a_call_and_whose_device_never_returns_ends_the_call_once(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    """bob's node is SIGKILLed mid-call and bob cannot reach another one: the node's devices
+    are reaped by a surviving node, bob's offline grace runs out there, and alice hears of it
+    from the server (network_lost), once."""
+    started: list[ServerProcess] = []
+    (tmp_path / "cli").mkdir()
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            node = ServerProcess(tmp_path / name, ["--store", redis_server.url,
+                                                   "--offline-grace", "1"])
+            if started:
+                shutil.copy(started[0].secret_file, node.secret_file)
+            started.append(node.start())
+        a, b = started
+        fleet = Callctl(a, tmp_path / "cli")
+        bob = await fleet.start("bob", "listen", "--device", "kiosk", "--auto-accept",
+                                "--audio-out", "null", "--audio-in", "tone:660", server=b.url)
+        await bob.wait_event("registered")
+        alice = await fleet.call("alice", "bob", server=a.url)
+        await alice.wait_event("call.connected")
+        b.stop(signal.SIGKILL)
+        bob.signal(signal.SIGKILL)  # and bob's kiosk is gone with it (power cut)
+        ended = await alice.wait_event("call.ended", timeout=30)
+        assert ended["reason"] == "network_lost", ended
+        assert await alice.exit_code() == 9
+        assert "a node died: 1 of its devices are offline" in a.stderr_text()
+        assert a.stderr_text().count("ended reason=network_lost by=server") == 1
+        await fleet.close()
+    finally:
+        for node in started:
+            node.stop()
+    assert "Traceback" not in started[0].stderr_text(), started[0].stderr_text()

@@ -109,3 +109,38 @@ async def test_a_dead_nodes_devices_go_offline(redis_server: RedisServer) -> Non
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_dead_nodes_devices_are_reaped_once_with_an_offline_timer_each(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"t{secrets.token_hex(4)}:"
+    a, b, c = (RedisStore(redis_server.url, prefix=prefix) for _ in range(3))
+    for node in (a, b, c):
+        await node.start()
+    try:
+        await b.register_device("svc/bob", "kiosk", "s1", cap=8)
+        await b.register_device("svc/carol", "desk", "s2", cap=8)
+        await b.register_device("svc/dan", "phone", "s3", cap=8)
+        await b.unregister_device("svc/dan", "phone", "s3")  # left before b died: not b's
+        await c.register_device("svc/carol", "desk", "s4", cap=8)  # moved to c: not b's any more
+        for task in b._tasks:  # b dies: no more renewals
+            task.cancel()
+        await asyncio.gather(*b._tasks, return_exceptions=True)
+        b._tasks, b._started = [], False
+        deadline = time.monotonic() + NODE_TTL_S * 2 + 3
+        while await a.devices_online("svc/bob") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # asked before the reaper came: offline, and still reaped
+        reaped: list[int] = []
+        while sum(reaped) == 0 and time.monotonic() < deadline:
+            reaped += await asyncio.gather(a.reap_dead_nodes(2.0), c.reap_dead_nodes(2.0))
+            await asyncio.sleep(0.3)
+        assert sum(reaped) == 1  # bob's kiosk only, and by one node
+        assert await a.reap_dead_nodes(2.0) == 0
+        assert await a.devices_online("svc/bob") == set()
+        assert await a.devices_online("svc/carol") == {"desk"}
+        due = await a.overdue(time.time() + 3)
+        assert due == ["offline:svc/bob|kiosk"]
+    finally:
+        for node in (a, b, c):
+            await node.close()

@@ -216,3 +216,13 @@ async def test_a_timer_fires_once_whoever_claims_it(store: Store) -> None:
     assert await store.overdue(now) == []
     assert await store.claim("ring:c3") is True  # answered: nobody fires it later
     assert await store.overdue(now + 120) == []
+
+
+async def test_a_timer_scheduled_again_is_not_claimed_at_its_old_time(store: Store) -> None:
+    first = time.time() + 5
+    await store.schedule("offline:svc/bob|kiosk", first)
+    later = first + 10  # the device came back and left again
+    await store.schedule("offline:svc/bob|kiosk", later)
+    assert await store.claim("offline:svc/bob|kiosk", first) is False
+    assert await store.claim("offline:svc/bob|kiosk", later) is True
+    assert await store.claim("offline:svc/bob|kiosk", later) is False

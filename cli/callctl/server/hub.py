@@ -27,8 +27,13 @@ from callctl.server.store import HEARTBEAT, CallRecord, Store, StoredEvent, Subs
 log = logging.getLogger("callctl.server")
 
 
-#: A ring timeout this late was not fired by the node that created the call: another one fires it.
+#: A timer this late was not fired by the node that set it: another one fires it.
 OVERDUE_S = 1.0
+
+
+def offline_timer(user_key: str, device: str) -> str:
+    """The store timer of a device's offline grace (user keys have no "|", device ids neither)."""
+    return f"offline:{user_key}|{device}"
 
 
 @dataclass(slots=True)
@@ -67,8 +72,6 @@ class Hub:
         self.config = config
         self.server_id = secrets.token_hex(4)
         self._streams: dict[tuple[str, str], Stream] = {}
-        #: When each device's last stream closed (monotonic), while it stays offline.
-        self._offline_since: dict[tuple[str, str], float] = {}
         self._timers: set[asyncio.Task[None]] = set()
         #: Ring timeouts of calls created on this node, cancelled once they stop ringing.
         self._ring_timers: dict[str, asyncio.TimerHandle] = {}
@@ -123,22 +126,33 @@ class Hub:
                     stream.sub.offer(HEARTBEAT)
             try:
                 # ring timeouts whose node did not fire them (it died): once, here
+                # devices of a node that died: offline now, their calls' grace begins
+                gone = await self.store.reap_dead_nodes(self.config.offline_grace_s)
+                if gone:
+                    log.warning("a node died: %d of its devices are offline", gone)
+                # timers whose node did not fire them (it died or stopped): once, here
                 for timer in await self.store.overdue(now - OVERDUE_S):
-                    kind, _, call_id = timer.partition(":")
-                    if kind == "ring":
-                        log.info("call %s: ring timeout taken over from another node", call_id[:8])
-                        try:
-                            await self._ring_timeout(call_id)
-                        except self.store.unavailable:
-                            raise
-                        except Exception:  # the ticker must go on
-                            log.exception("ring timeout of %s failed", call_id[:8])
+                    try:
+                        await self._overdue(timer)
+                    except self.store.unavailable:
+                        raise
+                    except Exception:  # the ticker must go on
+                        log.exception("timer %s failed", timer[:40])
                 if mono - last_purge >= 30:
                     last_purge = mono
                     await self.store.purge(now)
             except self.store.unavailable as exc:
                 self.metrics.store_error()
                 log.warning("store unavailable: %s", exc)
+
+    async def _overdue(self, timer: str) -> None:
+        kind, _, key = timer.partition(":")
+        if kind == "ring":
+            log.info("call %s: ring timeout taken over from another node", key[:8])
+            await self._ring_timeout(key)
+        elif kind == "offline":
+            user_key, _, device = key.rpartition("|")
+            await self._check_offline(user_key, device)
 
     def _later(self, delay: float, coro_fn: Callable[..., Awaitable[None]], *args: Any) -> asyncio.TimerHandle:
         """Run ``coro_fn(*args)`` after ``delay``: a timer handle, not a sleeping task."""
@@ -215,7 +229,6 @@ class Hub:
             )
         opened: Stream | None = None
         try:
-            self._offline_since.pop((user_key, device), None)
             previous = self._streams.get((user_key, device))
             if previous is not None:
                 previous.sub.close("replaced")
@@ -271,20 +284,24 @@ class Hub:
         del self._streams[(user_key, stream.device)]
         await self.store.unregister_device(user_key, stream.device, stream.stream_id)
         log.debug("stream closed %s device=%s", user_key, stream.device)
+        grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
+            else self.config.offline_grace_s
+        # in the store, so that the grace ends even if this node stops or dies meanwhile; a
+        # device that leaves again later moves the due time (the earlier timer is then moot)
+        timer, at = offline_timer(user_key, stream.device), time.time() + grace
+        await self.store.schedule(timer, at)
         if not self.closing:
-            grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
-                else self.config.offline_grace_s
-            self._offline_since[(user_key, stream.device)] = time.monotonic()
-            self._later(grace, self._check_offline, user_key, stream.device, grace)
+            self._later(grace, self._offline_fire, timer, at)
 
-    async def _check_offline(self, user_key: str, device: str, grace: float) -> None:
+    async def _offline_fire(self, timer: str, at: float) -> None:
+        if await self.store.claim(timer, at):
+            user_key, _, device = timer.removeprefix("offline:").rpartition("|")
+            await self._check_offline(user_key, device)
+
+    async def _check_offline(self, user_key: str, device: str) -> None:
         """End a call whose party's device did not come back within the grace."""
-        since = self._offline_since.get((user_key, device))
-        if since is None or time.monotonic() - since < grace - 0.05:
-            return  # came back (maybe left again later: that disconnect has its own timer)
-        del self._offline_since[(user_key, device)]
         if device in await self.store.devices_online(user_key):
-            return
+            return  # came back (if it leaves again, that has its own timer)
         call_id = await self.store.connected_call_of(user_key)
         if call_id is None:
             return

@@ -276,12 +276,18 @@ class Store(abc.ABC):
         """Keep ``timer`` due at wall-clock ``at``."""
 
     @abc.abstractmethod
-    async def claim(self, timer: str) -> bool:
-        """Take the timer away: True for the one caller that got it (it fires the timer)."""
+    async def claim(self, timer: str, at: float | None = None) -> bool:
+        """Take the timer away: True for the one caller that got it (it fires the timer).
+
+        With ``at``: only if it is still due then (not scheduled again since)."""
 
     @abc.abstractmethod
     async def overdue(self, before: float, limit: int = 100) -> list[str]:
         """Claim and return timers due before ``before`` (their node did not fire them)."""
+
+    async def reap_dead_nodes(self, offline_grace_s: float) -> int:
+        """Take the devices of nodes that died offline, each with an offline timer; how many."""
+        return 0
 
     # -- housekeeping
     async def start(self) -> None:  # noqa: B027 - optional
@@ -478,7 +484,9 @@ class MemoryStore(Store):
         self._timers[timer] = at
         heapq.heappush(self._timer_heap, (at, timer))
 
-    async def claim(self, timer: str) -> bool:
+    async def claim(self, timer: str, at: float | None = None) -> bool:
+        if at is not None and self._timers.get(timer) != at:
+            return False
         return self._timers.pop(timer, None) is not None
 
     async def overdue(self, before: float, limit: int = 100) -> list[str]:

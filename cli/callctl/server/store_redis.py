@@ -169,7 +169,7 @@ end
 return id
 """
 
-# Devices whose node is gone are dropped on the way.
+# Devices whose node is gone do not count (the reaper removes them, and starts their grace).
 _LIVE = _NODE_OF + """
 local function live(prefix, key)
   local out = {}
@@ -178,8 +178,6 @@ local function live(prefix, key)
     local node = node_of(cur[i + 1])
     if node and redis.call('EXISTS', prefix .. 'node:' .. node) == 1 then
       out[cur[i]] = cur[i + 1]
-    else
-      redis.call('HDEL', key, cur[i])
     end
   end
   return out
@@ -196,6 +194,7 @@ local old = devices[ARGV[2]]
 if not old and count >= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('SADD', ARGV[1] .. 'nodedev:' .. node_of(ARGV[3]), ARGV[7] .. '|' .. ARGV[2])
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
 if old and old ~= ARGV[3] then
   local node = node_of(old)
@@ -208,9 +207,10 @@ if old then return count end
 return count + 1
 """
 
-# KEYS: dev; ARGV: device, NODE|STREAM
+# KEYS: dev, this node's devices; ARGV: device, NODE|STREAM, user key
 _UNREGISTER = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('SREM', KEYS[2], ARGV[3] .. '|' .. ARGV[1])
 return 1
 """
 
@@ -246,12 +246,50 @@ return due
 """
 
 
-# KEYS: node, epoch; ARGV: ttl ms, a new epoch -> {node key existed?, the epoch}
+# KEYS: node, epoch, nodes; ARGV: ttl ms, a new epoch, node -> {node key existed?, the epoch}
 _RENEW = """
 local had = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'NX')
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], t[1], ARGV[3])
 return {had, redis.call('GET', KEYS[2])}
+"""
+
+# KEYS: timers; ARGV: timer, due time (as scheduled) -> 1 if taken
+_CLAIM_AT = """
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# KEYS: nodes, timers; ARGV: prefix, node ttl s, offline grace s -> devices taken offline.
+# A node whose liveness key is gone and that renewed nothing for a node ttl is dead: one
+# script, so exactly one node reaps it.
+_REAP = _NODE_OF + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local gone = 0
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))) do
+  if redis.call('EXISTS', ARGV[1] .. 'node:' .. node) == 0 then
+    redis.call('ZREM', KEYS[1], node)
+    local held = ARGV[1] .. 'nodedev:' .. node
+    for _, member in ipairs(redis.call('SMEMBERS', held)) do
+      local user, device = string.match(member, '^(.*)|([^|]*)$')
+      local dev = ARGV[1] .. 'dev:' .. user
+      local v = redis.call('HGET', dev, device)
+      if v and node_of(v) == node then
+        redis.call('HDEL', dev, device)
+        redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), 'offline:' .. member)
+        gone = gone + 1
+      end
+    end
+    redis.call('DEL', held)
+  end
+end
+return gone
 """
 
 
@@ -277,7 +315,8 @@ class RedisStore(Store):
         self._scripts = {name: self._redis.register_script(text) for name, text in (
             ("create", _CREATE), ("update", _UPDATE), ("publish", _PUBLISH),
             ("register", _REGISTER), ("unregister", _UNREGISTER), ("online", _ONLINE),
-            ("take_token", _TAKE_TOKEN), ("overdue", _OVERDUE), ("renew", _RENEW))}
+            ("take_token", _TAKE_TOKEN), ("overdue", _OVERDUE), ("renew", _RENEW),
+            ("claim_at", _CLAIM_AT), ("reap", _REAP))}
         self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         #: The newest event offered here to each user with streams on this node.
         self._last_seen: dict[str, str] = {}
@@ -324,8 +363,8 @@ class RedisStore(Store):
     async def _renew(self) -> None:
         """Renew this node's key; a Redis that lost it (and the epoch) lost our presence too."""
         had, epoch = await self._scripts["renew"](
-            keys=[self._k("node:", self.node), self._k("epoch")],
-            args=[int(NODE_TTL_S * 1000), secrets.token_hex(4)])
+            keys=[self._k("node:", self.node), self._k("epoch"), self._k("nodes")],
+            args=[int(NODE_TTL_S * 1000), secrets.token_hex(4), self.node])
         self._healthy = True
         if epoch.decode() != self.epoch or not had:
             await self._recover(epoch.decode())
@@ -555,8 +594,9 @@ class RedisStore(Store):
     async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
         if self._registered.get((user_key, device)) == stream:
             del self._registered[(user_key, device)]
-        await self._scripts["unregister"](keys=[self._k("dev:", user_key)],
-                                          args=[device, f"{self.node}|{stream}"])
+        await self._scripts["unregister"](
+            keys=[self._k("dev:", user_key), self._k("nodedev:", self.node)],
+            args=[device, f"{self.node}|{stream}", user_key])
 
     async def devices_online(self, user_key: str) -> set[str]:
         names = await self._scripts["online"](keys=[self._k("dev:", user_key)], args=[self.prefix])
@@ -580,8 +620,16 @@ class RedisStore(Store):
     async def schedule(self, timer: str, at: float) -> None:
         await self._redis.zadd(self._k("timers"), {timer: at})
 
-    async def claim(self, timer: str) -> bool:
-        return bool(await self._redis.zrem(self._k("timers"), timer))
+    async def claim(self, timer: str, at: float | None = None) -> bool:
+        if at is None:
+            return bool(await self._redis.zrem(self._k("timers"), timer))
+        return bool(await self._scripts["claim_at"](keys=[self._k("timers")], args=[timer, repr(at)]))
+
+    async def reap_dead_nodes(self, offline_grace_s: float) -> int:
+        gone = await self._scripts["reap"](
+            keys=[self._k("nodes"), self._k("timers")],
+            args=[self.prefix, NODE_TTL_S, offline_grace_s])
+        return int(gone)
 
     async def overdue(self, before: float, limit: int = 100) -> list[str]:
         due = await self._scripts["overdue"](keys=[self._k("timers")], args=[before, limit])
