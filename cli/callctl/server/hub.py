@@ -77,6 +77,8 @@ class Hub:
         self._ring_timers: dict[str, asyncio.TimerHandle] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closing = False
+        #: The store's recoveries seen (``_ring_again`` after each new one).
+        self._recoveries = 0
         self.metrics = ServerMetrics(self.server_id, lambda: self.stream_count)
 
     # ------------------------------------------------------------- lifecycle
@@ -125,7 +127,9 @@ class Hub:
                     stream.next_heartbeat = mono + self.config.heartbeat_s
                     stream.sub.offer(HEARTBEAT)
             try:
-                # ring timeouts whose node did not fire them (it died): once, here
+                if self.store.recoveries != self._recoveries:
+                    self._recoveries = self.store.recoveries
+                    await self._ring_again()
                 # devices of a node that died: offline now, their calls' grace begins
                 gone = await self.store.reap_dead_nodes(self.config.offline_grace_s)
                 if gone:
@@ -144,6 +148,17 @@ class Hub:
             except self.store.unavailable as exc:
                 self.metrics.store_error()
                 log.warning("store unavailable: %s", exc)
+
+    async def _ring_again(self) -> None:
+        """The store forgot this node's devices for a moment: a call made then rang none of
+        them here.  Each stream gets the rings pending for it (one it has is dropped by id)."""
+        for (user_key, device), stream in list(self._streams.items()):
+            for call in await self.store.ringing_calls_for(user_key):
+                if call.ring_event_id is None or not self._rings_for(user_key, device, call.caller):
+                    continue
+                await self._mark_rang(call)
+                stream.sub.offer(StoredEvent(call.ring_event_id, "call.incoming",
+                                             p.encode(_ring_event(call))))
 
     async def _overdue(self, timer: str) -> None:
         kind, _, key = timer.partition(":")

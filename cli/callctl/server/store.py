@@ -185,6 +185,10 @@ class Store(abc.ABC):
     #: What the store raises while it cannot be reached (503 with Retry-After, not a 500).
     unavailable: tuple[type[BaseException], ...] = ()
 
+    #: Goes up each time the store came back without this node's presence (a Redis restarted
+    #: empty): rings that were sent meanwhile may have reached nobody here.
+    recoveries: int = 0
+
     @property
     def healthy(self) -> bool:
         """False while the store cannot be reached."""

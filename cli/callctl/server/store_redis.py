@@ -393,6 +393,7 @@ class RedisStore(Store):
                 keys=[self._k("dev:", user_key), self._k("known:", user_key)],
                 args=[self.prefix, device, f"{self.node}|{stream}", 1_000_000, KNOWN_TTL_S,
                       PRESENCE_TTL_S, user_key, self._k("to:")])
+        self.recoveries += 1
         if self._registered:
             log.warning("redis had forgotten this node: devices online here registered again: %d",
                         len(self._registered))
