@@ -77,6 +77,8 @@ def test_json_server_says_it_listens_in_one_ndjson_line(tmp_path: Path) -> None:
         (["server", "--tls-cert", "/nonexistent.pem"], "go together"),
         (["server", "--ice-server", "http://x"], "bad ICE server URL"),
         (["--config", "/nonexistent.toml", "token", "issue", "bob"], "does not exist"),
+        (["server", "--store", "postgres://db/x"], "expected memory or redis://HOST:PORT/DB"),
+        (["server", "--store", "redis://127.0.0.1:port/0"], "could not be cast to integer"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -95,6 +97,17 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_store_that_does_not_answer_is_one_line_and_exit_10(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    out = callctl("server", "--port", "0", "--secret-file", str(tmp_path / "s"),
+                  env={"CALLCTL_STORE": f"redis://127.0.0.1:{port}/0"})
+    assert out.returncode == 10
+    assert out.stderr.startswith(f"callctl: cannot reach the store redis://127.0.0.1:{port}/0: ")
+    assert len(out.stderr.splitlines()) == 1
 
 
 def test_config_file_fills_what_flags_and_env_leave_open(tmp_path: Path) -> None:
