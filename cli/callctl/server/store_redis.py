@@ -200,7 +200,7 @@ if old and old ~= ARGV[3] then
   local node = node_of(old)
   if node ~= node_of(ARGV[3]) then
     -- the device moved to this node: its stream on the other one is replaced
-    redis.call('PUBLISH', ARGV[8] .. node, '!replaced|' .. ARGV[7] .. '|' .. ARGV[2])
+    redis.call('PUBLISH', ARGV[8] .. node, '!replaced|' .. ARGV[7] .. '|' .. ARGV[2] .. '|' .. old)
   end
 end
 if old then return count end
@@ -425,7 +425,9 @@ class RedisStore(Store):
     def _deliver(self, raw: bytes) -> None:
         head, _, tail = raw.partition(b"|")
         if head == b"!replaced":
-            user_key, _, device = tail.decode().partition("|")
+            user_key, device, _, stream = tail.decode().split("|", 3)
+            if self._registered.get((user_key, device)) != stream:
+                return  # that stream is gone here already (a newer one may have come back)
             for sub in list(self._subs.get(user_key, ())):
                 if sub.device == device:
                     sub.close("replaced")
