@@ -397,12 +397,12 @@ class EventStreamResponse(Response):
         written = time.time()
         call_id = msgspec.json.decode(event.data, type=_RingOf).call_id
         try:
-            call = await self.hub.store.get_call(call_id)
+            created = await self.hub.store.call_created_at(call_id)
         except Exception as exc:  # the metric is not worth the stream
             self.hub.metrics.store_error()
             log.warning("ring metrics: reading call %s failed: %r", call_id[:8], exc)
-            call = None
-        self.hub.metrics.ring_delivered(written - call.created_at if call is not None else None)
+            created = None
+        self.hub.metrics.ring_delivered(written - created if created is not None else None)
 
 
 # ---------------------------------------------------------------- softphone

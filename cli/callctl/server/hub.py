@@ -297,7 +297,13 @@ class Hub:
         if self._streams.get((user_key, stream.device)) is not stream:
             return  # replaced by a newer stream of the same device: still online
         del self._streams[(user_key, stream.device)]
-        await self.store.unregister_device(user_key, stream.device, stream.stream_id)
+        try:
+            await self.store.unregister_device(user_key, stream.device, stream.stream_id)
+        except self.store.unavailable as exc:  # listed until the device is back or its node goes
+            self.metrics.store_error()
+            log.warning("stream of %s/%s closed, but the store did not hear of it: %s",
+                        user_key, stream.device, exc)
+            return
         log.debug("stream closed %s device=%s", user_key, stream.device)
         grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
             else self.config.offline_grace_s

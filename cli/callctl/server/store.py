@@ -201,6 +201,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, call_id: str) -> CallRecord | None: ...
 
+    async def call_created_at(self, call_id: str) -> float | None:
+        """When the call was created (its ring latency metric), without reading all of it."""
+        call = await self.get_call(call_id)
+        return call.created_at if call is not None else None
+
     @abc.abstractmethod
     async def update_call(
         self, call_id: str, expect: CallState, changes: dict[str, Any]

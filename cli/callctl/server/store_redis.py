@@ -51,6 +51,9 @@ from callctl.signaling.protocol import CallState
 
 log = logging.getLogger(__name__)
 
+#: Connections each node keeps to Redis at most, and how long a request waits for a free one.
+MAX_CONNECTIONS = 64
+POOL_WAIT_S = 5.0
 #: A node's liveness key lives this long after its last renewal (renewed every second).
 NODE_TTL_S = 5.0
 #: A call record expires this long after its last change, whatever its state (a safety net:
@@ -309,9 +312,12 @@ class RedisStore(Store):
         self.node = node or secrets.token_hex(4)
         self.epoch = ""
         # Any: redis-py types every reply as bytes | str (decode_responses); ours are bytes
-        self._redis: Any = aioredis.Redis.from_url(
-            url, decode_responses=False, socket_connect_timeout=2.0, socket_timeout=5.0,
-            health_check_interval=10)
+        # a blocking pool: a burst of requests waits for a connection instead of failing
+        # (redis-py's default pool raises at its 100th connection in use)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=False,
+            socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self._redis.register_script(text) for name, text in (
             ("create", _CREATE), ("update", _UPDATE), ("publish", _PUBLISH),
             ("register", _REGISTER), ("unregister", _UNREGISTER), ("online", _ONLINE),
@@ -355,6 +361,7 @@ class RedisStore(Store):
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.delete(self._k("node:", self.node))
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
     @property
     def healthy(self) -> bool:
@@ -483,6 +490,10 @@ class RedisStore(Store):
         if not flat:
             return None
         return self._record([x for kv in flat.items() for x in kv])
+
+    async def call_created_at(self, call_id: str) -> float | None:
+        raw = await self._redis.hget(self._k("call:", call_id), "created_at")
+        return float(raw) if raw is not None else None
 
     async def update_call(
         self, call_id: str, expect: CallState, changes: dict[str, Any]
