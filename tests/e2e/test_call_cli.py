@@ -5,6 +5,7 @@ Every exit code of docs/EXIT-CODES.md is produced here for real.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from pathlib import Path
@@ -265,3 +266,22 @@ async def test_levels_are_reported_while_connected_and_bitrate_is_configurable(c
     assert await bob.exit_code() == 0
     code, _, err = await cli.run("alice", "call", "bob", "--audio-in", "tone", "--bitrate", "2")
     assert code == 2 and "--bitrate" in err
+
+
+async def test_a_call_reports_its_figures_every_5_s_and_sums_them_up_at_the_end(cli: Callctl) -> None:
+    bob = await cli.listen("bob", "--auto-accept", "--once")
+    alice = await cli.call("alice", "bob", "--hangup-after", "6")
+    stats = await alice.wait_event("media.stats", timeout=15)
+    # on loopback: nothing lost, a round trip of a few ms, Opus's ~32 kbit/s, a clean MOS
+    assert stats["loss_in_pct"] == 0 and stats["packets_lost"] == 0, stats
+    assert stats["packets_received"] > 150 and stats["packets_sent"] > 150, stats
+    assert 0 <= stats["rtt_ms"] < 50 and 20 < stats["kbps_out"] < 60, stats
+    assert stats["mos"] > 4.2, stats
+    code, out, _ = await cli.run("alice", "status", "--json")
+    assert code == 0 and json.loads(out)["call"]["stats"]["packets_sent"] > 0, out
+    assert await alice.exit_code() == 0
+    ended = alice.named("call.ended")[-1]
+    assert ended["stats"]["packets_sent"] > stats["packets_sent"], ended
+    assert ended["stats"]["loss_in_pct"] == 0 and ended["stats"]["mos"] > 4.2, ended
+    assert (await bob.wait_event("call.ended"))["stats"]["packets_received"] > 250
+    assert await bob.exit_code() == 0

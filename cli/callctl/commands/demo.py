@@ -85,7 +85,7 @@ async def _demo(settings: Any, duration: float) -> int:
             b_peer = None
             if bob.last_session is not None:
                 b_peer = bob.last_session.peer
-            summary = {
+            summary: dict[str, Any] = {
                 "reason": outcome.reason.value,
                 "setup_ms": setup.get("ms"),
                 "call_s": round(time.monotonic() - started, 1),
@@ -94,6 +94,7 @@ async def _demo(settings: Any, duration: float) -> int:
                 "frames_sent_alice": a_peer.sent.frames if a_peer else 0,
                 "frames_sent_bob": b_peer.sent.frames if b_peer else 0,
                 "bob_reason": bob_session.reason.value if bob_session else None,
+                "stats": a_peer.call_stats.summary() if a_peer else {},
             }
             for p in (alice, bob):
                 await p.close()
@@ -109,7 +110,8 @@ async def _demo(settings: Any, duration: float) -> int:
             f"audio frames alice → bob: {summary['frames_alice_to_bob']} received "
             f"of {summary['frames_sent_alice']} sent (440 Hz)\n"
             f"audio frames bob → alice: {summary['frames_bob_to_alice']} received "
-            f"of {summary['frames_sent_bob']} sent (660 Hz)",
+            f"of {summary['frames_sent_bob']} sent (660 Hz)"
+            + (f"\nlink (alice): {_stats_text(summary['stats'])}" if summary["stats"] else ""),
             flush=True,
         )
     if outcome.reason.value != "hangup":
@@ -129,3 +131,12 @@ def _prefixed(who: str, out: Any) -> Any:
         if event in (Ev.CALL_ENDED, Ev.CALL_CONNECTED, Ev.CALL_INCOMING, Ev.CALL_OUTGOING, Ev.REGISTERED):
             out(event, record)
     return listener
+
+
+def _stats_text(stats: dict[str, Any]) -> str:
+    out = f"{stats['packets_lost']} of {stats['packets_received'] + stats['packets_lost']} packets lost"
+    if "rtt_ms" in stats:
+        out += f", rtt {stats['rtt_ms']:.0f} ms"
+    if "mos" in stats:
+        out += f", MOS {stats['mos']:.1f}"
+    return out

@@ -58,6 +58,8 @@ def call_status(s: CallSession) -> dict[str, Any]:
         out["level_out"] = round(peer.sent.level, 3)
         out["level_in"] = round(peer.received.level, 3)
         out["codec"] = "opus/48000"
+        if peer.call_stats.latest:
+            out["stats"] = peer.call_stats.latest
         route = peer.route()
         if route and c.state == m.State.CONNECTED:
             out["route"] = route

@@ -30,6 +30,7 @@ class Ev(str, enum.Enum):
 
     MEDIA_FLOWING = "media.flowing"
     MEDIA_LEVEL = "media.level"
+    MEDIA_STATS = "media.stats"
     MEDIA_MUTED = "media.muted"
     MEDIA_UNMUTED = "media.unmuted"
     MEDIA_VIDEO_PAUSED = "media.video.paused"

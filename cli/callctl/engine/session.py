@@ -38,6 +38,8 @@ CONNECT_TIMEOUT_S = 15.0
 PEER_CLOSE_GRACE_S = 1.0
 #: How often ``media.level`` events are emitted during a call.
 LEVEL_INTERVAL_S = 0.5
+#: How often a connected call reports ``media.stats``.
+STATS_INTERVAL_S = 5.0
 #: A signaling request that takes longer than this has failed.
 REQUEST_TIMEOUT_S = 5.0
 #: Our own ring deadline runs this much past the server's (whose timeout normally decides).
@@ -194,6 +196,10 @@ class CallSession:
             fields = action.fields
             if action.event in (Ev.CALL_CONNECTED, Ev.CALL_RECONNECTED) and self.peer is not None:
                 fields = {**fields, "route": self.peer.route()}
+            if action.event == Ev.CALL_ENDED and self.peer is not None:
+                summary = self.peer.call_stats.summary()
+                if summary:
+                    fields = {**fields, "stats": summary}
             self.phone.emit(action.event, fields)
             if action.event in (Ev.CALL_INCOMING, Ev.CALL_OUTGOING):
                 self.announced.set()
@@ -511,6 +517,7 @@ class CallSession:
             if self.peer.video.source is not None and not self.peer.video.sending:
                 self.video_changed("paused")  # PlanetKit's initial video state "paused": the peer is told
         self._spawn(self._report_levels(), "levels")
+        self._spawn(self._report_stats(), "stats")
 
     async def _report_levels(self) -> None:
         """``media.level`` twice a second: peak levels (0..1) of our mic and of the peer."""
@@ -519,6 +526,17 @@ class CallSession:
             if self.peer is not None and self.call.state in (m.State.CONNECTED, m.State.RECONNECTING):
                 self._emit(Ev.MEDIA_LEVEL, mic=round(self.peer.sent.take_peak(), 3),
                            remote=round(self.peer.received.take_peak(), 3))
+
+    async def _report_stats(self) -> None:
+        """``media.stats`` every STATS_INTERVAL_S while connected (docs/EVENTS.md)."""
+        if self.peer is not None:  # where the first interval's rates count from
+            await self.peer.call_stats.sample()
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self.peer is not None and self.call.state in (m.State.CONNECTED, m.State.RECONNECTING):
+                sample = await self.peer.call_stats.sample()
+                if sample:
+                    self._emit(Ev.MEDIA_STATS, **sample)
 
     def _later(self, delay: float, event: m.CallEvent) -> None:
         self._later_call(delay, lambda: self.feed(event))
@@ -534,6 +552,8 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._create_task), REQUEST_TIMEOUT_S)
         if self.peer is not None:
+            if self.call.connected_at is not None:  # the last figures, for the call's summary
+                await self.peer.call_stats.sample()
             await self.peer.close()
 
     # -------------------------------------------------------------- commands

@@ -38,6 +38,13 @@ class Impairment:
     jitter_s: float = 0.0
     #: (packets forwarded, dropped)
     counts: list[int] = field(default_factory=lambda: [0, 0])
+    #: ... of them RTP media packets (not RTCP, STUN or DTLS): what a receiver can count
+    rtp_counts: list[int] = field(default_factory=lambda: [0, 0])
+
+
+def is_rtp(data: bytes) -> bool:
+    """An RTP packet (RFC 5761: version 2, and not an RTCP payload type 200-207)."""
+    return len(data) >= 12 and data[0] & 0xC0 == 0x80 and not 72 <= data[1] & 0x7F <= 79
 
 
 class _Face(asyncio.DatagramProtocol):
@@ -76,10 +83,13 @@ class LossyLink:
         imp = self.to_a if to == "a" else self.to_b
         if to not in self.real:
             return
+        rtp = is_rtp(data)
         if self.rng.random() < imp.loss:
             imp.counts[1] += 1
+            imp.rtp_counts[1] += rtp
             return
         imp.counts[0] += 1
+        imp.rtp_counts[0] += rtp
         face = self.faces[to]  # a hears from its own face (standing for b), and vice versa
         delay = imp.delay_s + self.rng.uniform(0, imp.jitter_s)
         loop = asyncio.get_running_loop()

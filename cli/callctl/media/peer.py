@@ -28,7 +28,7 @@ from callctl.media.errors import BadSdp, MediaError
 from callctl.media.messages import Messenger, create_channel
 from callctl.media.playout import PlayoutBuffer
 from callctl.media.sdp import check_sdp, has_data_channel, refusals
-from callctl.media.stats import link_stats
+from callctl.media.stats import CallStats
 from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
 from callctl.media.video_sinks import VideoSink
 from callctl.media.video_sources import VideoSource
@@ -119,6 +119,8 @@ class PeerConnection:
         #: Which peer connection this is: a restart makes a new one on the same endpoints.
         self.generation = 0
         self.pc = self._new_pc()
+        #: The call's statistics over every peer connection it has (``media.stats``).
+        self.call_stats = CallStats(self)
 
     def _new_pc(self) -> Any:
         from aiortc import (
@@ -499,8 +501,8 @@ class PeerConnection:
 
     # ------------------------------------------------------------------ stats
     async def stats(self) -> dict[str, float]:
-        """RTT, loss and jitter as the peer reports them, when known."""
-        return await link_stats(self.pc)
+        """The call's latest statistics (``media.stats``), or a first sample if none was taken."""
+        return self.call_stats.latest or await self.call_stats.sample()
 
     # ------------------------------------------------------------------ close
     async def close(self) -> None:

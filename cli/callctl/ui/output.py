@@ -130,6 +130,24 @@ def ended_text(record: dict[str, Any], me: str | None = None) -> str:
     return f"{reason}{f' ({by})' if by else ''} after {_clock(float(record.get('duration_s') or 0))}"
 
 
+def stats_line(stats: dict[str, Any]) -> str:
+    """``media.stats`` in one line: rtt, loss each way, jitter, bitrate each way, MOS."""
+    parts = []
+    if "rtt_ms" in stats:
+        parts.append(f"rtt {stats['rtt_ms']:.0f} ms")
+    if "loss_in_pct" in stats:
+        out = f" / {stats['loss_out_pct']:.1f} out" if "loss_out_pct" in stats else ""
+        parts.append(f"loss {stats['loss_in_pct']:.1f} in{out} %")
+    if "jitter_ms" in stats:
+        parts.append(f"jitter {stats['jitter_ms']:.0f} ms")
+    if "kbps_out" in stats:
+        into = f" / {stats['kbps_in']:.0f} in" if "kbps_in" in stats else ""
+        parts.append(f"{stats['kbps_out']:.0f} out{into} kbps")
+    if "mos" in stats:
+        parts.append(f"MOS {stats['mos']:.1f}")
+    return "  ".join(parts)
+
+
 class LiveView:
     """A rich Live panel refreshed a few times a second, with single-key commands.
 
@@ -197,7 +215,7 @@ class LiveView:
             if call.get("codec"):
                 table.add_row("codec", call["codec"])
             if self.stats:
-                table.add_row("link", "  ".join(f"{k} {v}" for k, v in self.stats.items()))
+                table.add_row("link", stats_line(self.stats))
             keys = STATE_KEYS.get(state, keys)
         elif self.ended is not None and self.one_call:
             table.add_row("peer", str(self.ended.get("peer") or "?"))
