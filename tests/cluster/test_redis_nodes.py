@@ -57,6 +57,7 @@ async def test_a_device_that_moves_to_another_node_ends_its_old_stream(
     assert await a.register_device("svc/bob", "kiosk", "s1", cap=8) == 1
     old = a.subscribe("svc/bob", "kiosk")
     assert await b.register_device("svc/bob", "kiosk", "s2", cap=8) == 1
+    await b.stream_started("svc/bob", "kiosk", "s2")  # its client got the first bytes
     item = await asyncio.wait_for(old.get(), 5)
     assert isinstance(item, Close) and item.reason == "replaced"
     # the old stream's unregistering does not take the moved device offline
@@ -144,3 +145,20 @@ async def test_a_dead_nodes_devices_are_reaped_once_with_an_offline_timer_each(
     finally:
         for node in (a, b, c):
             await node.close()
+
+
+async def test_an_open_given_up_before_it_started_leaves_the_older_stream_be(
+    nodes: tuple[RedisStore, RedisStore],
+) -> None:
+    """A client that gave up on a slow open reconnected elsewhere: the open it left behind
+    finishes late, and must neither end the newer stream nor take the device offline."""
+    a, b = nodes
+    await a.register_device("svc/bob", "kiosk", "s1", cap=8)
+    live = a.subscribe("svc/bob", "kiosk")
+    assert await b.register_device("svc/bob", "kiosk", "late", cap=8) == 1
+    await b.unregister_device("svc/bob", "kiosk", "late")  # its first write found nobody
+    assert await a.devices_online("svc/bob") == {"kiosk"}
+    event_id = await b.publish("svc/bob", "call.incoming", b"{}")  # and rings reach s1 on a
+    item = await asyncio.wait_for(live.get(), 5)
+    assert isinstance(item, StoredEvent) and item.id == event_id
+    assert not live.closed

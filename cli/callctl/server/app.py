@@ -357,6 +357,9 @@ class EventStreamResponse(Response):
                 first += _sse(event)
                 last_sent = event.id
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            await asyncio.sleep(0)  # a client that gave up already is seen by the watcher now
+            if not sub.closed:
+                await self.hub.stream_started(self.stream)
             for event in self.backlog:
                 if event.name == "call.incoming":
                     await self._rang(event)

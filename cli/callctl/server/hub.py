@@ -290,6 +290,15 @@ class Hub:
             await self.store.unregister_device(user_key, device, stream_id)
             raise
 
+    async def stream_started(self, stream: Stream) -> None:
+        """Its client has the first bytes: the device's stream on another node ends now."""
+        try:
+            await self.store.stream_started(stream.identity.key, stream.device, stream.stream_id)
+        except self.store.unavailable as exc:
+            self.metrics.store_error()
+            log.warning("stream of %s/%s: the store did not hear it started: %s",
+                        stream.identity.key, stream.device, exc)
+
     async def close_stream(self, stream: Stream, gone: bool = False) -> None:
         """The stream ended; ``gone``: its client closed the connection (it did not just stall)."""
         user_key = stream.identity.key

@@ -259,6 +259,10 @@ class Store(abc.ABC):
     async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
         """Mark a device online; number of devices online, or None over the cap."""
 
+    async def stream_started(self, user_key: str, device: str, stream: str) -> None:  # noqa: B027
+        """The stream's client got its first bytes: a stream of the device elsewhere ends now
+        (not at registration: a client that gave up on a slow open must not end its newer one)."""
+
     @abc.abstractmethod
     async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
         """Mark offline, unless a newer stream of the same device took over."""

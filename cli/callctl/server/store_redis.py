@@ -199,20 +199,20 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SADD', ARGV[1] .. 'nodedev:' .. node_of(ARGV[3]), ARGV[7] .. '|' .. ARGV[2])
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
-if old and old ~= ARGV[3] then
-  local node = node_of(old)
-  if node ~= node_of(ARGV[3]) then
-    -- the device moved to this node: its stream on the other one is replaced
-    redis.call('PUBLISH', ARGV[8] .. node, '!replaced|' .. ARGV[7] .. '|' .. ARGV[2] .. '|' .. old)
-  end
-end
-if old then return count end
-return count + 1
+-- the stream it replaces, if on another node: told once this one has started (stream_started)
+local moved = ''
+if old and old ~= ARGV[3] and node_of(old) ~= node_of(ARGV[3]) then moved = old end
+if old then return {count, moved} end
+return {count + 1, moved}
 """
 
-# KEYS: dev, this node's devices; ARGV: device, NODE|STREAM, user key
+# KEYS: dev, this node's devices; ARGV: device, NODE|STREAM, user key, the entry to put back
+# ('' : none; a stream that never started gives the device back to the one it displaced)
 _UNREGISTER = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+  else redis.call('HDEL', KEYS[1], ARGV[1]) end
+end
 redis.call('SREM', KEYS[2], ARGV[3] .. '|' .. ARGV[1])
 return 1
 """
@@ -332,6 +332,9 @@ class RedisStore(Store):
         self.listening = asyncio.Event()
         #: Redis answered the last node-liveness renewal.
         self._healthy = False
+        #: (user key, device, stream) of a stream not yet started -> the NODE|STREAM elsewhere
+        #: it displaced (told to end once this one starts; put back if it never does).
+        self._displaced: dict[tuple[str, str, str], str] = {}
         #: This node's devices online: (user key, device) -> stream (registered again after an
         #: outage: a Redis that lost its data has no presence left).
         self._registered: dict[tuple[str, str], str] = {}
@@ -596,21 +599,32 @@ class RedisStore(Store):
 
     # -- presence
     async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
-        online = await self._scripts["register"](
+        result = await self._scripts["register"](
             keys=[self._k("dev:", user_key), self._k("known:", user_key)],
             args=[self.prefix, device, f"{self.node}|{stream}", cap, KNOWN_TTL_S, PRESENCE_TTL_S,
                   user_key, self._k("to:")])
-        if int(online) < 0:
-            return None
+        if not isinstance(result, list):
+            return None  # over the cap
+        online, moved = int(result[0]), result[1].decode()
         self._registered[(user_key, device)] = stream
-        return int(online)
+        if moved:
+            self._displaced[(user_key, device, stream)] = moved
+        return online
+
+    async def stream_started(self, user_key: str, device: str, stream: str) -> None:
+        moved = self._displaced.pop((user_key, device, stream), None)
+        if moved is not None:  # the device moved to this node: its stream there is replaced
+            node = moved.partition("|")[0]
+            await self._redis.publish(self._k("to:", node),
+                                      f"!replaced|{user_key}|{device}|{moved}".encode())
 
     async def unregister_device(self, user_key: str, device: str, stream: str) -> None:
         if self._registered.get((user_key, device)) == stream:
             del self._registered[(user_key, device)]
+        displaced = self._displaced.pop((user_key, device, stream), "")
         await self._scripts["unregister"](
             keys=[self._k("dev:", user_key), self._k("nodedev:", self.node)],
-            args=[device, f"{self.node}|{stream}", user_key])
+            args=[device, f"{self.node}|{stream}", user_key, displaced])
 
     async def devices_online(self, user_key: str) -> set[str]:
         names = await self._scripts["online"](keys=[self._k("dev:", user_key)], args=[self.prefix])
