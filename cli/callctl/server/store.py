@@ -177,6 +177,29 @@ class Subscription:
         return items
 
 
+class LocalStreams:
+    """The subscriptions of the streams open on this node, by user (every store has them)."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
+
+    def subscribe(self, user_key: str, device: str) -> Subscription:
+        sub = Subscription(user_key, device)
+        self._subs[user_key].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.user_key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.user_key]
+                self._no_streams(sub.user_key)
+
+    def _no_streams(self, user_key: str) -> None:
+        """The user's last stream here closed."""
+
+
 class Store(abc.ABC):
     """The state one or more server nodes share."""
 
@@ -313,10 +336,11 @@ class Store(abc.ABC):
         """Release connections."""
 
 
-class MemoryStore(Store):
+class MemoryStore(LocalStreams, Store):
     """All state in this process: the single-node default, lost on restart."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.epoch = secrets.token_hex(4)
         self._calls: dict[str, CallRecord] = {}
         self._ringing: dict[str, set[str]] = collections.defaultdict(set)
@@ -327,7 +351,6 @@ class MemoryStore(Store):
         #: Users who have had a device online: only their events are retained.
         self._known: set[str] = set()
         self._seq = 0
-        self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._devices: dict[str, dict[str, str]] = collections.defaultdict(dict)
         #: key -> (tokens, when counted, when it is full again)
         self._buckets: dict[str, tuple[float, float, float]] = {}
@@ -435,18 +458,6 @@ class MemoryStore(Store):
         if epoch != self.epoch or not seq.isdigit():
             return True
         return int(event_id.partition("-")[2]) > int(seq)
-
-    def subscribe(self, user_key: str, device: str) -> Subscription:
-        sub = Subscription(user_key, device)
-        self._subs[user_key].add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.user_key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.user_key]
 
     # -- presence
     async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:

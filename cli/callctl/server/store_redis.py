@@ -27,7 +27,6 @@ subscribes to its own channel and offers what arrives to its local streams.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import secrets
@@ -43,9 +42,9 @@ from callctl.server.store import (
     LOG_IDLE_S,
     LOG_LENGTH,
     CallRecord,
+    LocalStreams,
     Store,
     StoredEvent,
-    Subscription,
 )
 from callctl.signaling.protocol import CallState
 
@@ -301,12 +300,13 @@ def _event_message(user_key: str, name: str, data: bytes, only: str | None,
     return msgspec.msgpack.encode((user_key, name, data, only, except_))
 
 
-class RedisStore(Store):
+class RedisStore(LocalStreams, Store):
     """State in Redis, shared by every node that uses the same URL and prefix."""
 
     unavailable = (RedisError, OSError)
 
     def __init__(self, url: str, *, prefix: str = "callctl:", node: str | None = None) -> None:
+        super().__init__()
         self.url = url
         self.prefix = prefix
         self.node = node or secrets.token_hex(4)
@@ -323,7 +323,6 @@ class RedisStore(Store):
             ("register", _REGISTER), ("unregister", _UNREGISTER), ("online", _ONLINE),
             ("take_token", _TAKE_TOKEN), ("overdue", _OVERDUE), ("renew", _RENEW),
             ("claim_at", _CLAIM_AT), ("reap", _REAP))}
-        self._subs: dict[str, set[Subscription]] = collections.defaultdict(set)
         #: The newest event offered here to each user with streams on this node.
         self._last_seen: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -584,18 +583,8 @@ class RedisStore(Store):
         m_ms, _, m_seq = mine.partition("-")
         return (int(m_ms), int(m_seq)) > (int(a_ms), int(a_seq))
 
-    def subscribe(self, user_key: str, device: str) -> Subscription:
-        sub = Subscription(user_key, device)
-        self._subs[user_key].add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.user_key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.user_key]
-                self._last_seen.pop(sub.user_key, None)
+    def _no_streams(self, user_key: str) -> None:
+        self._last_seen.pop(user_key, None)
 
     # -- presence
     async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
