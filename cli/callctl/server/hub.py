@@ -306,20 +306,20 @@ class Hub:
         if self._streams.get((user_key, stream.device)) is not stream:
             return  # replaced by a newer stream of the same device: still online
         del self._streams[(user_key, stream.device)]
+        grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
+            else self.config.offline_grace_s
+        # in the store, so that the grace ends even if this node stops or dies meanwhile; a
+        # device that leaves again later moves the due time (the earlier timer is then moot)
+        timer, at = offline_timer(user_key, stream.device), time.time() + grace
         try:
             await self.store.unregister_device(user_key, stream.device, stream.stream_id)
+            await self.store.schedule(timer, at)
         except self.store.unavailable as exc:  # listed until the device is back or its node goes
             self.metrics.store_error()
             log.warning("stream of %s/%s closed, but the store did not hear of it: %s",
                         user_key, stream.device, exc)
             return
         log.debug("stream closed %s device=%s", user_key, stream.device)
-        grace = min(self.config.gone_grace_s, self.config.offline_grace_s) if gone \
-            else self.config.offline_grace_s
-        # in the store, so that the grace ends even if this node stops or dies meanwhile; a
-        # device that leaves again later moves the due time (the earlier timer is then moot)
-        timer, at = offline_timer(user_key, stream.device), time.time() + grace
-        await self.store.schedule(timer, at)
         if not self.closing:
             self._later(grace, self._offline_fire, timer, at)
 
