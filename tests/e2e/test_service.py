@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,14 @@ import pytest
 from callctl.engine.sdnotify import Notifier, ServiceLink
 from tests.audio import tone_fraction
 from tests.cli import Callctl
-from tests.helpers import WAIT, ServerProcess
+from tests.helpers import WAIT, ServerProcess, running_server
 
 
 class NotifySocket:
-    """The datagram socket systemd would own: what a service sent to it, in order."""
+    """The datagram socket systemd would own: what a service sent to it, in order.
+
+    Read as soon as anything arrives (``watch``), as systemd does: a datagram socket's queue
+    holds only ~10 messages, and a sender's next ones are dropped while it is full."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -33,6 +36,16 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.setblocking(False)
         self.messages: list[tuple[float, str]] = []
+        self._changed: asyncio.Event | None = None
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._changed = asyncio.Event()
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        self.drain()
+        if self._changed is not None:
+            self._changed.set()
 
     def drain(self) -> list[str]:
         with contextlib.suppress(BlockingIOError):
@@ -46,6 +59,7 @@ class NotifySocket:
     async def wait_for(self, line: str, timeout: float = WAIT, *, prefix: bool = False,
                        since: int = 0) -> None:
         """Until ``line`` arrives (among the messages from number ``since`` on)."""
+        assert self._changed is not None, "watch() first"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
@@ -53,31 +67,28 @@ class NotifySocket:
             lines = [x for m in self.drain()[since:] for x in m.splitlines()]
             return any(x.startswith(line) if prefix else x == line for x in lines)
 
-        while not seen():
+        while True:
+            self._changed.clear()  # before the look: what comes after it sets it again
+            if seen():
+                return
             if loop.time() > deadline:
                 raise AssertionError(f"no {line!r} in {self.lines()}")
-            ready = loop.create_future()
-            loop.add_reader(self.sock.fileno(), _wake, ready)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
-            finally:
-                loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
 
-    def close(self) -> None:
+    def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is not None:
+            loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 @pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+async def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
+    loop = asyncio.get_running_loop()
+    sock.watch(loop)
     yield sock
-    sock.close()
+    sock.close(loop)
 
 
 def free_port() -> int:
@@ -196,12 +207,24 @@ async def test_call_goes_through_the_running_listen_with_its_devices(cli: Callct
     assert (code, status["calls_placed"], status["server_link"]) == (0, 1, "online")
 
 
+@pytest.fixture
+def long_ring(tmp_path: Path) -> Iterator[Callctl]:
+    """callctl processes against a server whose rings last 30 s: a test that ends a ring itself
+    is never overtaken by the ring timeout on a slow machine."""
+    (tmp_path / "long").mkdir()
+    (tmp_path / "long-cli").mkdir()
+    for srv in running_server(tmp_path / "long", ["--ring-timeout", "30", "--heartbeat", "1"]):
+        yield Callctl(srv, tmp_path / "long-cli")
+
+
 async def test_ctrl_c_of_a_call_through_listen_cancels_it_and_a_declined_one_exits_3(
-        cli: Callctl) -> None:
+        long_ring: Callctl) -> None:
+    cli = long_ring
     bob = await cli.listen("bob")
     await cli.listen("kiosk")
     caller = await cli.start("kiosk", "call", "bob")
     await bob.wait_event("call.incoming")
+    await caller.wait_event("call.ringback")  # Ctrl-C at the ringing caller, as a user presses it
     caller.signal(signal.SIGINT)
     assert await caller.exit_code() == 130
     await bob.wait_event("call.ended")
@@ -214,6 +237,7 @@ async def test_ctrl_c_of_a_call_through_listen_cancels_it_and_a_declined_one_exi
     code, _, _ = await cli.run("bob", "decline", "--device", "kiosk")
     assert code == 0
     assert await caller.exit_code() == 3
+    await cli.close()
 
 
 async def test_a_call_process_killed_hard_hangs_up_its_call(cli: Callctl) -> None:

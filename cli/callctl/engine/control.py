@@ -170,6 +170,10 @@ class ControlServer:
                 await _send(writer, answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # closing (``close``): end quietly; a cancelled connection task would make
+            # Python 3.11's StreamReaderProtocol log "Exception in callback" with a traceback
+            pass
         finally:
             writer.close()
             self._clients.discard(task)
