@@ -40,7 +40,12 @@ from callctl.media import devices, watchdog
 from callctl.media.audio import AudioSink, NullSink, ToneSource
 from callctl.media.devices import MicSource, SpeakerSink
 from callctl.media.errors import DeviceError
+from callctl.media.echo import Processing
 from callctl.media.peer import MediaCallbacks, PeerConnection
+
+# the microphones here play steady tones, which noise suppression and the echo suppressor
+# take out (the speaker's tone shares their band)
+STEADY_TONES = Processing(aec=False, noise_suppression=False)
 
 # the same logic, retried faster than a person would need
 watchdog.POLL_S, watchdog.REOPEN_EVERY_S = 0.1, 0.3
@@ -124,7 +129,8 @@ async def connected_pair(a_source, a_sinks, events):
     up = [asyncio.Event(), asyncio.Event()]
     a = PeerConnection([], a_source, a_sinks, MediaCallbacks(
         on_up=up[0].set, on_lost=lambda why: None,
-        on_device=lambda e, f: events.append((e, f.get("kind"), f.get("device")))))
+        on_device=lambda e, f: events.append((e, f.get("kind"), f.get("device")))),
+        processing=STEADY_TONES)
     b = PeerConnection([], ToneSource(440), [far], MediaCallbacks(on_up=up[1].set, on_lost=lambda why: None))
     await a.apply_answer(await b.create_answer(await a.create_offer()))
     await asyncio.wait_for(asyncio.gather(up[0].wait(), up[1].wait()), 10)
@@ -266,7 +272,7 @@ from callctl.media.assembly import MediaOptions, build_peer, check
 
 async def main():
     plug(("usbmic", 523, None), ("Speaker", None, DIR / "spk.raw"))
-    opts = MediaOptions(audio_in="mic:usbmic", audio_out="speaker:speaker")
+    opts = MediaOptions(audio_in="mic:usbmic", audio_out="speaker:speaker", processing=STEADY_TONES)
     check(opts)  # as `listen` does when it starts: the microphone is there
     plug(("Speaker", None, DIR / "spk.raw"))  # unplugged before the call comes
     events = []

@@ -98,6 +98,15 @@ Device = Annotated[str | None, typer.Option(
     envvar="CALLCTL_DEVICE", help="This device's id (default: the host name).")]
 Bitrate = Annotated[int, typer.Option(
     envvar="CALLCTL_BITRATE", min=6, max=510, help="Opus bitrate we send, kbit/s (mono, with FEC).")]
+Aec = Annotated[bool | None, typer.Option(
+    "--aec/--no-aec", envvar="CALLCTL_AEC", show_default="on with a mic and a speaker",
+    help="Echo cancellation (WebRTC AEC3) on the microphone, the speaker as its reference.")]
+NoiseSuppression = Annotated[bool | None, typer.Option(
+    "--noise-suppression/--no-noise-suppression", envvar="CALLCTL_NOISE_SUPPRESSION",
+    show_default="on with a mic", help="Noise suppression on the microphone.")]
+Agc = Annotated[bool | None, typer.Option(
+    "--agc/--no-agc", envvar="CALLCTL_AGC", show_default="off",
+    help="Automatic gain control on the microphone (it lifts the echo canceller's residual too).")]
 VideoIn = Annotated[str | None, typer.Option(
     envvar="CALLCTL_VIDEO_IN", help="Video source: camera[:/dev/videoN], testsrc, file:PATH.")]
 VideoOut = Annotated[str | None, typer.Option(

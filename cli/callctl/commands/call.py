@@ -52,6 +52,9 @@ def call(
              "and its video too into .mkv/.webm/.mp4.")] = None,
     device: _phone.Device = None,
     bitrate: _phone.Bitrate = 32,
+    aec: _phone.Aec = None,
+    noise_suppression: _phone.NoiseSuppression = None,
+    agc: _phone.Agc = None,
     video: Annotated[bool, typer.Option("--video", help="A video call (sends --video-in, camera by default).")] = False,
     video_in: _phone.VideoIn = None,
     video_out: _phone.VideoOut = None,
@@ -72,6 +75,7 @@ def call(
     from callctl.engine.phone import CallPolicy
     from callctl.engine.session import CallLimits
     from callctl.media.assembly import MediaOptions
+    from callctl.media.echo import Processing
     from callctl.signaling.protocol import Media, valid_id
 
     settings = ctx.obj
@@ -88,6 +92,7 @@ def call(
     dev, media = _phone.device_and_media(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
+                                       processing=Processing(aec, noise_suppression, agc),
                                        video_paused=video_paused, ringback=ringback,
                                        hold_audio=hold_audio),
         video_out=video_out, size=video_size, camera_format=camera_format)

@@ -58,6 +58,7 @@ def call_status(s: CallSession) -> dict[str, Any]:
         out["level_out"] = round(peer.sent.level, 3)
         out["level_in"] = round(peer.received.level, 3)
         out["codec"] = "opus/48000"
+        out["mic_processing"] = peer.processing.names()
         if peer.call_stats.latest:
             out["stats"] = peer.call_stats.latest
         route = peer.route()

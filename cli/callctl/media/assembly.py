@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
+from callctl.media.echo import Processing
 from callctl.media.errors import MediaError
 from callctl.media.messages import Messenger
 from callctl.media.peer import MediaCallbacks, PeerConnection, VideoSetup
@@ -52,6 +53,8 @@ class MediaOptions:
     ringback: str = "tone"
     #: What the speaker plays while the peer holds the call: ``tone``, ``none`` or a file.
     hold_audio: str = "tone"
+    #: The microphone path: echo cancellation, noise suppression, gain (None: the default).
+    processing: Processing = field(default_factory=Processing)
 
     def ring_spec(self, *, ringback: bool) -> RingSpec:
         return RingSpec.parse(self.ringback if ringback else self.ringtone,
@@ -143,7 +146,7 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
                 video.sinks.append(RecordedVideo(recorder))
         return PeerConnection(ice_servers, source, sinks, callbacks, video=video,
                               voice=VoiceSettings(bitrate=opts.bitrate_kbps * 1000),
-                              relay_only=opts.relay_only, messenger=messenger)
+                              relay_only=opts.relay_only, messenger=messenger, processing=opts.processing)
     except BaseException:
         for endpoint in reversed(opened):  # nothing opened for a call that never starts stays open
             endpoint.close()

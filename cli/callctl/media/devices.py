@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from callctl.media import echo
 from callctl.media.audio import FRAME, RATE, SILENCE, AudioSink, AudioSource
 from callctl.media.errors import DeviceError
 
@@ -345,6 +346,7 @@ class _DeviceStream:
         self.device = AudioDevice(-1, name or "default", 0, 0, float(RATE))
         self.name = f"{self._prefix}:{self.device.name}"
         self.rate, self.channels = RATE, 1
+        self._latency = 0.0
         self._pacer = _Pacer()
         self.last_callback = time.monotonic()
         with _pa_lock:
@@ -391,6 +393,9 @@ class _DeviceStream:
                 )
             except OSError as exc:
                 raise DeviceError(f"cannot open {self.noun} {self.device.name!r}: {exc}") from None
+            with contextlib.suppress(Exception):
+                self._latency = float(self._stream.get_output_latency() if self.kind == "output"
+                                      else self._stream.get_input_latency())
         _streams.add(self)
         if self._closed:  # closed meanwhile, by a close() that could not wait for PortAudio
             self._close_stream()
@@ -455,6 +460,11 @@ class _DeviceStream:
 class MicSource(_DeviceStream, AudioSource):
     """A microphone: PortAudio pushes, the call pulls 20 ms frames."""
 
+    def __init__(self, name: str | None) -> None:
+        #: Echo cancellation, noise suppression, gain (``process_with``): None sends it as it is.
+        self.processor: echo.Processor | None = None
+        super().__init__(name)
+
     def _callback(self, data: bytes, frames: int, info: Any, status: int) -> tuple[None, int]:
         import pyaudio
 
@@ -466,11 +476,29 @@ class MicSource(_DeviceStream, AudioSource):
         if self.channels == 2:
             pcm = ((pcm[0::2].astype(np.int32) + pcm[1::2]) // 2).astype(np.int16)
         pcm = _resample(pcm, self.rate, RATE, FRAME)
-        if len(self._frames) == self._frames.maxlen:
-            self.counters.overflows += 1  # the call fell behind: drop the oldest
-        self._frames.append(pcm)
+        processor = self.processor
+        if processor is not None:  # echo cancellation etc.: its thread delivers to _frames
+            processor.submit(pcm, echo.adc_time(info, frames, self.rate))
+        else:
+            if len(self._frames) == self._frames.maxlen:
+                self.counters.overflows += 1  # the call fell behind: drop the oldest
+            self._frames.append(pcm)
         self._pacer.wait(frames, self.rate)
         return None, pyaudio.paContinue
+
+    def process_with(self, settings: echo.Processing, far: echo.FarEnd | None) -> echo.Processor | None:
+        """Run what the microphone hears through ``settings`` (None: as it is), ``far`` the speaker's."""
+        old, self.processor = self.processor, None
+        if old is not None:
+            old.close()
+        if settings.any:
+            self.processor = echo.Processor(settings, far, self._frames)
+        return self.processor
+
+    def close(self) -> None:
+        super().close()
+        if self.processor is not None:
+            self.processor.close()
 
     def read(self) -> np.ndarray:
         try:
@@ -488,6 +516,8 @@ class SpeakerSink(_DeviceStream, AudioSink):
 
     def __init__(self, name: str | None) -> None:
         self.frames = 0
+        #: The echo canceller's reference: every frame played, with when it reaches the DAC.
+        self.far_end: echo.FarEnd | None = None
         super().__init__(name)
 
     def write(self, pcm: np.ndarray) -> None:
@@ -510,6 +540,9 @@ class SpeakerSink(_DeviceStream, AudioSink):
         except IndexError:
             self.counters.underflows += 1
             pcm = SILENCE
+        far_end = self.far_end
+        if far_end is not None:
+            far_end.note(pcm, echo.dac_time(info, self._latency))
         pcm = _resample(pcm, RATE, self.rate, frames)
         if self.channels == 2:
             pcm = np.repeat(pcm, 2)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from callctl.media import echo
 from callctl.media.adjust import STOCK_AUDIO, gathering_outcomes, selected_pair, tune_aiortc
 from callctl.media.audio import FRAME_S, AudioSink, AudioSource, level
 from callctl.media.dtmf import CallDtmf
@@ -78,6 +79,7 @@ class PeerConnection:
         voice: VoiceSettings | None = None,
         relay_only: bool = False,
         messenger: Messenger | None = None,
+        processing: echo.Processing | None = None,
     ) -> None:
         tune_aiortc()
         #: The call's app messages: each peer connection's data channel is attached to it.
@@ -90,6 +92,9 @@ class PeerConnection:
         self._video_track: Any = None
         self.source = source
         self.sinks = sinks
+        #: The microphone path asked for, and what is on for the source and speaker of the moment.
+        self.processing_wanted = processing or echo.Processing()
+        self.processing = echo.link(source, sinks[0] if sinks else None, self.processing_wanted)
         self.callbacks = callbacks
         self.sent = Meter()
         self.received = Meter()
@@ -268,6 +273,7 @@ class PeerConnection:
         is returned for the caller to close."""
         old, self.source = self.source, source
         self._endpoints[:] = [source if e is old else e for e in self._endpoints]
+        self.processing = echo.link(source, self.sinks[0] if self.sinks else None, self.processing_wanted)
         return old
 
     def switch_audio_sink(self, sink: AudioSink) -> AudioSink:
@@ -275,6 +281,9 @@ class PeerConnection:
         old = self.sinks[0]
         self.sinks[0] = sink
         self._endpoints[:] = [sink if e is old else e for e in self._endpoints]
+        if hasattr(old, "far_end"):  # a speaker no longer the reference
+            old.far_end = None
+        self.processing = echo.link(self.source, sink, self.processing_wanted)
         if self.hold_sink is old:
             self.hold_sink = None
         return old

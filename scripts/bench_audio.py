@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""A speakerphone kiosk's audio, measured: echo cancellation, double talk, noise suppression, CPU.
+
+Every figure comes from real calls on loopback: a server, a ``callctl listen``
+kiosk whose microphone and speaker are ALSA PCMs on FIFOs with a simulated
+room between them (``callctl.harness.room``: the speaker's output reaches the
+microphone after ``--delay-ms``, at ``--gain``, with a reverberant tail, plus
+near-end noise), and a ``callctl call`` far end that says a sentence
+(espeak-ng) and records what it receives.  The room logs the echo, the near
+speech and the noise it mixed on the microphone's timeline; the far end's
+recording is aligned to it by cross-correlation.
+
+Scenarios, each with the kiosk's defaults (echo cancellation + noise
+suppression) and with the processing off, in the same run:
+
+* **echo**: the far end talks; 6 s later a second voice talks in the room
+  while the far end still does (double talk).  ERLE (echo return loss
+  enhancement: the echo's power at the microphone over what reaches the far
+  end) over far-end single talk from 2 s on; the time until ERLE is within
+  3 dB of that; in double talk, STOI (``pystoi``) of the near voice at the far
+  end against the clean near voice, and its level (a half-duplex canceller
+  would mute it); the kiosk's CPU over the call.
+* **noise**: no far end; the near voice over loud noise (``--noise-dbfs``).
+  Speech-to-noise ratio at the microphone and at the far end.
+
+Targets (issue: speakerphone audio): ERLE >= 30 dB, converged <= 2 s; double
+talk STOI >= 0.85 with no muting; CPU added <= 3 % of a core.  Exit status 0
+when every target is met, 1 when one is missed, 2 when the bench cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from callctl.harness.bench import cleaning_up, keep_or_remove, log, stop_on_signals
+from callctl.harness.room import RATE, Room, call_in_room, speech
+from callctl.harness.server import ServerProcess
+
+OFF = ("--no-aec", "--no-noise-suppression")
+
+
+def echo_run(tmp: Path, server: ServerProcess, voices: tuple[Path, Path], room: Room, args: tuple[str, ...],
+             seconds: float, name: str) -> dict[str, Any]:
+    far, near = voices
+    call = call_in_room(tmp / name, server.url, server.secret_file, far=far, near=near, near_after_s=6.0,
+                        seconds=seconds, room=room, kiosk_args=args)
+    rl = call.log
+    heard, talk = rl.first("far"), rl.first("near")
+    part = rl.double_talk(4.0)
+    sent = rl.align(call.received, part)
+    return {
+        "erle_db": rl.erle_db(call.sent, heard + 2 * RATE, talk),
+        "converged_s": rl.convergence_s(call.sent),
+        "double_talk_stoi": rl.stoi(sent, part),
+        "mic_stoi": rl.stoi(rl.mic, part),
+        "double_talk_level_db": rl.level_db(sent, part),
+        "echo_to_near_db": rl.level_db(rl.echo, part),
+        "kiosk_cpu_pct": call.kiosk_cpu_pct,
+    }
+
+
+def noise_run(tmp: Path, server: ServerProcess, voices: tuple[Path, Path], room: Room, args: tuple[str, ...],
+              name: str) -> dict[str, Any]:
+    _, near = voices
+    # no far end: the near voice starts 2 s after the microphone is first read (noise alone before)
+    call = call_in_room(tmp / name, server.url, server.secret_file, far=None, near=near, near_after_s=2.0,
+                        seconds=11.0, room=room, kiosk_args=args, near_from_start=True)
+    rl = call.log
+    part = slice(0, rl.mic.size)
+    sent = rl.align(call.received, rl.double_talk(6.0))
+    return {"snr_mic_db": rl.snr_db(rl.mic[part]), "snr_sent_db": rl.snr_db(sent[part])}
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=2, help="calls per scenario and setting (default 2)")
+    ap.add_argument("--delay-ms", type=float, default=60.0)
+    ap.add_argument("--gain", type=float, default=0.5)
+    ap.add_argument("--noise-dbfs", type=float, default=-35.0, help="noise in the noise scenario")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the room logs and recordings")
+    args = ap.parse_args()
+    stop_on_signals(timeout=1800)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-audio-"))
+    server = None
+    try:
+        voices = speech(tmp)
+        (tmp / "server").mkdir()
+        server = ServerProcess(tmp / "server").start()
+        room = Room(delay_ms=args.delay_ms, gain=args.gain)
+        noisy = Room(delay_ms=args.delay_ms, gain=args.gain, noise_dbfs=args.noise_dbfs)
+        echo: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        noise: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for i in range(args.runs):
+            for setting, kiosk_args in (("on", ()), ("off", OFF)):
+                log(f"echo, processing {setting}, run {i + 1}")
+                echo[setting].append(echo_run(tmp, server, voices, room, kiosk_args, 12.0, f"echo-{setting}-{i}"))
+                log(f"noise, processing {setting}, run {i + 1}")
+                noise[setting].append(noise_run(tmp, server, voices, noisy, kiosk_args, f"noise-{setting}-{i}"))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"bench-audio: cannot run: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleaning_up()
+        if server is not None:
+            server.stop()
+        keep_or_remove(tmp, args.keep)
+    report = {"echo": echo, "noise": noise, "room": {"delay_ms": args.delay_ms, "gain": args.gain,
+                                                     "noise_dbfs": args.noise_dbfs}}
+    on, off = echo["on"], echo["off"]
+    cpu_on, cpu_off = mean(on, "kiosk_cpu_pct"), mean(off, "kiosk_cpu_pct")
+    added = cpu_on - cpu_off if cpu_on is not None and cpu_off is not None else None
+    erle, conv = mean(on, "erle_db"), max((r["converged_s"] or 99.0) for r in on)
+    stoi, level = mean(on, "double_talk_stoi"), min(r["double_talk_level_db"] for r in on)
+    snr_gain = ((mean(noise["on"], "snr_sent_db") or 0) - (mean(noise["on"], "snr_mic_db") or 0))
+    snr_gain_off = ((mean(noise["off"], "snr_sent_db") or 0) - (mean(noise["off"], "snr_mic_db") or 0))
+    checks = [
+        ("ERLE in far-end single talk", erle is not None and erle >= 30, f"{erle or 0:.1f} dB (target >= 30)"),
+        ("converged", conv <= 2.0, f"{conv:.1f} s, worst run (target <= 2 s)"),
+        ("double talk STOI", stoi is not None and stoi >= 0.85, f"{stoi or 0:.2f} (target >= 0.85)"),
+        ("near talker not muted", level >= -6, f"{level:.1f} dB against the clean voice, worst run"),
+        ("CPU added", added is not None and added <= 3.0, f"{added or 0:.1f} % of a core (target <= 3 %)"),
+    ]
+    if args.json:
+        report["checks"] = [{"what": w, "met": bool(ok), "figure": f} for w, ok, f in checks]
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"speakerphone audio: room {args.delay_ms:g} ms, direct path x{args.gain:g}, "
+              f"{args.runs} call(s) per setting")
+        print(f"{'':28} {'processing on':>14} {'off':>8}")
+        for key, label, fmt in (("erle_db", "ERLE, single talk (dB)", "{:.1f}"),
+                                ("converged_s", "converged after (s)", "{:.1f}"),
+                                ("double_talk_stoi", "double talk STOI", "{:.2f}"),
+                                ("double_talk_level_db", "near voice level (dB)", "{:+.1f}"),
+                                ("echo_to_near_db", "echo against near (dB)", "{:+.1f}"),
+                                ("kiosk_cpu_pct", "kiosk CPU (% of a core)", "{:.1f}")):
+            cells = [mean(echo[s], key) for s in ("on", "off")]
+            print(f"{label:28} " + " ".join(f"{(fmt.format(c) if c is not None else '-'):>{w}}"
+                                            for c, w in zip(cells, (14, 8))))
+        print(f"{'noise: SNR at the mic (dB)':28} {mean(noise['on'], 'snr_mic_db') or 0:>14.1f} "
+              f"{mean(noise['off'], 'snr_mic_db') or 0:>8.1f}")
+        print(f"{'noise: SNR sent (dB)':28} {mean(noise['on'], 'snr_sent_db') or 0:>14.1f} "
+              f"{mean(noise['off'], 'snr_sent_db') or 0:>8.1f}")
+        print(f"{'noise: SNR gain (dB)':28} {snr_gain:>14.1f} {snr_gain_off:>8.1f}")
+        for what, ok, figure in checks:
+            print(f"{'PASS' if ok else 'MISS'}  {what}: {figure}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""A kiosk is a speakerphone: its speaker is heard by its microphone, and the far end must not hear itself.
+
+The kiosk's microphone and speaker are ALSA PCMs on FIFOs with a simulated
+room between them (``callctl.harness.room``: 60 ms to the microphone, a direct
+path at half gain, a 300 ms reverberant tail, near-end noise).  The far end
+says a sentence (espeak-ng) into a real call; a second voice speaks in the room
+while the far end is still talking (double talk).  The room logs the echo and
+the near speech it mixed; what the far end received is its recording.  Both
+are measured: the echo reduction (ERLE) in single talk, and how much of the near
+talker gets through in double talk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from callctl.harness.room import RATE, call_in_room, speech
+from callctl.harness.server import ServerProcess
+from callctl.media.echo import SampleClock, available
+
+pytest.importorskip("pyaudio")
+pytest.importorskip("pystoi")
+if available() is not None:
+    pytest.skip(f"no echo canceller here: {available()}", allow_module_level=True)
+if shutil.which("espeak-ng") is None:
+    pytest.skip("needs espeak-ng for the far-end and near-end voices (scripts/setup --test)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def room_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("room-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return speech(tmp_path_factory.mktemp("voices"))
+
+
+def test_the_kiosk_takes_its_speaker_out_of_what_it_sends_and_keeps_the_near_talker(
+        room_server: ServerProcess, voices: tuple[Path, Path], tmp_path: Path) -> None:
+    far, near = voices
+    call = call_in_room(tmp_path / "on", room_server.url, room_server.secret_file, far=far, near=near,
+                        near_after_s=5.0, seconds=10.0)
+    log = call.log
+    heard, talk = log.first("far"), log.first("near")
+    assert heard < 2 * RATE and talk < log.mic.size - 3 * RATE, (heard, talk, log.mic.size)
+    # far-end single talk, from 1.5 s after the far end is first heard (AEC3 converges in less)
+    erle = log.erle_db(call.sent, heard + int(1.5 * RATE), talk)
+    assert erle is not None and erle >= 20, erle
+    # double talk: the near talker is not muted (no half-duplex) and stays intelligible
+    part = log.double_talk(4.0)
+    sent = log.align(call.received, part)
+    assert -6 <= log.level_db(sent, part) <= 3, log.level_db(sent, part)
+    assert log.stoi(sent, part) >= 0.6, log.stoi(sent, part)
+
+    # the same room without echo cancellation: the measure sees the echo go through
+    off = call_in_room(tmp_path / "off", room_server.url, room_server.secret_file, far=far, near=None,
+                       near_after_s=0.0, seconds=6.0, kiosk_args=("--no-aec",))
+    erle_off = off.log.erle_db(off.sent, off.log.first("far") + int(1.5 * RATE), off.log.mic.size)
+    assert erle_off is not None and erle_off < 6, erle_off
+
+
+def test_the_sample_clock_ignores_late_and_bursty_callbacks() -> None:
+    clock = SampleClock()
+    n = RATE // 50
+    # a driver filling its buffer: four callbacks at once, then one every 20 ms, some late
+    times = [clock.stamp(100.0, n) for _ in range(4)]
+    for k in range(1, 60):
+        late = 0.012 if k % 7 == 0 else 0.0
+        times.append(clock.stamp(100.0 + k * 0.02 + late, n))
+    # every frame is stamped on one line: 20 ms apart from the earliest offset on
+    steps = {round(b - a, 6) for a, b in zip(times[4:], times[5:])}
+    assert steps == {0.02}, steps
+    # a stream that restarts much later is followed at once
+    restart = clock.stamp(200.0, n)
+    assert restart == pytest.approx(200.0)
+    assert clock.stamp(200.02, n) == pytest.approx(200.02)
+
