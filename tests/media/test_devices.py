@@ -178,3 +178,38 @@ def test_an_unplugged_microphone_goes_silent_is_reported_and_reopened(tmp_path: 
                          capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "EVENTS [('device.lost', 'mic', 'Kiosk_Mic'), ('device.restored', 'mic', 'Kiosk_Mic')]" in out.stdout
+
+
+SPEAKER_QUEUE = r"""
+import sys, time
+import numpy as np
+from callctl.media.devices import SpeakerSink, SPEAKER_TRIM_WINDOW
+
+spk = SpeakerSink("Kiosk_Speaker")
+frame = np.zeros(960, np.int16)
+deadline = time.monotonic() + 10
+while spk.counters.callbacks < 5:  # the card is running
+    assert time.monotonic() < deadline, "no callbacks"
+    time.sleep(0.01)
+for _ in range(8):  # a burst after a stall: 160 ms standing in the queue
+    spk.write(frame)
+start, n = time.monotonic(), 0
+depths = []
+while time.monotonic() - start < 7:  # then one frame per 20 ms, as the playout clock writes
+    n += 1
+    spk.write(frame)
+    time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+    depths.append(len(spk._frames))
+spk.close()
+print(spk.counters.extra.get("trimmed", 0), max(depths[:25]), max(depths[-50:]), spk.counters.underflows)
+"""
+
+
+def test_a_speaker_queue_left_deep_by_a_burst_comes_back_down(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    out = subprocess.run([sys.executable, "-c", SPEAKER_QUEUE], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    trimmed, early, late, underflows = map(int, out.stdout.split())
+    assert early >= 6, out.stdout  # the burst stood in the queue...
+    assert trimmed >= 5 and late <= 3, out.stdout  # ...and was taken back out, a frame a second

@@ -12,13 +12,16 @@ talker gets through in double talk.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from callctl.harness.room import RATE, call_in_room, speech
+from callctl.harness.child import Child, callctl_command, callctl_env
+from callctl.harness.room import RATE, Room, call_in_room, speech, start_room
 from callctl.harness.server import ServerProcess
 from callctl.media.echo import SampleClock, available
 
@@ -83,3 +86,47 @@ def test_the_sample_clock_ignores_late_and_bursty_callbacks() -> None:
     assert restart == pytest.approx(200.0)
     assert clock.stamp(200.02, n) == pytest.approx(200.02)
 
+
+
+def test_the_echo_test_measures_the_rooms_delay_and_what_cancellation_takes_out(tmp_path: Path) -> None:
+    reports = {}
+    for delay_ms in (40.0, 140.0):
+        started: list[Child] = []
+        try:
+            home = start_room(tmp_path / f"room-{delay_ms:g}", Room(delay_ms=delay_ms), started=started)
+            out = subprocess.run([*callctl_command(), "--json", "preview", "--audio", "--echo-test",
+                                  "--mic", "room_mic", "--speaker", "room_speaker", "--duration", "5"],
+                                 capture_output=True, text=True, timeout=60,
+                                 env=callctl_env(None, HOME=str(home)))
+        finally:
+            for child in started:
+                child.stop()
+        assert out.returncode == 0, out.stderr
+        reports[delay_ms] = json.loads(out.stdout)
+    for delay_ms, report in reports.items():
+        assert report["heard"] and report["erle_db"] >= 20, report
+        assert report["delay_ms"] >= delay_ms, report  # the room's delay, plus the ALSA plugins' buffering
+        assert 0 < report["erl_db"] < 20, report  # the direct path is at half gain: ~6 dB
+    # the drivers' buffering is the same in both rooms: the difference is the rooms'
+    assert abs(reports[140.0]["delay_ms"] - reports[40.0]["delay_ms"] - 100) <= 25, reports
+
+
+def test_the_echo_test_says_when_the_microphone_does_not_hear_the_speaker(tmp_path: Path) -> None:
+    started: list[Child] = []
+    try:
+        home = start_room(tmp_path / "room", Room(gain=0.0), started=started)
+        out = subprocess.run([*callctl_command(), "preview", "--audio", "--echo-test",
+                              "--mic", "room_mic", "--speaker", "room_speaker", "--duration", "4"],
+                             capture_output=True, text=True, timeout=60, env=callctl_env(None, HOME=str(home)))
+    finally:
+        for child in started:
+            child.stop()
+    assert out.returncode == 0, out.stderr
+    assert "does not hear the speaker" in out.stdout, out.stdout
+    assert "echo delay" not in out.stdout
+
+
+def test_the_echo_test_refuses_a_duration_too_short_to_measure(tmp_path: Path) -> None:
+    out = subprocess.run([*callctl_command(), "preview", "--audio", "--echo-test", "--duration", "1"],
+                         capture_output=True, text=True, timeout=60, env=callctl_env(None, HOME=str(tmp_path)))
+    assert out.returncode == 2 and "--duration 4 or more" in out.stderr, out.stderr

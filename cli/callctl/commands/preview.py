@@ -27,6 +27,7 @@ def _dbfs(value: float) -> float:
 
 
 def preview(
+    ctx: typer.Context,
     audio: Annotated[bool, typer.Option("--audio", help="Preview the microphone (the default).")] = False,
     video: Annotated[bool, typer.Option("--video", help="Preview the camera in the terminal.")] = False,
     camera: Annotated[str, typer.Option(help="Camera device, or testsrc / file:PATH.")] = "/dev/video0",
@@ -38,6 +39,9 @@ def preview(
     loopback: Annotated[bool, typer.Option("--loopback", help="Play the microphone on the speaker.")] = False,
     speaker: Annotated[str | None, typer.Option(help="Speaker for --loopback.")] = None,
     duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds.")] = None,
+    echo_test: Annotated[bool, typer.Option(
+        "--echo-test", help="Play a test signal on --speaker and report how the microphone hears it: "
+                            "the echo's delay and level, and how much echo cancellation takes out.")] = False,
 ) -> None:
     from callctl.media.audio import level
     from callctl.media.errors import DeviceError
@@ -45,6 +49,8 @@ def preview(
 
     if video or snapshot is not None:
         raise typer.Exit(_video_preview(camera, snapshot, video_size, fps, camera_format, duration))
+    if echo_test:
+        raise typer.Exit(_echo_test(mic, speaker, duration or 8.0, bool(getattr(ctx.obj, "json", False))))
     if not audio and not video:
         audio = True
     try:
@@ -109,6 +115,39 @@ async def _meter(source: MicSource, sink: SpeakerSink | None, duration: float | 
         if sink is not None:
             sink.close()
     return ExitCode.INTERRUPTED if interrupted else 0
+
+
+def _echo_test(mic: str | None, speaker: str | None, seconds: float, as_json: bool) -> int:
+    """``--echo-test``: the echo path of a kiosk, measured (media/echo_test.py)."""
+    import json
+
+    from callctl.media import echo_test
+    from callctl.media.errors import DeviceError
+
+    if seconds < 4:
+        fail("--echo-test needs --duration 4 or more (the canceller settles for 2 s)", ExitCode.USAGE)
+    if (why := _echo_problem()) is not None:
+        fail(why, ExitCode.DEVICE_ERROR)
+    print(f"callctl: echo test: {seconds:g} s of test noise on the speaker, "
+          "listening on the microphone (Ctrl-C ends)", file=sys.stderr)
+    try:
+        report = echo_test.run(mic, speaker, seconds)
+    except DeviceError as exc:
+        fail(str(exc), ExitCode.DEVICE_ERROR)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        for name, value in report.lines():
+            print(f"{name:18}{value}")
+    return 0
+
+
+def _echo_problem() -> str | None:
+    from callctl.media.echo import available
+
+    return available()
 
 
 def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:

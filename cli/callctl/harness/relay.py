@@ -34,12 +34,17 @@ class Impairment:
     """What the relay does to one direction; ``counts`` is what it did."""
 
     loss: float = 0.0
+    #: Losses come in runs of this many RTP packets (the same loss rate over all): 2 is the
+    #: "bursts of 2" a Wi-Fi retry storm gives.  A run only counts RTP; other packets pass.
+    burst: int = 1
     delay_s: float = 0.0
     jitter_s: float = 0.0
     #: (packets forwarded, dropped)
     counts: list[int] = field(default_factory=lambda: [0, 0])
     #: ... of them RTP media packets (not RTCP, STUN or DTLS): what a receiver can count
     rtp_counts: list[int] = field(default_factory=lambda: [0, 0])
+    #: RTP packets still to drop in the current run
+    _run_left: int = 0
 
 
 def is_rtp(data: bytes) -> bool:
@@ -84,7 +89,14 @@ class LossyLink:
         if to not in self.real:
             return
         rtp = is_rtp(data)
-        if self.rng.random() < imp.loss:
+        if rtp and imp._run_left > 0:
+            imp._run_left -= 1
+            drop = True
+        else:
+            drop = self.rng.random() < imp.loss / max(1, imp.burst if rtp else 1)
+            if drop and rtp:
+                imp._run_left = imp.burst - 1
+        if drop:
             imp.counts[1] += 1
             imp.rtp_counts[1] += rtp
             return

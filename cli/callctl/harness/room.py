@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -197,6 +197,43 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
 # ------------------------------------------------------------------ measuring
 
 
+def find_lag(received: np.ndarray, reference: np.ndarray, part: slice | None = None,
+             around: int | None = None, search: int = RATE // 4) -> int:
+    """Where ``reference``'s sample i is in ``received``: i + lag (cross-correlation).
+
+    With ``part``, only that stretch of the reference is matched, within ``search``
+    samples of ``around``: a recording may slip a frame against its source over a
+    call (a frame dropped or repeated on the way), so a measure over one stretch
+    aligns that stretch.
+    """
+    step = 6  # at 8 kHz: plenty for a lag, and quick
+    if part is None:
+        a, b, offset = received[::step], reference[::step], 0
+    else:
+        lo = max(0, part.start + (around or 0) - search)
+        hi = min(received.size, part.stop + (around or 0) + search)
+        a, b, offset = received[lo:hi:step], reference[part][::step], lo - part.start
+    size = 1 << math.ceil(math.log2(a.size + b.size))
+    corr = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
+    if part is not None:  # only lags within the search window
+        keep = np.zeros(size, bool)
+        keep[: max(1, (2 * search) // step + 1)] = True
+        corr = np.where(keep, corr, -np.inf)
+    lag = int(np.argmax(corr))
+    if lag > size // 2:
+        lag -= size
+    return lag * step + offset
+
+
+def shifted(received: np.ndarray, lag: int, size: int) -> np.ndarray:
+    """``received`` moved by ``lag`` onto a timeline of ``size`` samples (zeros outside it)."""
+    out = np.zeros(size)
+    lo, hi = max(0, -lag), min(size, received.size - lag)
+    if lo < hi:
+        out[lo:hi] = received[lo + lag: hi + lag]
+    return out
+
+
 @dataclass
 class RoomLog:
     """What the room logged, on the microphone's timeline (float samples, int16 scale)."""
@@ -223,30 +260,8 @@ class RoomLog:
 
     def lag(self, received: np.ndarray, part: slice | None = None, around: int | None = None,
             search: int = RATE // 4) -> int:
-        """Where the microphone's sample i is in ``received``: i + lag (cross-correlation).
-
-        With ``part``, only that stretch of the microphone is matched, within ``search``
-        samples of ``around``: the far end's recording may slip a frame against the
-        microphone over a call (a frame dropped or repeated on the way), so a measure over
-        one stretch aligns that stretch.
-        """
-        step = 6  # at 8 kHz: plenty for a lag, and quick
-        if part is None:
-            a, b, offset = received[::step], self.mic[::step], 0
-        else:
-            lo = max(0, part.start + (around or 0) - search)
-            hi = min(received.size, part.stop + (around or 0) + search)
-            a, b, offset = received[lo:hi:step], self.mic[part][::step], lo - part.start
-        size = 1 << math.ceil(math.log2(a.size + b.size))
-        corr = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
-        if part is not None:  # only lags within the search window
-            keep = np.zeros(size, bool)
-            keep[: max(1, (2 * search) // step + 1)] = True
-            corr = np.where(keep, corr, -np.inf)
-        lag = int(np.argmax(corr))
-        if lag > size // 2:
-            lag -= size
-        return lag * step + offset
+        """Where the microphone's sample i is in ``received``: i + lag (``find_lag``)."""
+        return find_lag(received, self.mic, part, around, search)
 
     def align(self, received: np.ndarray, part: slice | None = None) -> np.ndarray:
         """``received`` (what reached the far end) on the microphone's timeline; with ``part``,
@@ -254,11 +269,7 @@ class RoomLog:
         lag = self.lag(received)
         if part is not None:
             lag = self.lag(received, part, around=lag)
-        out = np.zeros_like(self.mic)
-        lo, hi = max(0, -lag), min(self.mic.size, received.size - lag)
-        if lo < hi:
-            out[lo:hi] = received[lo + lag: hi + lag]
-        return out
+        return shifted(received, lag, self.mic.size)
 
     def _single_talk(self, start: int, end: int, window: int) -> list[slice]:
         """Windows of far-end single talk: loud echo, no near speech."""
@@ -377,15 +388,11 @@ def speech(folder: Path) -> tuple[Path, Path]:
     return far, near
 
 
-def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path | None,
-                 near: Path | None, near_after_s: float, seconds: float, room: Room = Room(),
-                 kiosk_args: tuple[str, ...] = (), near_from_start: bool = False) -> RoomCall:
-    """``alice`` calls the kiosk ``bob``, whose mic and speaker are this room; ``far`` is what
-    she says (None: silence), ``near`` what is said in the room ``near_after_s`` after she is first
-    heard there (``near_from_start``: after the microphone is first read).  The call lasts
-    ``seconds``."""
-    from callctl.harness import procfs
-    from callctl.harness.child import Child, callctl_command, callctl_env
+def start_room(folder: Path, room: Room, *, near: Path | None = None, near_after_s: float = 0.0,
+               near_from_start: bool = False, started: list[Any]) -> Path:
+    """Start the room process in ``folder`` (appended to ``started``; stop it); the HOME whose
+    ``.asoundrc`` has its 'Room_Mic' and 'Room_Speaker'."""
+    from callctl.harness.child import Child
 
     folder.mkdir(parents=True, exist_ok=True)
     home = folder / "home"
@@ -398,12 +405,27 @@ def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path 
         argv += ["--near", str(near)]
     if near_from_start:
         argv.append("--near-from-start")
+    proc = Child(argv, name="room")
+    started.append(proc)
+    proc.wait_line("ready", timeout=30)
+    return home
+
+
+def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path | None,
+                 near: Path | None, near_after_s: float, seconds: float, room: Room = Room(),
+                 kiosk_args: tuple[str, ...] = (), near_from_start: bool = False) -> RoomCall:
+    """``alice`` calls the kiosk ``bob``, whose mic and speaker are this room; ``far`` is what
+    she says (None: silence), ``near`` what is said in the room ``near_after_s`` after she is first
+    heard there (``near_from_start``: after the microphone is first read).  The call lasts
+    ``seconds``."""
+    from callctl.harness import procfs
+    from callctl.harness.child import Child, callctl_command, callctl_env
+
     env = callctl_env(None, CALLCTL_SECRET_FILE=str(secret_file), CALLCTL_SERVER=server_url)
     started: list[Child] = []
     try:
-        room_proc = Child(argv, name="room")
-        started.append(room_proc)
-        room_proc.wait_line("ready", timeout=30)
+        home = start_room(folder, room, near=near, near_after_s=near_after_s, near_from_start=near_from_start,
+                          started=started)
         kiosk = Child([*callctl_command(), "--json", "--as", "bob", "listen", "--device", "kiosk",
                        "--auto-accept", "--once", "--audio-in", "mic:room_mic",
                        "--audio-out", "speaker:room_speaker", *kiosk_args],

@@ -97,7 +97,7 @@ INTERNALS = {
     "aiortc.rtcdtlstransport": ("RTCCertificate",),
     "aiortc.rtcrtpsender": ("get_encoder",),
     "aiortc.rtp": ("compute_audio_level_dbov",),
-    "aiortc.rtcrtpreceiver": ("JitterBuffer", "TimestampMapper"),
+    "aiortc.rtcrtpreceiver": ("JitterBuffer", "TimestampMapper", "get_decoder"),
 }
 
 STOCK_AUDIO = os.environ.get("CALLCTL_STOCK_AUDIO") == "1"
@@ -258,7 +258,7 @@ def tune_aiortc() -> None:
     from aiortc.rtcicetransport import RTCIceGatherer
 
     from callctl.media.playout import PassThroughJitterBuffer, SerialTimestampMapper
-    from callctl.media.voice import dbov, voice_encoder
+    from callctl.media.voice import dbov, fec_decode_problem, voice_decoder, voice_encoder
 
     original = aioice.ice.get_host_addresses
 
@@ -294,6 +294,18 @@ def tune_aiortc() -> None:
         setattr(aiortc.rtcrtpreceiver, "JitterBuffer", jitter_buffer)  # noqa: B010  # a class replaced by a factory
         # reordered packets now reach the decoder: map their timestamps correctly
         setattr(aiortc.rtcrtpreceiver, "TimestampMapper", SerialTimestampMapper)  # noqa: B010
+        problem = fec_decode_problem()
+        if problem is None:
+            stock_decoder = aiortc.rtcrtpreceiver.get_decoder
+
+            def get_decoder(codec: Any) -> Any:
+                if codec.mimeType.lower() == "audio/opus":
+                    return voice_decoder()
+                return stock_decoder(codec)
+
+            aiortc.rtcrtpreceiver.get_decoder = get_decoder
+        else:
+            log.info("lost audio packets are concealed, not rebuilt from FEC: %s", problem)
     _telephone_events()
     _tuned = True
 

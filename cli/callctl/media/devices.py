@@ -39,6 +39,10 @@ log = logging.getLogger("callctl.media")
 
 #: Frames (20 ms each) held between a device callback and the call: 200 ms at most.
 DEVICE_QUEUE_FRAMES = 10
+#: A speaker whose queue never fell below this many frames over SPEAKER_TRIM_WINDOW callbacks
+#: (a standing delay, left by a burst of writes after a stall) drops one frame.
+SPEAKER_TRIM_DEPTH = 2
+SPEAKER_TRIM_WINDOW = 50
 #: A device still missing while nothing is open: the list is read again at most this often
 #: even when no card, device node or ALSA configuration file changed.
 RESCAN_IDLE_S = 10.0
@@ -500,6 +504,10 @@ class MicSource(_DeviceStream, AudioSource):
         if self.processor is not None:
             self.processor.close()
 
+    def flush(self) -> None:
+        """Drop what is queued for the call (nobody reads it)."""
+        self._frames.clear()
+
     def read(self) -> np.ndarray:
         try:
             return self._frames.popleft()
@@ -518,6 +526,9 @@ class SpeakerSink(_DeviceStream, AudioSink):
         self.frames = 0
         #: The echo canceller's reference: every frame played, with when it reaches the DAC.
         self.far_end: echo.FarEnd | None = None
+        #: The queue's smallest depth over the current window of callbacks (``_trim``).
+        self._least = DEVICE_QUEUE_FRAMES
+        self._window = 0
         super().__init__(name)
 
     def write(self, pcm: np.ndarray) -> None:
@@ -530,11 +541,30 @@ class SpeakerSink(_DeviceStream, AudioSink):
         """Drop what is queued for the device (a ring that must stop now)."""
         self._frames.clear()
 
+    def _trim(self) -> None:
+        """A queue that stayed deep for a whole window is a standing delay: one frame less.
+
+        The call writes a frame every 20 ms on its clock and the card takes one every
+        20 ms on its own: the queue breathes between 0 and 2 frames.  After a stall, a
+        burst of writes leaves it deeper, and nothing would ever take it back down: every
+        frame played from then on would come that much later.
+        """
+        depth = len(self._frames)
+        self._least = min(self._least, depth)
+        self._window += 1
+        if self._window >= SPEAKER_TRIM_WINDOW:
+            if self._least >= SPEAKER_TRIM_DEPTH:
+                with contextlib.suppress(IndexError):
+                    self._frames.popleft()
+                    self.counters.extra["trimmed"] = self.counters.extra.get("trimmed", 0) + 1
+            self._least, self._window = DEVICE_QUEUE_FRAMES, 0
+
     def _callback(self, data: None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
         import pyaudio
 
         self.last_callback = time.monotonic()
         self.counters.callbacks += 1
+        self._trim()
         try:
             pcm = self._frames.popleft()
         except IndexError:

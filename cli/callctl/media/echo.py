@@ -29,6 +29,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +195,9 @@ class Processor:
         )
         self._deliver = deliver
         self._clock = SampleClock()
+        #: Called on the processing thread with (captured, far end paired with it, processed):
+        #: ``preview --echo-test`` measures the echo path with it.
+        self.tap: Callable[[np.ndarray, np.ndarray | None, np.ndarray], None] | None = None
         self._queue: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=QUEUE_FRAMES)
         self._wake = threading.Event()
         self._stop = False
@@ -232,6 +236,8 @@ class Processor:
         out: np.ndarray = self._ap.process(pcm, far) if far is not None else self._ap.process(pcm)
         self.cpu_s += time.thread_time() - started
         self.frames += 1
+        if self.tap is not None:
+            self.tap(pcm, far, out)
         return out
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callctl.media.audio import RATE
+from callctl.media.voice import FEC_RECOVERED
 
 #: Opus at 20 ms frames (see the module's docstring).
 OPUS_IE = 0.0
@@ -53,6 +54,8 @@ class _Totals:
     peer_lost: int = 0
     played: int = 0
     concealed: int = 0
+    #: Frames rebuilt from the next packet's FEC (media/voice.py's decoder).
+    recovered: int = 0
 
 
 def _pct(part: float, whole: float) -> float:
@@ -60,7 +63,7 @@ def _pct(part: float, whole: float) -> float:
 
 
 _COUNTS = ("sent_packets", "received", "lost", "played", "concealed", "peer_received",
-           "peer_lost")
+           "peer_lost", "recovered")
 
 
 class CallStats:
@@ -104,6 +107,7 @@ class CallStats:
                 totals.peer_lost = max(0, s.packetsLost or 0)
             elif s.type == "remote-outbound-rtp":
                 totals.peer_sent_bytes = s.bytesSent
+        totals.recovered = FEC_RECOVERED[0]
         if playout is not None:
             totals.played = playout.stats.played
             totals.concealed = playout.stats.concealed
@@ -146,6 +150,7 @@ class CallStats:
         out["packets_received"] = total["received"]
         out["packets_lost"] = total["lost"]
         out["packets_sent"] = total["sent_packets"]
+        out["frames_recovered"] = total["recovered"]
         one_way = out.get("rtt_ms", 0.0) / 2 + FRAME_MS + out.get("playout_ms", 0.0)
         out["mos"] = mos(one_way, out["loss_in_pct"])
         self.latest = out
@@ -164,7 +169,8 @@ class CallStats:
             "packets_sent": t["sent_packets"], "packets_received": t["received"],
             "packets_lost": t["lost"], "loss_in_pct": _pct(t["lost"], t["received"] + t["lost"]),
             "loss_out_pct": _pct(t["peer_lost"], t["peer_received"] + t["peer_lost"]),
-            "concealed_pct": _pct(t["concealed"], t["played"] + t["concealed"])}
+            "concealed_pct": _pct(t["concealed"], t["played"] + t["concealed"]),
+            "frames_recovered": t["recovered"]}
         for key in ("rtt_ms", "jitter_ms", "mos"):
             if key in self.latest:
                 out[key] = self.latest[key]

@@ -214,7 +214,8 @@ class LiveView:
                 table.add_row("path", f"{route['via']} ({route['local']} → {route['remote']})")
             if call.get("codec"):
                 table.add_row("codec", call["codec"])
-            if self.stats:
+            # the link's figures once media has come: not while ringing, not the last call's
+            if self.stats and state in ("connected", "reconnecting") and self.stats.get("packets_received"):
                 table.add_row("link", stats_line(self.stats))
             keys = STATE_KEYS.get(state, keys)
         elif self.ended is not None and self.one_call:
@@ -291,8 +292,12 @@ class LiveView:
                 await asyncio.sleep(0.125)
                 tick += 1
                 if self.peer_stats is not None and tick % 16 == 0:
-                    with contextlib.suppress(Exception):
-                        self.stats = await self.peer_stats() or {}
+                    call = self.status().get("call") or {}
+                    if call.get("state") in ("connected", "reconnecting"):
+                        with contextlib.suppress(Exception):
+                            self.stats = await self.peer_stats() or {}
+                    else:
+                        self.stats = {}
                 self._tick()
         finally:
             if self._video_mode:  # the last frame is the panel, not a frozen video
