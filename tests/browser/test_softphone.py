@@ -55,6 +55,14 @@ async def test_browser_calls_a_listening_kiosk(browser, server: ServerProcess, c
     await page.wait_for_function(
         "async () => { const s = await window.callctl.stats(); return s && s.in_video && s.in_video.frames > 10 && s.in_video.width === 320 }",
         timeout=WAIT_MS)
+    # the call's figures on the page, as callctl's media.stats gives them: a loopback call is clean
+    await page.get_by_test_id("call-stats").get_by_text("MOS").wait_for(timeout=WAIT_MS)
+    figures = await page.evaluate("window.callctl.callStats()")
+    assert figures["loss_in_pct"] == 0 and figures["packets_received"] > 100, figures
+    assert 0 <= figures["rtt_ms"] < 100 and figures["mos"] >= 4.0, figures
+    assert 20 < figures["kbps_in"] < 60, figures  # the kiosk's Opus at ~32 kbit/s
+    line = await page.get_by_test_id("call-stats").inner_text()
+    assert line.startswith("rtt ") and "loss 0.0 in" in line and "kbps" in line, line
     # callctl sees the browser's camera
     flowing = await kiosk.wait_event("video.flowing")
     assert flowing["width"] > 0 and flowing["height"] > 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
 import pytest
 
+from callctl.media.video_codec import opens
 from tests.cli import Callctl
 
 
@@ -104,3 +106,36 @@ async def test_missing_camera_is_a_device_error_before_dialing(cli: Callctl) -> 
                                  "--video", "--video-in", "testsrc", "--video-size", "big",
                                  "--audio-in", "tone", "--audio-out", "null")
     assert code == 2 and "bad video size" in err
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+async def test_the_video_codec_asked_for_is_the_one_both_ends_use(cli: Callctl, tmp_path: Path, codec: str) -> None:
+    out = tmp_path / "far.mkv"
+    bob = await cli.listen("bob", "--auto-accept", "--once", "--video-out", f"file:{out}")  # the default: auto
+    alice = await cli.call("alice", "bob", "--video", "--video-in", "testsrc", "--video-size", "320x240",
+                           "--video-out", "null", "--video-codec", codec)
+    flowing = await bob.wait_event("video.flowing")
+    assert (flowing["width"], flowing["height"]) == (320, 240)
+    expected = {"h264": "H264 (libx264)", "vp8": "VP8 (libvpx)"}[codec]
+    for user in ("alice", "bob"):
+        code, status, err = await cli.run(user, "--json", "status")
+        assert code == 0, err
+        assert json.loads(status)["call"]["video_codec"] == expected, status
+    await cli.run("alice", "hangup")
+    assert await alice.exit_code() == 0
+    assert await bob.exit_code() == 0
+    with av.open(str(out)) as container:  # the recording holds what the far end decoded
+        assert sum(1 for _ in container.decode(video=0)) > 10
+
+
+async def test_a_video_encoder_that_is_not_here_is_refused_before_dialing(cli: Callctl) -> None:
+    # PyAV's FFmpeg has h264_v4l2m2m, but it opens only on a board with the hardware
+    if opens("h264_v4l2m2m") is None:
+        pytest.skip("this machine has a V4L2 H.264 encoder: nothing to refuse")
+    code, _, err = await cli.run("alice", "--server", "http://127.0.0.1:9", "call", "bob", "--video",
+                                 "--video-in", "testsrc", "--video-codec", "h264_v4l2m2m",
+                                 "--audio-in", "tone", "--audio-out", "null")
+    assert code == 2 and "h264_v4l2m2m does not open here" in err and "libx264, libvpx" in err, err
+    code, _, err = await cli.run("alice", "--server", "http://127.0.0.1:9", "call", "bob",
+                                 "--video-codec", "mpeg2", "--audio-in", "tone", "--audio-out", "null")
+    assert code == 2 and "unknown --video-codec 'mpeg2'" in err, err

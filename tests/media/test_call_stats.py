@@ -37,7 +37,7 @@ async def test_loss_rtt_and_mos_match_what_the_link_did() -> None:
     assert 5 < relay_loss < 15, relay_loss
     total = a.call_stats.summary()
     assert abs(total["loss_in_pct"] - relay_loss) <= 1.0, (total, relay_loss)
-    assert total["packets_received"] > 300 and abs(total["packets_lost"] - dropped) <= 3
+    assert total["packets_received"] > 200 and abs(total["packets_lost"] - dropped) <= 3
     assert 4 < at_a["loss_in_pct"] < 16, at_a  # the last interval's own figure
     assert at_b["loss_in_pct"] == 0 and b.call_stats.summary()["packets_lost"] == 0, at_b
     # b hears of its loss towards a from a's receiver reports

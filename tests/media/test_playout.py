@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import numpy as np
+import pytest
 
-from callctl.media.audio import FRAME
+from callctl.media.audio import FRAME, RATE
 from callctl.media.playout import FRAME_S, PlayoutBuffer
+from callctl.media.tracks import FramePacer
 
 
 def frame(n: int) -> np.ndarray:
@@ -155,3 +158,32 @@ def test_a_new_timeline_from_the_sender_is_followed_not_dropped_as_late() -> Non
         buf.push(FRAME * i, frame(i), now)
         buf.pop(now + 0.001)
     assert buf.stats.resyncs == 1 and buf.stats.played - played_before >= 45, buf.stats
+
+
+def test_the_next_slot_is_due_its_earliest_arrival_plus_the_target() -> None:
+    buf = PlayoutBuffer()
+    assert buf.next_due() is None  # nothing yet
+    # frames with 30 ms of transit, some 8 ms late: the target covers the spread
+    for n in range(40):
+        buf.push(n * FRAME, frame(n), n * FRAME_S + 0.030 + (0.008 if n % 5 == 0 else 0.0))
+    now = 40 * FRAME_S + 0.030
+    buf.pop(now)
+    due = buf.next_due()
+    assert due is not None
+    assert due == pytest.approx(buf._next / RATE + 0.030 + buf.target_delay)
+    assert 0.010 <= buf.target_delay <= 0.015  # the 8 ms spread plus the margin
+
+
+def test_the_playout_clock_is_steered_to_the_slots_phase_a_little_at_a_time() -> None:
+    pacer = FramePacer(FRAME_S)
+    asyncio.run(pacer.tick())  # started now
+    assert pacer._start is not None
+    due = pacer._start + FRAME_S
+    pacer.steer(due + 0.005, slew=0.001)
+    assert pacer._start + FRAME_S == pytest.approx(due + 0.001)  # 1 ms of the 5 at most
+    # 15 ms later is 5 ms earlier than the slot after: the nearer way round
+    pacer.steer(pacer._start + FRAME_S + 0.015, slew=0.001)
+    assert pacer._start + FRAME_S == pytest.approx(due)
+    before = pacer._start
+    pacer.steer(pacer._start + FRAME_S, slew=0.001)  # on phase: nothing moves
+    assert pacer._start == before

@@ -107,6 +107,9 @@ NoiseSuppression = Annotated[bool | None, typer.Option(
 Agc = Annotated[bool | None, typer.Option(
     "--agc/--no-agc", envvar="CALLCTL_AGC", show_default="off",
     help="Automatic gain control on the microphone (it lifts the echo canceller's residual too).")]
+VideoCodecName = Annotated[str, typer.Option(
+    "--video-codec", envvar="CALLCTL_VIDEO_CODEC", metavar="auto|h264_v4l2m2m|libx264|libvpx",
+    help="Video encoder: auto takes a board's hardware H.264 (h264_v4l2m2m) when it opens, else VP8.")]
 VideoIn = Annotated[str | None, typer.Option(
     envvar="CALLCTL_VIDEO_IN", help="Video source: camera[:/dev/videoN], testsrc, file:PATH.")]
 VideoOut = Annotated[str | None, typer.Option(

@@ -63,6 +63,7 @@ CALL_OPTIONS: dict[str, tuple[str, str, str | None, float | None, float | None]]
 OTHER_CALL_OPTIONS = frozenset({
     "video_out", "video_size", "fps", "camera_format", "ice_server", "ice_username", "ice_credential",
     "relay_only", "reconnect_timeout", "connect_timeout", "standalone", "aec", "noise_suppression", "agc",
+    "video_codec",
 })
 #: What a call through a listen carries to it (the rest of CALL_OPTIONS is this process's own).
 FORWARDED = frozenset(spec[0] for spec in CALL_OPTIONS.values()) - {"on_ring", "on_connect", "on_end", "on_dtmf",
@@ -70,7 +71,7 @@ FORWARDED = frozenset(spec[0] for spec in CALL_OPTIONS.values()) - {"on_ring", "
 #: Their environment variables: when one is set, Typer reads (and checks) it.
 OTHER_CALL_ENV = ("CALLCTL_VIDEO_OUT", "CALLCTL_ICE_SERVER", "CALLCTL_ICE_USERNAME", "CALLCTL_ICE_CREDENTIAL",
                   "CALLCTL_RELAY_ONLY", "CALLCTL_RECONNECT_TIMEOUT", "CALLCTL_CONNECT_TIMEOUT",
-                  "CALLCTL_AEC", "CALLCTL_NOISE_SUPPRESSION", "CALLCTL_AGC")
+                  "CALLCTL_AEC", "CALLCTL_NOISE_SUPPRESSION", "CALLCTL_AGC", "CALLCTL_VIDEO_CODEC")
 #: The commands a config file's ``[command.NAME]`` tables may name.
 COMMANDS = frozenset({"server", "call", "listen", "demo", "devices", "preview", "accept", "decline", "hangup",
                       "mute", "unmute", "hold", "unhold", "video", "dtmf", "send", "snapshot", "switch",

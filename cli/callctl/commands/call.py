@@ -57,6 +57,7 @@ def call(
     agc: _phone.Agc = None,
     video: Annotated[bool, typer.Option("--video", help="A video call (sends --video-in, camera by default).")] = False,
     video_in: _phone.VideoIn = None,
+    video_codec: _phone.VideoCodecName = "auto",
     video_out: _phone.VideoOut = None,
     video_size: _phone.VideoSize = "640x480",
     fps: _phone.Fps = 15.0,
@@ -93,6 +94,7 @@ def call(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
                                        processing=Processing(aec, noise_suppression, agc),
+                                       video_codec=video_codec,
                                        video_paused=video_paused, ringback=ringback,
                                        hold_audio=hold_audio),
         video_out=video_out, size=video_size, camera_format=camera_format)

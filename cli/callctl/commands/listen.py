@@ -61,6 +61,7 @@ def listen(
     noise_suppression: _phone.NoiseSuppression = None,
     agc: _phone.Agc = None,
     video_in: _phone.VideoIn = None,
+    video_codec: _phone.VideoCodecName = "auto",
     video_out: _phone.VideoOut = None,
     video_size: _phone.VideoSize = "640x480",
     fps: _phone.Fps = 15.0,
@@ -90,6 +91,7 @@ def listen(
         settings, device, MediaOptions(audio_in=audio_in, audio_out=audio_out, loop=loop, record=record,
                                        bitrate_kbps=bitrate, video_in=video_in, fps=fps,
                                        processing=Processing(aec, noise_suppression, agc),
+                                       video_codec=video_codec,
                                        video_paused=video_paused, ringtone=ringtone,
                                        hold_audio=hold_audio),
         video_out=video_out, size=video_size, camera_format=camera_format)

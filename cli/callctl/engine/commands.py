@@ -59,6 +59,8 @@ def call_status(s: CallSession) -> dict[str, Any]:
         out["level_in"] = round(peer.received.level, 3)
         out["codec"] = "opus/48000"
         out["mic_processing"] = peer.processing.names()
+        if (video_codec := peer.video_codec_name()) is not None:
+            out["video_codec"] = video_codec
         if peer.call_stats.latest:
             out["stats"] = peer.call_stats.latest
         route = peer.route()

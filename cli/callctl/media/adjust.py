@@ -258,6 +258,7 @@ def tune_aiortc() -> None:
     from aiortc.rtcicetransport import RTCIceGatherer
 
     from callctl.media.playout import PassThroughJitterBuffer, SerialTimestampMapper
+    from callctl.media.video_codec import encoder_for
     from callctl.media.voice import dbov, fec_decode_problem, voice_decoder, voice_encoder
 
     original = aioice.ice.get_host_addresses
@@ -279,7 +280,7 @@ def tune_aiortc() -> None:
     def get_encoder(codec: Any) -> Any:
         if codec.mimeType.lower() == "audio/opus":
             return voice_encoder()
-        return stock_encoder(codec)
+        return encoder_for(codec.mimeType) or stock_encoder(codec)
 
     aiortc.rtcrtpsender.get_encoder = get_encoder
     aiortc.rtp.compute_audio_level_dbov = dbov

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from callctl.media.audio import AudioSink, AudioSource, FileSink
 from callctl.media.echo import Processing
+from callctl.media.video_codec import resolve as resolve_video_codec
 from callctl.media.errors import MediaError
 from callctl.media.messages import Messenger
 from callctl.media.peer import MediaCallbacks, PeerConnection, VideoSetup
@@ -55,6 +56,8 @@ class MediaOptions:
     hold_audio: str = "tone"
     #: The microphone path: echo cancellation, noise suppression, gain (None: the default).
     processing: Processing = field(default_factory=Processing)
+    #: ``--video-codec``: an encoder name or auto (media/video_codec.py).
+    video_codec: str = "auto"
 
     def ring_spec(self, *, ringback: bool) -> RingSpec:
         return RingSpec.parse(self.ringback if ringback else self.ringtone,
@@ -90,6 +93,8 @@ def check(opts: MediaOptions) -> None:
     opts.ring_spec(ringback=False)
     opts.ring_spec(ringback=True)
     opts.hold_spec()
+    if opts.video_codec != "auto":  # auto never fails: it falls back (and says so when it opens a call)
+        resolve_video_codec(opts.video_codec)
 
 
 def open_switched(opts: MediaOptions, kind: str, spec: str) -> AudioSource | AudioSink | VideoSource:
@@ -146,7 +151,8 @@ def build_peer(opts: MediaOptions, ice_servers: list[IceServer], *, video_call: 
                 video.sinks.append(RecordedVideo(recorder))
         return PeerConnection(ice_servers, source, sinks, callbacks, video=video,
                               voice=VoiceSettings(bitrate=opts.bitrate_kbps * 1000),
-                              relay_only=opts.relay_only, messenger=messenger, processing=opts.processing)
+                              relay_only=opts.relay_only, messenger=messenger, processing=opts.processing,
+                              video_codec=resolve_video_codec(opts.video_codec))
     except BaseException:
         for endpoint in reversed(opened):  # nothing opened for a call that never starts stays open
             endpoint.close()

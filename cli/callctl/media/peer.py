@@ -32,6 +32,7 @@ from callctl.media.sdp import check_sdp, has_data_channel, refusals
 from callctl.media.stats import CallStats
 from callctl.media.tracks import FramePacer, Meter, make_source_track, make_video_track
 from callctl.media.video_sinks import VideoSink
+from callctl.media.video_codec import VideoCodec, negotiated, prefer, prefer_negotiated, video_codec
 from callctl.media.video_sources import VideoSource
 from callctl.media.voice import VoiceSettings, voice_settings
 from callctl.media.watchdog import watch_devices
@@ -66,6 +67,10 @@ class VideoSetup:
     sending: bool = True
 
 
+#: The playout clock moves its phase by at most this per 20 ms tick (a 5 % change of pace).
+PLAYOUT_SLEW_S = 0.001
+
+
 class PeerConnection:
     """One call's peer connection: offer/answer, preparation, start, stats, close."""
 
@@ -80,6 +85,7 @@ class PeerConnection:
         relay_only: bool = False,
         messenger: Messenger | None = None,
         processing: echo.Processing | None = None,
+        video_codec: VideoCodec | None = None,
     ) -> None:
         tune_aiortc()
         #: The call's app messages: each peer connection's data channel is attached to it.
@@ -95,6 +101,8 @@ class PeerConnection:
         #: The microphone path asked for, and what is on for the source and speaker of the moment.
         self.processing_wanted = processing or echo.Processing()
         self.processing = echo.link(source, sinks[0] if sinks else None, self.processing_wanted)
+        #: The video encoder asked for (None: aiortc's choice, VP8 in software).
+        self.video_codec = video_codec
         self.callbacks = callbacks
         self.sent = Meter()
         self.received = Meter()
@@ -188,9 +196,11 @@ class PeerConnection:
         self.pc.addTransceiver(self._audio_track(), direction="sendrecv")
         # video is negotiated in every call, held until used: pause, resume and
         # "video on" in an audio call are then a track swap, with no renegotiation
-        self.pc.addTransceiver("video", direction="sendrecv")
+        video = self.pc.addTransceiver("video", direction="sendrecv")
+        if self.video_codec is not None:
+            prefer(video, self.video_codec)
         self._attach_channel()
-        with voice_settings(self.voice):  # the sender tasks aiortc spawns take it along
+        with voice_settings(self.voice), video_codec(self.video_codec):  # aiortc's sender tasks take them
             await self.pc.setLocalDescription(await self.pc.createOffer())
         if self.playing and self.video.source is not None and self.video.sending:
             self.set_video_sending(True)  # a restarted call goes on sending its video
@@ -206,7 +216,7 @@ class PeerConnection:
 
         check_sdp(sdp, "answer")
         self._remote_sdp = sdp
-        with voice_settings(self.voice), refusals("answer"):
+        with voice_settings(self.voice), video_codec(self.video_codec), refusals("answer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         if self.messenger is not None and not has_data_channel(sdp):
             self.messenger.unavailable("the peer's answer has no data channel")
@@ -220,7 +230,7 @@ class PeerConnection:
         from aiortc import RTCSessionDescription
 
         check_sdp(offer_sdp, "offer")
-        with voice_settings(self.voice), refusals("offer"):
+        with voice_settings(self.voice), video_codec(self.video_codec), refusals("offer"):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if has_data_channel(offer_sdp):
                 self._attach_channel()  # the peer made the same negotiated channel
@@ -230,6 +240,8 @@ class PeerConnection:
                 transceiver.direction = "sendrecv"
                 if transceiver.kind == "audio":
                     transceiver.sender.replaceTrack(self._audio_track())
+                elif transceiver.kind == "video" and self.video_codec is not None:
+                    prefer_negotiated(transceiver, self.video_codec)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         if self.playing and self.video.source is not None and self.video.sending:
             self.set_video_sending(True)
@@ -296,6 +308,13 @@ class PeerConnection:
             old.close()
         if self.playing:
             self.set_video_sending(source is not None and self.video.sending)
+
+    def video_codec_name(self) -> str | None:
+        """The negotiated video codec and its encoder (``status``), None before negotiation."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                return negotiated(transceiver, self.video_codec)
+        return None
 
     def set_video_sending(self, sending: bool) -> None:
         """Pause or resume our video: the track is swapped, nothing is renegotiated."""
@@ -374,6 +393,9 @@ class PeerConnection:
             pcm, kind = self.playout.pop(time.monotonic())
             if kind != "wait":
                 self._play(pcm)
+            due = self.playout.next_due()
+            if due is not None:  # tick when the next frame is due, not at a phase of our own
+                pacer.steer(due, PLAYOUT_SLEW_S)
 
     @property
     def peer_sends_audio(self) -> bool:

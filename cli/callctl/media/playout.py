@@ -120,6 +120,20 @@ class PlayoutBuffer:
         oldest = min(self._frames)
         return oldest if oldest <= self._next + HALF_FRAME else None
 
+    def next_due(self) -> float | None:
+        """When the next slot should play: its frame's earliest arrival plus the target delay.
+
+        A frame whose transit is the window's earliest then waits exactly the target
+        delay; later ones (jitter) less.  The playout clock steers its phase to this
+        (``PeerConnection._playout_clock``): otherwise every frame would also wait
+        for the clock's next tick, 0-20 ms more, 10 on average.
+        """
+        with self._lock:
+            if not self._started or self._next is None or not self._transits:
+                return None
+            earliest = min(t for _, t in self._transits)
+            return self._next / RATE + earliest + self.target_delay
+
     @property
     def buffered(self) -> float:
         """Seconds of audio waiting, from the next frame to play to the newest held."""

@@ -34,6 +34,15 @@ class FramePacer:
         self._start: float | None = None
         self._n = -1
 
+    def steer(self, at: float, slew: float) -> None:
+        """Move the clock's phase towards the next frame being due at ``at`` (within half a
+        period either way, by ``slew`` seconds at most per call: no jump in the frames' pace)."""
+        if self._start is None:
+            return
+        due = self._start + (self._n + 1) * self.period
+        error = (at - due + self.period / 2) % self.period - self.period / 2
+        self._start += max(-slew, min(slew, error))
+
     async def tick(self) -> int:
         self._n += 1
         now = time.monotonic()

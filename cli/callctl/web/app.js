@@ -860,6 +860,85 @@ async function decline() {
   endCall(call, "declined", "local");
 }
 
+// ---------------------------------------------------------------- call statistics
+// The figures callctl's media.stats gives (docs/EVENTS.md), from the browser's own getStats(),
+// every 5 s while connected: RTT, loss each way, jitter, bitrate each way, playout, MOS.
+
+const STATS_EVERY_MS = 5000;
+
+// ITU-T G.107 E-model MOS from the one-way delay and the random loss (Opus: Ie 0, Bpl 20),
+// as callctl computes it (media/stats.py)
+function mos(oneWayMs, lossPct) {
+  const d = Math.max(0, oneWayMs);
+  const idd = 0.024 * d + (d > 177.3 ? 0.11 * (d - 177.3) : 0);
+  const ppl = Math.max(0, Math.min(100, lossPct));
+  const ie = 95 * ppl / (ppl + 20);
+  const r = Math.max(0, Math.min(100, 93.2 - idd - ie));
+  return Math.round((1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6) * 100) / 100;
+}
+
+async function sampleStats(call) {
+  if (!call.pc || state.call !== call) return;
+  const now = { at: performance.now() };
+  let pairRtt = null;
+  (await call.pc.getStats()).forEach((s) => {
+    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.currentRoundTripTime != null) {
+      pairRtt = s.currentRoundTripTime;
+    }
+    if (s.kind !== "audio") return;
+    if (s.type === "inbound-rtp") {
+      Object.assign(now, { received: s.packetsReceived || 0, lost: Math.max(0, s.packetsLost || 0),
+        jitter: s.jitter, bytesIn: s.bytesReceived || 0, concealed: s.concealedSamples || 0,
+        samples: s.totalSamplesReceived || 0,
+        playout: s.jitterBufferEmittedCount ? s.jitterBufferDelay / s.jitterBufferEmittedCount : null });
+    } else if (s.type === "outbound-rtp") {
+      now.bytesOut = s.bytesSent || 0;
+    } else if (s.type === "remote-inbound-rtp") {
+      if (s.roundTripTime != null) now.rtt = s.roundTripTime;
+      now.lossOut = s.fractionLost;
+    }
+  });
+  const last = call.statsLast;
+  call.statsLast = now;
+  if (!last || state.call !== call) return;
+  // a reconnect's new peer connection counts from zero: this interval starts its baseline
+  if ((now.received || 0) < (last.received || 0) || (now.bytesOut || 0) < (last.bytesOut || 0)) return;
+  const dt = (now.at - last.at) / 1000;
+  const out = {};
+  const rtt = now.rtt != null ? now.rtt : pairRtt;
+  if (rtt != null) out.rtt_ms = Math.round(rtt * 10000) / 10;
+  const got = (now.received || 0) - (last.received || 0), lost = (now.lost || 0) - (last.lost || 0);
+  out.loss_in_pct = got + lost > 0 ? Math.round(1000 * lost / (got + lost)) / 10 : 0;
+  if (now.lossOut != null) out.loss_out_pct = Math.round(1000 * now.lossOut) / 10;
+  if (now.jitter != null) out.jitter_ms = Math.round(now.jitter * 10000) / 10;
+  if (dt > 0) {
+    out.kbps_out = Math.round(((now.bytesOut || 0) - (last.bytesOut || 0)) * 8 / dt / 100) / 10;
+    out.kbps_in = Math.round(((now.bytesIn || 0) - (last.bytesIn || 0)) * 8 / dt / 100) / 10;
+  }
+  if (now.playout != null) out.playout_ms = Math.round(now.playout * 10000) / 10;
+  const samples = (now.samples || 0) - (last.samples || 0);
+  out.concealed_pct = samples > 0 ? Math.round(1000 * ((now.concealed || 0) - (last.concealed || 0)) / samples) / 10 : 0;
+  out.packets_received = now.received || 0;
+  out.packets_lost = now.lost || 0;
+  out.mos = mos((out.rtt_ms || 0) / 2 + 20 + (out.playout_ms || 0), out.loss_in_pct);
+  call.stats = out;
+  const parts = [];
+  if (out.rtt_ms != null) parts.push(`rtt ${Math.round(out.rtt_ms)} ms`);
+  parts.push(`loss ${out.loss_in_pct.toFixed(1)} in` + (out.loss_out_pct != null ? ` / ${out.loss_out_pct.toFixed(1)} out` : "") + " %");
+  if (out.jitter_ms != null) parts.push(`jitter ${Math.round(out.jitter_ms)} ms`);
+  if (out.kbps_out != null) parts.push(`${Math.round(out.kbps_out)} out / ${Math.round(out.kbps_in)} in kbps`);
+  parts.push(`MOS ${out.mos.toFixed(1)}`);
+  $("call-stats").textContent = parts.join(" · ");
+}
+
+function watchStats(call) {
+  const tick = () => {
+    if (state.call !== call || call.state === "ended") return;
+    sampleStats(call).catch(() => {}).finally(() => { call.statsTimer = setTimeout(tick, STATS_EVERY_MS); });
+  };
+  tick();
+}
+
 function maybeConnected(call) {
   if (call.answered && call.mediaUp && !call.connectedAt) {
     call.connectedAt = Date.now();
@@ -875,6 +954,7 @@ function maybeConnected(call) {
     };
     tick();
     if (call.local) meter(call.local, "mic-level", call);
+    watchStats(call);
   }
 }
 
@@ -998,6 +1078,8 @@ function endCall(call, reason, source, tellServer = false, detail = "") {
     api("POST", `/v1/calls/${call.id}/hangup`, { reason: r }).catch(() => {});
   }
   clearTimeout(call.reconnectDeadline);
+  clearTimeout(call.statsTimer);
+  $("call-stats").textContent = "";
   if (call.pc) call.pc.close();
   for (const entry of call.outbox.values()) entry.done(false);
   call.outbox.clear();
@@ -1058,6 +1140,7 @@ window.callctl = {
   sendMessage: (type, body) => state.call && sendMessage(state.call, type, body),
   remoteDominantHz,
   ringtone,
+  callStats: () => (state.call && state.call.stats) || null,
   async stats() {
     const call = state.call;
     if (!call || !call.pc) return null;
