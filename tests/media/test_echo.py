@@ -130,3 +130,20 @@ def test_the_echo_test_refuses_a_duration_too_short_to_measure(tmp_path: Path) -
     out = subprocess.run([*callctl_command(), "preview", "--audio", "--echo-test", "--duration", "1"],
                          capture_output=True, text=True, timeout=60, env=callctl_env(None, HOME=str(tmp_path)))
     assert out.returncode == 2 and "--duration 4 or more" in out.stderr, out.stderr
+
+
+def test_without_the_audio_processing_module_the_call_goes_on_and_says_so(
+        room_server: ServerProcess, voices: tuple[Path, Path], tmp_path: Path) -> None:
+    # a machine it has no wheel for (32-bit ARM): the module does not import
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pywebrtc_audio.py").write_text('raise ImportError("no wheel for this machine")\n')
+    far, _ = voices
+    call = call_in_room(tmp_path / "room", room_server.url, room_server.secret_file, far=far, near=None,
+                        near_after_s=0.0, seconds=5.0, kiosk_args=("--aec",),
+                        kiosk_env={"PYTHONPATH": str(shim)})
+    assert call.kiosk_ended.get("reason") == "hangup", call.kiosk_ended
+    assert "the microphone is sent as it is" in call.kiosk_stderr and "Traceback" not in call.kiosk_stderr
+    # and it was: the echo went through
+    erle = call.log.erle_db(call.sent, call.log.first("far") + RATE, call.log.mic.size)
+    assert erle is not None and erle < 6, erle

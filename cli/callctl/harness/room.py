@@ -365,6 +365,7 @@ class RoomCall:
     #: The kiosk's CPU, % of a core, over the connected call (None: not measurable here).
     kiosk_cpu_pct: float | None
     kiosk_ended: dict[str, object]
+    kiosk_stderr: str = ""
 
 
 def speech(folder: Path) -> tuple[Path, Path]:
@@ -413,7 +414,8 @@ def start_room(folder: Path, room: Room, *, near: Path | None = None, near_after
 
 def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path | None,
                  near: Path | None, near_after_s: float, seconds: float, room: Room = Room(),
-                 kiosk_args: tuple[str, ...] = (), near_from_start: bool = False) -> RoomCall:
+                 kiosk_args: tuple[str, ...] = (), near_from_start: bool = False,
+                 kiosk_env: dict[str, str] | None = None) -> RoomCall:
     """``alice`` calls the kiosk ``bob``, whose mic and speaker are this room; ``far`` is what
     she says (None: silence), ``near`` what is said in the room ``near_after_s`` after she is first
     heard there (``near_from_start``: after the microphone is first read).  The call lasts
@@ -429,7 +431,7 @@ def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path 
         kiosk = Child([*callctl_command(), "--json", "--as", "bob", "listen", "--device", "kiosk",
                        "--auto-accept", "--once", "--audio-in", "mic:room_mic",
                        "--audio-out", "speaker:room_speaker", *kiosk_args],
-                      name="kiosk", env={**env, "HOME": str(home)})
+                      name="kiosk", env={**env, "HOME": str(home), **(kiosk_env or {})})
         started.append(kiosk)
         kiosk.wait_event("registered", timeout=30)
         record = folder / "far-end.wav"
@@ -453,12 +455,13 @@ def call_in_room(folder: Path, server_url: str, secret_file: Path, *, far: Path 
         if kiosk.wait_exit(30) != 0:
             raise RuntimeError(f"the kiosk's call failed: {kiosk.describe()}")
         ended = kiosk.find("call.ended") or {}
+        kiosk_stderr = kiosk.stderr
     finally:
         for child in reversed(started):
             child.stop()
     log = RoomLog.load(folder)
     received = load_speech(record)
-    return RoomCall(log, received, log.align(received), cpu_pct, dict(ended))
+    return RoomCall(log, received, log.align(received), cpu_pct, dict(ended), kiosk_stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

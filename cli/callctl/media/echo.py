@@ -204,6 +204,8 @@ class Processor:
         self.frames = 0
         self.dropped = 0
         self.cpu_s = 0.0
+        #: The module raised once: the rest of the call goes unprocessed (one log line, not 50 a second).
+        self.failed = False
         self._thread = threading.Thread(target=self._run, name="callctl-apm", daemon=True)
         self._thread.start()
 
@@ -220,10 +222,14 @@ class Processor:
             self._wake.clear()
             while self._queue and not self._stop:
                 pcm, adc_time = self._queue.popleft()
+                if self.failed:
+                    self._deliver.append(pcm)
+                    continue
                 try:
                     self._deliver.append(self._process(pcm, adc_time))
                 except Exception as exc:  # never lose the microphone over its processing
-                    log.error("audio processing failed, sending the microphone as it is: %s", exc)
+                    log.error("audio processing failed, the microphone is sent as it is from now on: %s", exc)
+                    self.failed = True
                     self._deliver.append(pcm)
 
     def _process(self, pcm: np.ndarray, adc_time: float) -> np.ndarray:
@@ -264,7 +270,8 @@ def link(source: object, sink: object, wanted: Processing) -> Processing:
     if wanted.aec and not on.aec:
         log.warning("echo cancellation needs a microphone and a speaker: it is off for this call")
     if on.any and (why := available()) is not None:
-        log.warning("%s: the microphone is sent as it is", why)
+        asked = wanted.aec or wanted.noise_suppression or wanted.agc  # on the command line, not by default
+        log.log(logging.WARNING if asked else logging.INFO, "%s: the microphone is sent as it is", why)
         on = Processing(False, False, False)
     far = FarEnd() if on.aec else None
     if mic is not None:
