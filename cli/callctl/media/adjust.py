@@ -101,6 +101,8 @@ INTERNALS = {
 }
 
 STOCK_AUDIO = os.environ.get("CALLCTL_STOCK_AUDIO") == "1"
+#: "lost packets are concealed" has been said (once a process)
+_said_no_fec: list[bool] = []
 
 #: DTMF: the telephone-event codecs offered, (payload type, clock rate): Opus's clock, PCMU/PCMA's.
 TELEPHONE_EVENTS = ((110, 48000), (126, 8000))
@@ -259,7 +261,7 @@ def tune_aiortc() -> None:
 
     from callctl.media.playout import PassThroughJitterBuffer, SerialTimestampMapper
     from callctl.media.video_codec import encoder_for
-    from callctl.media.voice import dbov, fec_decode_problem, voice_decoder, voice_encoder
+    from callctl.media.voice import dbov, fec_decode_problem, preload_libopus, voice_decoder, voice_encoder
 
     original = aioice.ice.get_host_addresses
 
@@ -295,18 +297,22 @@ def tune_aiortc() -> None:
         setattr(aiortc.rtcrtpreceiver, "JitterBuffer", jitter_buffer)  # noqa: B010  # a class replaced by a factory
         # reordered packets now reach the decoder: map their timestamps correctly
         setattr(aiortc.rtcrtpreceiver, "TimestampMapper", SerialTimestampMapper)  # noqa: B010
-        problem = fec_decode_problem()
-        if problem is None:
-            stock_decoder = aiortc.rtcrtpreceiver.get_decoder
+        # libopus loads on a thread of its own now, and is asked for at the first Opus packet
+        # (on aiortc's decoder thread): not on the call's start-up path
+        preload_libopus()
+        stock_decoder = aiortc.rtcrtpreceiver.get_decoder
 
-            def get_decoder(codec: Any) -> Any:
-                if codec.mimeType.lower() == "audio/opus":
+        def get_decoder(codec: Any) -> Any:
+            if codec.mimeType.lower() == "audio/opus":
+                problem = fec_decode_problem()
+                if problem is None:
                     return voice_decoder()
-                return stock_decoder(codec)
+                if not _said_no_fec:
+                    _said_no_fec.append(True)
+                    log.info("lost audio packets are concealed, not rebuilt from FEC: %s", problem)
+            return stock_decoder(codec)
 
-            aiortc.rtcrtpreceiver.get_decoder = get_decoder
-        else:
-            log.info("lost audio packets are concealed, not rebuilt from FEC: %s", problem)
+        aiortc.rtcrtpreceiver.get_decoder = get_decoder
     _telephone_events()
     _tuned = True
 

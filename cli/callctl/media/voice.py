@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -103,15 +105,41 @@ FEC_RECOVERED = [0]
 
 def fec_decode_problem() -> str | None:
     """None when lost packets can be rebuilt from FEC here, else why not."""
-    import os
-
     if os.environ.get("CALLCTL_FEC_DECODE", "1") == "0":
         return "CALLCTL_FEC_DECODE=0"
     try:
-        import opuslib_next  # noqa: F401
+        _load_libopus()
     except Exception as exc:  # the binding loads libopus when imported: OSError when it is missing
         return f"no libopus binding (opuslib-next, libopus0): {exc}"
     return None
+
+
+_libopus_loaded = threading.Event()
+_libopus_error: list[BaseException] = []
+
+
+def _load_libopus() -> None:
+    """Import the binding (it finds and loads libopus: ~50 ms, ldconfig included), once."""
+    if not _libopus_loaded.is_set():
+        try:
+            import opuslib_next  # noqa: F401
+        except Exception as exc:
+            _libopus_error.append(exc)
+        finally:
+            _libopus_loaded.set()
+    if _libopus_error:
+        raise _libopus_error[0]
+
+
+def preload_libopus() -> None:
+    """Load the binding on a thread of its own: off a call's start-up path, ready before its first
+    packet.  ``fec_decode_problem`` then waits for it (the import lock) if it is not done."""
+    def load() -> None:
+        with contextlib.suppress(Exception):  # said by fec_decode_problem when it is asked
+            _load_libopus()
+
+    if os.environ.get("CALLCTL_FEC_DECODE", "1") != "0" and not _libopus_loaded.is_set():
+        threading.Thread(target=load, name="callctl-libopus", daemon=True).start()
 
 
 def voice_decoder() -> Any:
