@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import math
 import os
 import signal
@@ -39,10 +40,12 @@ RATE = 48000
 BLOCK = RATE // 100
 #: The speaker's samples waiting for their turn: more than this and the oldest go (a clock slip).
 FAR_QUEUE_MAX = RATE // 2
+#: What the room keeps of the speaker's output before playing it (its writes' phase jitter).
+FAR_RESERVE = RATE // 25
 #: Far-end samples louder than this count as "the far end is heard" (starts the near-end clock).
 HEARD = 300
-#: The microphone FIFO's size (Linux rounds it to a page): ~40 ms of audio.
-MIC_PIPE_BYTES = 4096
+#: The microphone FIFO's size: ~170 ms of audio at most between the room and the microphone.
+MIC_PIPE_BYTES = 16384
 F_SETPIPE_SZ = 1031
 
 
@@ -136,6 +139,10 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
     far_queue = np.zeros(0, np.int16)
     heard_at: int | None = None  # block index
     dropped = logged = 0
+    #: Times the speaker ran dry and came back (a starved machine): each one moves the echo's
+    #: delay, which the canceller then finds again.
+    slips = 0
+    far_playing = far_started = False
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -157,10 +164,20 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
                     far_queue = np.concatenate([far_queue, np.frombuffer(data[: len(data) // 2 * 2], "<i2")])
             if far_queue.size > FAR_QUEUE_MAX:
                 far_queue = far_queue[-FAR_QUEUE_MAX:]
+            # the speaker's 20 ms writes come at their own phase: the room plays them from a
+            # 40 ms reserve, so that phase never shows as gaps in what the room hears
             far = np.zeros(BLOCK)
-            take = min(BLOCK, far_queue.size)
-            far[:take] = far_queue[:take]
-            far_queue = far_queue[take:]
+            if not far_playing and far_queue.size >= FAR_RESERVE:
+                far_playing = True
+                if far_started:
+                    slips += 1  # the speaker ran dry and came back: its sound is later from now on
+                far_started = True
+            if far_playing:
+                take = min(BLOCK, far_queue.size)
+                far[:take] = far_queue[:take]
+                far_queue = far_queue[take:]
+                if take < BLOCK:
+                    far_playing = False
             if heard_at is None and (np.abs(far).max() > HEARD or (from_start and logged)):
                 heard_at = n
             echo = convolve(far)
@@ -176,7 +193,7 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
             try:
                 os.write(mic, out.astype("<i2").tobytes())  # 960 bytes: all or nothing (< PIPE_BUF)
             except BlockingIOError:
-                dropped += 1  # the microphone is not reading (not open yet): not heard, not logged
+                dropped += 1  # the microphone is not reading (not open, or closed): not heard, not logged
             else:
                 logged += 1
                 for name, block in (("far", far), ("echo", echo), ("near", near_block),
@@ -187,7 +204,8 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
             if ahead > 0:
                 time.sleep(ahead)
     finally:
-        print(f"blocks heard {logged}, not read {dropped}", flush=True)
+        print(f"blocks heard {logged}, not read {dropped}, slips {slips}", flush=True)
+        (folder / "room.json").write_text(json.dumps({"heard": logged, "not_read": dropped, "slips": slips}))
         for log in logs.values():
             log.close()
         os.close(speaker)
@@ -243,6 +261,8 @@ class RoomLog:
     near: np.ndarray
     noise: np.ndarray
     mic: np.ndarray
+    #: The speaker ran dry and came back this many times (``run``).
+    slips: int = 0
 
     @classmethod
     def load(cls, folder: Path) -> RoomLog:
@@ -251,7 +271,9 @@ class RoomLog:
 
         parts = {name: raw(name) for name in ("far", "echo", "near", "noise", "mic")}
         size = min(x.size for x in parts.values())
-        return cls(**{name: x[:size] for name, x in parts.items()})
+        summary = folder / "room.json"
+        slips = int(json.loads(summary.read_text()).get("slips", 0)) if summary.exists() else 0
+        return cls(**{name: x[:size] for name, x in parts.items()}, slips=slips)
 
     def first(self, part: str) -> int:
         """The first sample of ``part`` louder than HEARD (its size if none)."""
