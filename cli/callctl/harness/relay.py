@@ -43,8 +43,11 @@ class Impairment:
     counts: list[int] = field(default_factory=lambda: [0, 0])
     #: ... of them RTP media packets (not RTCP, STUN or DTLS): what a receiver can count
     rtp_counts: list[int] = field(default_factory=lambda: [0, 0])
+    #: Runs of RTP losses (packets dropped one after another count as one run)
+    rtp_runs: int = 0
     #: RTP packets still to drop in the current run
     _run_left: int = 0
+    _last_rtp_dropped: bool = False
 
 
 def is_rtp(data: bytes) -> bool:
@@ -96,6 +99,10 @@ class LossyLink:
             drop = self.rng.random() < imp.loss / max(1, imp.burst if rtp else 1)
             if drop and rtp:
                 imp._run_left = imp.burst - 1
+        if rtp:
+            if drop and not imp._last_rtp_dropped:
+                imp.rtp_runs += 1
+            imp._last_rtp_dropped = drop
         if drop:
             imp.counts[1] += 1
             imp.rtp_counts[1] += rtp
