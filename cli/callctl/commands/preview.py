@@ -122,11 +122,12 @@ def _echo_test(mic: str | None, speaker: str | None, seconds: float, as_json: bo
     import json
 
     from callctl.media import echo_test
+    from callctl.media.echo import available as echo_available
     from callctl.media.errors import DeviceError
 
     if seconds < 4:
         fail("--echo-test needs --duration 4 or more (the canceller settles for 2 s)", ExitCode.USAGE)
-    if (why := _echo_problem()) is not None:
+    if (why := echo_available()) is not None:
         fail(why, ExitCode.DEVICE_ERROR)
     print(f"callctl: echo test: {seconds:g} s of test noise on the speaker, "
           "listening on the microphone (Ctrl-C ends)", file=sys.stderr)
@@ -142,12 +143,6 @@ def _echo_test(mic: str | None, speaker: str | None, seconds: float, as_json: bo
         for name, value in report.lines():
             print(f"{name:18}{value}")
     return 0
-
-
-def _echo_problem() -> str | None:
-    from callctl.media.echo import available
-
-    return available()
 
 
 def _keys(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:

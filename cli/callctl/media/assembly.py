@@ -93,8 +93,9 @@ def check(opts: MediaOptions) -> None:
     opts.ring_spec(ringback=False)
     opts.ring_spec(ringback=True)
     opts.hold_spec()
-    if opts.video_codec != "auto":  # auto never fails: it falls back (and says so when it opens a call)
-        resolve_video_codec(opts.video_codec)
+    # before the call (auto's probe of a hardware encoder too, cached): a listen pays it at
+    # start-up, not at its first ring; auto never fails, it falls back
+    resolve_video_codec(opts.video_codec)
 
 
 def open_switched(opts: MediaOptions, kind: str, spec: str) -> AudioSource | AudioSink | VideoSource:

@@ -397,9 +397,9 @@ class _DeviceStream:
                 )
             except OSError as exc:
                 raise DeviceError(f"cannot open {self.noun} {self.device.name!r}: {exc}") from None
-            with contextlib.suppress(Exception):
-                self._latency = float(self._stream.get_output_latency() if self.kind == "output"
-                                      else self._stream.get_input_latency())
+            if self.kind == "output":  # the DAC time of a driver that reports none: now + this
+                with contextlib.suppress(Exception):
+                    self._latency = float(self._stream.get_output_latency())
         _streams.add(self)
         if self._closed:  # closed meanwhile, by a close() that could not wait for PortAudio
             self._close_stream()

@@ -46,7 +46,7 @@ LEAD_S = 0.010
 FAR_WAIT_S = 0.025
 #: A far end not written for this long is a speaker that stopped: don't wait for it.
 FAR_STALE_S = 0.2
-#: Frames waiting for the worker: more and the oldest go (counted).
+#: Frames waiting for the worker: more and the oldest go.
 QUEUE_FRAMES = 10
 #: Noise suppression level (0-3: 6, 12, 18, 21 dB).
 NS_LEVEL = 2
@@ -201,9 +201,6 @@ class Processor:
         self._queue: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=QUEUE_FRAMES)
         self._wake = threading.Event()
         self._stop = False
-        self.frames = 0
-        self.dropped = 0
-        self.cpu_s = 0.0
         #: The module raised once: the rest of the call goes unprocessed (one log line, not 50 a second).
         self.failed = False
         self._thread = threading.Thread(target=self._run, name="callctl-apm", daemon=True)
@@ -211,8 +208,6 @@ class Processor:
 
     def submit(self, pcm: np.ndarray, adc_time: float) -> None:
         """A captured 20 ms frame and when its first sample was taken (a PortAudio callback)."""
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
         self._queue.append((pcm, self._clock.stamp(adc_time, pcm.size)))
         self._wake.set()
 
@@ -238,10 +233,7 @@ class Processor:
             at = adc_time + LEAD_S
             self.far.wait_for(at + pcm.size / RATE, FAR_WAIT_S)
             far = self.far.take(at, pcm.size)
-        started = time.thread_time()
         out: np.ndarray = self._ap.process(pcm, far) if far is not None else self._ap.process(pcm)
-        self.cpu_s += time.thread_time() - started
-        self.frames += 1
         if self.tap is not None:
             self.tap(pcm, far, out)
         return out
@@ -251,9 +243,6 @@ class Processor:
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
-
-    def stats(self) -> dict[str, Any]:
-        return {"frames": self.frames, "dropped": self.dropped, "cpu_s": round(self.cpu_s, 3)}
 
 
 def link(source: object, sink: object, wanted: Processing) -> Processing:

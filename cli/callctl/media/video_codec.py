@@ -68,6 +68,7 @@ def opens(encoder: str) -> str | None:
     return None
 
 
+@functools.cache  # once a process: a listen's calls do not probe (or say the fallback) again
 def resolve(name: str) -> VideoCodec:
     """The encoder for ``--video-codec NAME`` (MediaError, saying what opens, if it does not)."""
     wanted = ALIASES.get(name.lower(), name.lower())

@@ -154,6 +154,7 @@ def voice_decoder() -> Any:
     """
     import av
     import opuslib_next
+    from aiortc.codecs.opus import TIME_BASE
 
     from callctl.media.audio import RATE
 
@@ -170,7 +171,7 @@ def voice_decoder() -> Any:
             frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
             frame.sample_rate = RATE
             frame.pts = pts
-            frame.time_base = _TIME_BASE
+            frame.time_base = TIME_BASE
             return frame
 
         def decode(self, encoded_frame: Any) -> list[Any]:
@@ -195,11 +196,3 @@ def voice_decoder() -> Any:
 
     return FecOpusDecoder()
 
-
-def _time_base() -> Any:
-    import fractions
-
-    return fractions.Fraction(1, 48000)
-
-
-_TIME_BASE = _time_base()
