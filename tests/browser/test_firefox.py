@@ -74,6 +74,11 @@ async def test_firefox_calls_a_listening_kiosk(firefox: Firefox, server: ServerP
     await hears(page, 660)
     await page.wait_for("window.callctl.stats().then(s => s && s.in_video && s.in_video.frames > 10 && s.in_video.width === 320)",
                         WAIT_S, "window.callctl.stats()")
+    # the call's figures on the page, from Firefox's own getStats()
+    figures = await page.wait_for("window.callctl.callStats()", WAIT_S, "window.callctl.callStats()")
+    assert figures["loss_in_pct"] == 0 and figures["packets_received"] > 100, figures
+    assert 20 < figures["kbps_in"] < 60 and figures["mos"] >= 4.0, figures
+    assert "MOS" in await page.text("call-stats")
     # callctl decodes Firefox's camera
     flowing = await kiosk.wait_event("video.flowing")
     assert flowing["width"] > 0 and flowing["height"] > 0

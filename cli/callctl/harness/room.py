@@ -22,6 +22,7 @@ runs until SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import fcntl
 import json
@@ -29,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,10 @@ FAR_QUEUE_MAX = RATE // 2
 FAR_RESERVE = RATE // 25
 #: Far-end samples louder than this count as "the far end is heard" (starts the near-end clock).
 HEARD = 300
-#: The microphone FIFO's size: ~170 ms of audio at most between the room and the microphone.
+#: The microphone FIFO's size (~170 ms: room for a reader that comes late), and how much the room
+#: keeps waiting in it at most (~40 ms: what the microphone reads is never further behind the room).
 MIC_PIPE_BYTES = 16384
+MIC_AHEAD_BYTES = 3840
 F_SETPIPE_SZ = 1031
 
 
@@ -113,6 +117,13 @@ def noise(samples: int, dbfs: float, rng: np.random.Generator) -> np.ndarray:
     low = np.convolve(white, np.ones(8) / 8, mode="same")[32:-32]  # a soft low-pass
     low *= 32768 * 10 ** (dbfs / 20) / max(float(np.sqrt((low ** 2).mean())), 1e-9)
     return low
+
+
+def _pending(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
 
 
 def make_fifo(path: Path) -> None:
@@ -191,6 +202,8 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
             noise_block = noise(BLOCK, room.noise_dbfs, rng)
             out = np.clip(echo + near_block + noise_block, -32768, 32767)
             try:
+                if _pending(mic) > MIC_AHEAD_BYTES:
+                    raise BlockingIOError  # the microphone is not reading: what it misses is not heard
                 os.write(mic, out.astype("<i2").tobytes())  # 960 bytes: all or nothing (< PIPE_BUF)
             except BlockingIOError:
                 dropped += 1  # the microphone is not reading (not open, or closed): not heard, not logged
