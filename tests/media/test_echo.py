@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return speech(tmp_path_factory.mktemp("voices"))
 
 
+@pytest.mark.alone  # the echo's delay holds only on a machine that keeps up
 def test_the_kiosk_takes_its_speaker_out_of_what_it_sends_and_keeps_the_near_talker(
         room_server: ServerProcess, voices: tuple[Path, Path], tmp_path: Path) -> None:
     far, near = voices
@@ -56,16 +58,21 @@ def test_the_kiosk_takes_its_speaker_out_of_what_it_sends_and_keeps_the_near_tal
     heard, talk = log.first("far"), log.first("near")
     assert heard < 2 * RATE and talk < log.mic.size - 3 * RATE, (heard, talk, log.mic.size)
     # far-end single talk, from 1.5 s after the far end is first heard (AEC3 converges in less)
-    erle = log.erle_db(call.sent, heard + int(1.5 * RATE), talk)
-    assert erle is not None, "no single talk to measure"
-    if log.slips == 0:
-        assert erle >= 20, erle
-    else:
-        # a starved machine: the speaker ran dry behind the room's wall clock,
-        # which moves the echo's delay under the canceller (a card's clock never does); it must
-        # still take most of the echo out
-        warnings.warn(f"the room slipped {log.slips} times (a busy machine): ERLE {erle:.1f} dB", stacklevel=1)
-        assert erle >= 8, (erle, log.slips)
+    start = heard + int(1.5 * RATE)
+    erle = log.erle_db(call.sent, start, talk)
+    windows = log.erle_windows_db(call.sent, start, talk)
+    assert erle is not None and len(windows) >= 10, ("no single talk to measure", windows)
+    # the canceller holds the echo down through the far end's talk (AEC3: ~40 dB in this room)
+    assert statistics.median(windows) >= 25, [round(w) for w in windows]
+    if erle < 20:
+        # a starved machine: the kiosk's or the room's audio fell behind for a moment (a slip
+        # of the speaker, a microphone overrun, a late callback), which moves the echo's delay
+        # under the canceller; some 100 ms windows let the echo through until AEC3 finds it
+        # again (a card's clock never does that), and they dominate the call's total
+        warnings.warn(f"the echo came through for a moment (a busy machine: {log.slips} slips, "
+                      f"{log.overruns} overruns): ERLE {erle:.1f} dB over the call, "
+                      f"windows {[round(w) for w in windows]}", stacklevel=1)
+        assert erle >= 8, (erle, [round(w) for w in windows])
     # double talk: the near talker is not muted (no half-duplex) and stays intelligible
     part = log.double_talk(4.0)
     sent = log.align(call.received, part)
@@ -97,6 +104,7 @@ def test_the_sample_clock_ignores_late_and_bursty_callbacks() -> None:
 
 
 
+@pytest.mark.alone  # the echo's delay holds only on a machine that keeps up
 def test_the_echo_test_measures_the_rooms_delay_and_what_cancellation_takes_out(tmp_path: Path) -> None:
     reports = {}
     for delay_ms in (40.0, 140.0):
@@ -141,6 +149,7 @@ def test_the_echo_test_refuses_a_duration_too_short_to_measure(tmp_path: Path) -
     assert out.returncode == 2 and "--duration 4 or more" in out.stderr, out.stderr
 
 
+@pytest.mark.alone  # the echo's delay holds only on a machine that keeps up
 def test_without_the_audio_processing_module_the_call_goes_on_and_says_so(
         room_server: ServerProcess, voices: tuple[Path, Path], tmp_path: Path) -> None:
     # a machine it has no wheel for (32-bit ARM): the module does not import

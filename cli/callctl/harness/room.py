@@ -50,6 +50,8 @@ HEARD = 300
 #: keeps waiting in it at most (~40 ms: what the microphone reads is never further behind the room).
 MIC_PIPE_BYTES = 16384
 MIC_AHEAD_BYTES = 3840
+#: The microphone not reading for this many blocks (200 ms) is closed, not late.
+MIC_CLOSED_BLOCKS = 20
 F_SETPIPE_SZ = 1031
 
 
@@ -150,6 +152,11 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
     far_queue = np.zeros(0, np.int16)
     heard_at: int | None = None  # block index
     dropped = logged = 0
+    #: Times the microphone fell behind while it was reading and missed blocks (a run of misses
+    #: shorter than MIC_CLOSED_BLOCKS between two reads): each one, like a slip, moves the echo's
+    #: delay under the canceller.  Longer runs are a microphone that was closed.
+    overruns = 0
+    missed = 0  # the current run of misses
     #: Times the speaker ran dry and came back (a starved machine): each one moves the echo's
     #: delay, which the canceller then finds again.
     slips = 0
@@ -207,7 +214,11 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
                 os.write(mic, out.astype("<i2").tobytes())  # 960 bytes: all or nothing (< PIPE_BUF)
             except BlockingIOError:
                 dropped += 1  # the microphone is not reading (not open, or closed): not heard, not logged
+                missed += 1
             else:
+                if logged and 0 < missed < MIC_CLOSED_BLOCKS:
+                    overruns += 1
+                missed = 0
                 logged += 1
                 for name, block in (("far", far), ("echo", echo), ("near", near_block),
                                 ("noise", noise_block), ("mic", out)):
@@ -217,8 +228,9 @@ def run(folder: Path, room: Room, near: np.ndarray, near_after_s: float, from_st
             if ahead > 0:
                 time.sleep(ahead)
     finally:
-        print(f"blocks heard {logged}, not read {dropped}, slips {slips}", flush=True)
-        (folder / "room.json").write_text(json.dumps({"heard": logged, "not_read": dropped, "slips": slips}))
+        print(f"blocks heard {logged}, not read {dropped}, slips {slips}, overruns {overruns}", flush=True)
+        (folder / "room.json").write_text(json.dumps({"heard": logged, "not_read": dropped, "slips": slips,
+                                                      "overruns": overruns}))
         for log in logs.values():
             log.close()
         os.close(speaker)
@@ -276,6 +288,8 @@ class RoomLog:
     mic: np.ndarray
     #: The speaker ran dry and came back this many times (``run``).
     slips: int = 0
+    #: The microphone fell behind and missed blocks this many times while reading (``run``).
+    overruns: int = 0
 
     @classmethod
     def load(cls, folder: Path) -> RoomLog:
@@ -285,8 +299,9 @@ class RoomLog:
         parts = {name: raw(name) for name in ("far", "echo", "near", "noise", "mic")}
         size = min(x.size for x in parts.values())
         summary = folder / "room.json"
-        slips = int(json.loads(summary.read_text()).get("slips", 0)) if summary.exists() else 0
-        return cls(**{name: x[:size] for name, x in parts.items()}, slips=slips)
+        counts = json.loads(summary.read_text()) if summary.exists() else {}
+        return cls(**{name: x[:size] for name, x in parts.items()},
+                   slips=int(counts.get("slips", 0)), overruns=int(counts.get("overruns", 0)))
 
     def first(self, part: str) -> int:
         """The first sample of ``part`` louder than HEARD (its size if none)."""
@@ -320,6 +335,11 @@ class RoomLog:
         mic = sum(float((self.mic[w] ** 2).sum()) for w in windows)
         sent = sum(float((out[w] ** 2).sum()) for w in windows)
         return 10 * math.log10(mic / max(sent, 1.0))
+
+    def erle_windows_db(self, out: np.ndarray, start: int, end: int, window: int = RATE // 10) -> list[float]:
+        """The echo return loss enhancement of each single-talk window in [start, end), in order."""
+        return [10 * math.log10(max(float((self.mic[w] ** 2).sum()), 1.0) / max(float((out[w] ** 2).sum()), 1.0))
+                for w in self._single_talk(start, end, window)]
 
     def convergence_s(self, out: np.ndarray, window_s: float = 0.5) -> float | None:
         """From the far end's first sound to the first window within 3 dB of the settled ERLE."""

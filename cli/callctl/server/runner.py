@@ -52,13 +52,23 @@ def serve(app: EventStreamFirst, sock: socket.socket, options: ServerOptions,
           announce: Callable[[str], None]) -> None:
     """Run until SIGINT/SIGTERM; open streams are closed first, then we exit.
 
-    ``announce`` gets the URL once the socket listens (the ready line).
+    ``announce`` gets the URL once start-up is done (the ready line): the hub
+    has started and SIGHUP is handled, so whoever waits for that line may
+    signal the server or call it straight away.
     """
     import uvicorn
 
     hub: Hub = app.state.hub
 
+    scheme = "https" if options.tls_cert else "http"
+    host, port = sock.getsockname()[:2]
+
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # after the lifespan's start-up
+            if not self.should_exit:
+                announce(f"{scheme}://{_url_host(host)}:{port}")
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             await hub.close_streams()
             await super().shutdown(sockets)
@@ -89,9 +99,6 @@ def serve(app: EventStreamFirst, sock: socket.socket, options: ServerOptions,
         lifespan="on",
         server_header=False,
     )
-    scheme = "https" if options.tls_cert else "http"
-    host, port = sock.getsockname()[:2]
-    announce(f"{scheme}://{_url_host(host)}:{port}")
     Server(config).run(sockets=[sock])
 
 

@@ -890,7 +890,7 @@ async function sampleStats(call) {
       Object.assign(now, { received: s.packetsReceived || 0, lost: Math.max(0, s.packetsLost || 0),
         jitter: s.jitter, bytesIn: s.bytesReceived || 0, concealed: s.concealedSamples || 0,
         samples: s.totalSamplesReceived || 0,
-        playout: s.jitterBufferEmittedCount ? s.jitterBufferDelay / s.jitterBufferEmittedCount : null });
+        bufferDelay: s.jitterBufferDelay, emitted: s.jitterBufferEmittedCount });
     } else if (s.type === "outbound-rtp") {
       now.bytesOut = s.bytesSent || 0;
     } else if (s.type === "remote-inbound-rtp") {
@@ -915,7 +915,11 @@ async function sampleStats(call) {
     out.kbps_out = Math.round(((now.bytesOut || 0) - (last.bytesOut || 0)) * 8 / dt / 100) / 10;
     out.kbps_in = Math.round(((now.bytesIn || 0) - (last.bytesIn || 0)) * 8 / dt / 100) / 10;
   }
-  if (now.playout != null) out.playout_ms = Math.round(now.playout * 10000) / 10;
+  // the jitter buffer's mean delay over this interval (the counters are the call's totals)
+  const emitted = (now.emitted || 0) - (last.emitted || 0);
+  if (now.bufferDelay != null && emitted > 0) {
+    out.playout_ms = Math.round((now.bufferDelay - (last.bufferDelay || 0)) / emitted * 10000) / 10;
+  }
   const samples = (now.samples || 0) - (last.samples || 0);
   out.concealed_pct = samples > 0 ? Math.round(1000 * ((now.concealed || 0) - (last.concealed || 0)) / samples) / 10 : 0;
   out.packets_received = now.received || 0;
