@@ -176,6 +176,37 @@ async def test_presence_cap_and_replacement(store: Store) -> None:
     assert await store.devices_online("svc/bob") == set()
 
 
+async def test_opening_a_stream_registers_and_reads_what_it_sends_first(store: Store) -> None:
+    # a user who has been online, with events in the log and calls for it
+    await store.register_device("svc/bob", "phone", "s1", cap=2)
+    ids = [await store.publish("svc/bob", "e", b'{"n":%d}' % i, only_device="desk" if i == 3 else None)
+           for i in range(5)]
+    for call_id, caller, callee in (("c1", "alice", "bob"), ("c2", "carol", "bob"), ("c3", "alice", "dave")):
+        await store.create_call(record(call_id, caller=caller, callee=callee))
+    await store.update_call("c2", CallState.RINGING, {"state": CallState.ENDED})
+    opening = await store.open_device("svc/bob", "desk", "s2", cap=2, last_id=ids[1])
+    assert opening is not None and opening.online == 2
+    assert await store.devices_online("svc/bob") == {"phone", "desk"}
+    assert [e.id for e in opening.backlog] == ids[2:]
+    assert [e.only_device for e in opening.backlog] == [None, "desk", None]
+    assert opening.backlog[0].data == b'{"n":2}' and opening.backlog[0].name == "e"
+    assert [c.call_id for c in opening.ringing] == ["c1"]
+    assert opening.ringing[0] == await store.get_call("c1")
+    # its cursor: what comes after the registration is replayed from it
+    new = await store.publish("svc/bob", "e", b"{}")
+    assert [e.id for e in await store.replay("svc/bob", opening.cursor)] == [new]
+    # no Last-Event-ID: nothing replayed; an id of another epoch: all the log
+    again = await store.open_device("svc/bob", "desk", "s3", cap=2, last_id=None)
+    assert again is not None and again.online == 2 and again.backlog == []
+    other = await store.open_device("svc/bob", "desk", "s4", cap=2, last_id="zzzz-99999")
+    assert other is not None and [e.id for e in other.backlog] == [*ids, new]
+    # over the cap: nothing registered
+    assert await store.open_device("svc/bob", "tv", "s5", cap=2, last_id=None) is None
+    assert await store.devices_online("svc/bob") == {"phone", "desk"}
+    fresh = await store.open_device("svc/nobody", "desk", "s6", cap=2, last_id=None)
+    assert fresh is not None and fresh.online == 1 and fresh.backlog == [] and fresh.ringing == []
+
+
 async def test_token_bucket(store: Store) -> None:
     assert [await store.take_token("k", 1.0, 3) for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = await store.take_token("k", 1.0, 3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import re
@@ -29,6 +28,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity, SecretError, TokenError, read_secret, verify_token
+from callctl.server import collector
+from callctl.server.collector import Collector
 from callctl.server.errors import Refused
 from callctl.server.hub import Hub, HubConfig, Stream
 from callctl.server.ice import IceConfigError
@@ -466,14 +467,16 @@ def create_app(
         await hub.start()
         if secret_file is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_secret)
-        # what start-up created lives as long as the process: keep it out of
-        # every later full collection (a full pass over thousands of open
-        # streams already takes long enough)
-        gc.collect()
-        gc.freeze()
+        # what start-up created lives as long as the process, and so do open
+        # streams: keep them out of later full collections (collector.py)
+        collector.freeze()
+        keeper = asyncio.create_task(Collector(lambda: hub.stream_count).run(), name="gc-keeper")
         try:
             yield
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             if secret_file is not None:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await hub.stop()

@@ -231,17 +231,18 @@ class Hub:
         # before the registration's own reply does
         sub = self.store.subscribe(user_key, device)
         try:
-            online = await self.store.register_device(
-                user_key, device, stream_id, self.config.max_devices
+            opening = await self.store.open_device(
+                user_key, device, stream_id, self.config.max_devices, last_id
             )
         except BaseException:
             self.store.unsubscribe(sub)
             raise
-        if online is None:
+        if opening is None:
             self.store.unsubscribe(sub)
             raise Refused(p.ErrorCode.TOO_MANY_DEVICES,
                 f"user already has {self.config.max_devices} devices online",
             )
+        online, cursor = opening.online, opening.cursor
         opened: Stream | None = None
         try:
             previous = self._streams.get((user_key, device))
@@ -253,13 +254,9 @@ class Hub:
             )
             self._streams[(user_key, device)] = stream
 
-            cursor = await self.store.cursor(user_key)
-            backlog = [
-                e for e in (await self.store.replay(user_key, last_id) if last_id else [])
-                if e.for_device(device)
-            ]
+            backlog = [e for e in opening.backlog if e.for_device(device)]
             sent = {e.id for e in backlog}
-            for call in await self.store.ringing_calls_for(user_key):
+            for call in opening.ringing:
                 await self._mark_rang(call)
                 if call.ring_event_id is None or call.ring_event_id in sent:
                     continue

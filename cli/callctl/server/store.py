@@ -97,6 +97,19 @@ class StoredEvent(msgspec.Struct, frozen=True):
         return self.except_device is None or self.except_device != device
 
 
+class Opening(msgspec.Struct):
+    """What a device's new event stream starts with (``Store.open_device``)."""
+
+    #: Devices of the user online, this one included.
+    online: int
+    #: ``cursor`` of the user's log when the device registered.
+    cursor: str
+    #: The user's events after the stream's ``Last-Event-ID`` (none without one), every device's.
+    backlog: list[StoredEvent]
+    #: The calls ringing the user, oldest first.
+    ringing: list[CallRecord]
+
+
 class Heartbeat:
     """Queue item: time to write a keep-alive comment."""
 
@@ -281,6 +294,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def register_device(self, user_key: str, device: str, stream: str, cap: int) -> int | None:
         """Mark a device online; number of devices online, or None over the cap."""
+
+    async def open_device(self, user_key: str, device: str, stream: str, cap: int,
+                          last_id: str | None) -> Opening | None:
+        """``register_device``, and what the new stream sends first; None over the cap.
+
+        A store that can (Redis: one script) does it all in one round trip: a
+        thousand devices coming back at once from a node that died wait for
+        nothing else.
+        """
+        online = await self.register_device(user_key, device, stream, cap)
+        if online is None:
+            return None
+        try:
+            cursor = await self.cursor(user_key)
+            backlog = await self.replay(user_key, last_id) if last_id else []
+            ringing = await self.ringing_calls_for(user_key)
+        except BaseException:
+            await self.unregister_device(user_key, device, stream)
+            raise
+        return Opening(online, cursor, backlog, ringing)
 
     async def stream_started(self, user_key: str, device: str, stream: str) -> None:  # noqa: B027
         """The stream's client got its first bytes: a stream of the device elsewhere ends now

@@ -43,6 +43,7 @@ from callctl.server.store import (
     LOG_LENGTH,
     CallRecord,
     LocalStreams,
+    Opening,
     Store,
     StoredEvent,
 )
@@ -187,22 +188,42 @@ end
 """
 
 # KEYS: dev, known; ARGV: prefix, device, NODE|STREAM, cap, known ttl, presence ttl, user key,
-# channel prefix -> devices online, or -1 over the cap
-_REGISTER = _LIVE + """
-local devices = live(ARGV[1], KEYS[1])
-local count = 0
-for _ in pairs(devices) do count = count + 1 end
-local old = devices[ARGV[2]]
-if not old and count >= tonumber(ARGV[4]) then return -1 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('SADD', ARGV[1] .. 'nodedev:' .. node_of(ARGV[3]), ARGV[7] .. '|' .. ARGV[2])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
--- the stream it replaces, if on another node: told once this one has started (stream_started)
-local moved = ''
-if old and old ~= ARGV[3] and node_of(old) ~= node_of(ARGV[3]) then moved = old end
-if old then return {count, moved} end
-return {count + 1, moved}
+# channel prefix -> {devices online, the NODE|STREAM it displaced or ''}, or -1 over the cap
+_REGISTER_FN = _LIVE + """
+local function register()
+  local devices = live(ARGV[1], KEYS[1])
+  local count = 0
+  for _ in pairs(devices) do count = count + 1 end
+  local old = devices[ARGV[2]]
+  if not old and count >= tonumber(ARGV[4]) then return -1 end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('SADD', ARGV[1] .. 'nodedev:' .. node_of(ARGV[3]), ARGV[7] .. '|' .. ARGV[2])
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
+  -- the stream it replaces, if on another node: told once this one has started (stream_started)
+  local moved = ''
+  if old and old ~= ARGV[3] and node_of(old) ~= node_of(ARGV[3]) then moved = old end
+  if old then return {count, moved} end
+  return {count + 1, moved}
+end
+"""
+_REGISTER = _REGISTER_FN + "return register()\n"
+
+# A stream opening, in one round trip: KEYS as _REGISTER's, then log, ringing; ARGV as _REGISTER's,
+# then where the replay starts ('': none, '-': all of it, '(ID': after ID) -> -1 over the cap, or
+# {devices online, displaced, the log's last id or '', the replayed entries, {call id, its
+# fields} of each call ringing the user}
+_OPEN = _REGISTER_FN + """
+local got = register()
+if got == -1 then return -1 end
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local replay = {}
+if ARGV[9] ~= '' then replay = redis.call('XRANGE', KEYS[3], ARGV[9], '+') end
+local ringing = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  table.insert(ringing, {id, redis.call('HGETALL', ARGV[1] .. 'call:' .. id)})
+end
+return {got[1], got[2], last[1] and last[1][1] or '', replay, ringing}
 """
 
 # KEYS: dev, this node's devices; ARGV: device, NODE|STREAM, user key, the entry to put back
@@ -320,7 +341,7 @@ class RedisStore(LocalStreams, Store):
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self._redis.register_script(text) for name, text in (
             ("create", _CREATE), ("update", _UPDATE), ("publish", _PUBLISH),
-            ("register", _REGISTER), ("unregister", _UNREGISTER), ("online", _ONLINE),
+            ("register", _REGISTER), ("open", _OPEN), ("unregister", _UNREGISTER), ("online", _ONLINE),
             ("take_token", _TAKE_TOKEN), ("overdue", _OVERDUE), ("renew", _RENEW),
             ("claim_at", _CLAIM_AT), ("reap", _REAP))}
         #: The newest event offered here to each user with streams on this node.
@@ -599,6 +620,36 @@ class RedisStore(LocalStreams, Store):
         if moved:
             self._displaced[(user_key, device, stream)] = moved
         return online
+
+    async def open_device(self, user_key: str, device: str, stream: str, cap: int,
+                          last_id: str | None) -> Opening | None:
+        start = ""
+        if last_id:
+            after = self._stream_id(last_id)
+            start = f"({after}" if after else "-"
+        result = await self._scripts["open"](
+            keys=[self._k("dev:", user_key), self._k("known:", user_key), self._k("log:", user_key),
+                  self._k("ringing:", user_key)],
+            args=[self.prefix, device, f"{self.node}|{stream}", cap, KNOWN_TTL_S, PRESENCE_TTL_S,
+                  user_key, self._k("to:"), start])
+        if not isinstance(result, list):
+            return None  # over the cap
+        online, moved, last, entries, ringing = result
+        self._registered[(user_key, device)] = stream
+        if moved:
+            self._displaced[(user_key, device, stream)] = moved.decode()
+        cursor = f"{self.epoch}-{last.decode()}" if last else f"{self.epoch}-0-0"
+        if user_key in self._subs:  # as cursor(): catching up starts from here
+            self._last_seen.setdefault(user_key, cursor)
+        backlog = []
+        for entry_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2]))
+            backlog.append(StoredEvent(
+                f"{self.epoch}-{entry_id.decode()}", fields[b"n"].decode(), fields[b"d"],
+                fields[b"o"].decode() or None, fields[b"x"].decode() or None))
+        calls = [self._record(flat) for _, flat in ringing if flat]
+        return Opening(int(online), cursor, backlog,
+                       sorted((c for c in calls if c.state == CallState.RINGING), key=lambda c: c.created_at))
 
     async def stream_started(self, user_key: str, device: str, stream: str) -> None:
         moved = self._displaced.pop((user_key, device, stream), None)
