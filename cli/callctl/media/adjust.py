@@ -33,6 +33,11 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
   through the sender's ``get_encoder`` hook; the SDP is unchanged
   (opus/48000/2, as RFC 7587 requires), so any WebRTC peer decodes it.
 - The audio-level header extension computed with numpy (``voice.dbov``).
+- Audio frames are encoded on the event loop: aiortc hands every frame to
+  a thread of the default executor and waits for it, and for 20 ms of Opus
+  (~60 µs to encode) the hand-off costs more than the work. Video still
+  goes to the executor. When ``RTCRtpSender._next_encoded_frame`` is not the
+  code this was written for, it is left as it is.
 - Audio playout is ours (``playout.py``): aiortc's fixed audio jitter buffer
   is replaced by a pass-through, and its timestamp mapper (which takes a
   reordered packet for a wrap) by ``SerialTimestampMapper``.
@@ -286,6 +291,7 @@ def tune_aiortc() -> None:
 
     aiortc.rtcrtpsender.get_encoder = get_encoder
     aiortc.rtp.compute_audio_level_dbov = dbov
+    _encode_audio_inline(aiortc.rtcrtpsender)
     if not STOCK_AUDIO:
         stock_buffer = aiortc.rtcrtpreceiver.JitterBuffer
 
@@ -315,6 +321,44 @@ def tune_aiortc() -> None:
         aiortc.rtcrtpreceiver.get_decoder = get_decoder
     _telephone_events()
     _tuned = True
+
+
+#: What aiortc's RTCRtpSender._next_encoded_frame reads and calls (1.16-1.17): the audio
+#: replacement below does the same, but encodes without the executor.
+_NEXT_ENCODED_FRAME_NAMES = frozenset({
+    "_RTCRtpSender__track", "recv", "_enabled", "_RTCRtpSender__encoder", "get_encoder", "isinstance",
+    "Frame", "AudioFrame", "rtp", "compute_audio_level_dbov", "_RTCRtpSender__force_keyframe",
+    "_RTCRtpSender__loop", "run_in_executor", "encode", "pack", "RTCEncodedFrame"})
+
+
+def _encode_audio_inline(sender_module: Any) -> None:
+    sender_class = sender_module.RTCRtpSender
+    stock = sender_class._next_encoded_frame
+    if set(stock.__code__.co_names) != _NEXT_ENCODED_FRAME_NAMES:
+        log.debug("aiortc's sender is not the one verified: audio is encoded on its executor")
+        return
+    from av import AudioFrame
+
+    async def next_encoded_frame(self: Any, codec: Any) -> Any:
+        if self.kind != "audio":
+            return await stock(self, codec)
+        data = await self._RTCRtpSender__track.recv()
+        if not self._enabled:
+            return None  # read and dropped, as aiortc does
+        if self._RTCRtpSender__encoder is None:
+            self._RTCRtpSender__encoder = sender_module.get_encoder(codec)
+        encoder = self._RTCRtpSender__encoder
+        if isinstance(data, AudioFrame):
+            level = sender_module.rtp.compute_audio_level_dbov(data)
+            payloads, timestamp = encoder.encode(data, False)
+        else:  # already encoded
+            level = None
+            payloads, timestamp = encoder.pack(data)
+        if not payloads:
+            return None
+        return sender_module.RTCEncodedFrame(payloads, timestamp, level)
+
+    sender_class._next_encoded_frame = next_encoded_frame
 
 
 def _bound_gathering(ice: Any) -> None:
