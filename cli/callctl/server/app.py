@@ -29,7 +29,6 @@ from starlette.types import Message, Receive, Scope, Send
 from callctl.signaling import protocol as p
 from callctl.signaling.auth import Identity, SecretError, TokenError, read_secret, verify_token
 from callctl.server import collector
-from callctl.server.collector import Collector
 from callctl.server.errors import Refused
 from callctl.server.hub import Hub, HubConfig, Stream
 from callctl.server.ice import IceConfigError
@@ -470,7 +469,7 @@ def create_app(
         # what start-up created lives as long as the process, and so do open
         # streams: keep them out of later full collections (collector.py)
         collector.freeze()
-        keeper = asyncio.create_task(Collector(lambda: hub.stream_count).run(), name="gc-keeper")
+        keeper = asyncio.create_task(collector.Collector(lambda: hub.stream_count).run(), name="gc-keeper")
         try:
             yield
         finally:

@@ -575,23 +575,30 @@ class RedisStore(LocalStreams, Store):
             return None
         return rest
 
-    async def replay(self, user_key: str, last_id: str) -> list[StoredEvent]:
+    def _replay_start(self, last_id: str) -> str:
+        """Where XRANGE starts for a replay after ``last_id``: after it, or (another epoch's
+        id) at the start of what is retained."""
         after = self._stream_id(last_id)
-        entries = await self._redis.xrange(self._k("log:", user_key),
-                                           f"({after}" if after else "-", "+")
-        events = []
-        for entry_id, fields in entries:
-            events.append(StoredEvent(
-                f"{self.epoch}-{entry_id.decode()}", fields[b"n"].decode(), fields[b"d"],
-                fields[b"o"].decode() or None, fields[b"x"].decode() or None))
-        return events
+        return f"({after}" if after else "-"
 
-    async def cursor(self, user_key: str) -> str:
-        last = await self._redis.xrevrange(self._k("log:", user_key), "+", "-", count=1)
-        cursor = f"{self.epoch}-{last[0][0].decode()}" if last else f"{self.epoch}-0-0"
+    def _event(self, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent:
+        return StoredEvent(
+            f"{self.epoch}-{entry_id.decode()}", fields[b"n"].decode(), fields[b"d"],
+            fields[b"o"].decode() or None, fields[b"x"].decode() or None)
+
+    async def replay(self, user_key: str, last_id: str) -> list[StoredEvent]:
+        entries = await self._redis.xrange(self._k("log:", user_key), self._replay_start(last_id), "+")
+        return [self._event(entry_id, fields) for entry_id, fields in entries]
+
+    def _cursor(self, user_key: str, last_entry: bytes | None) -> str:
+        cursor = f"{self.epoch}-{last_entry.decode()}" if last_entry else f"{self.epoch}-0-0"
         if user_key in self._subs:  # a stream opens here: catching up starts from its cursor
             self._last_seen.setdefault(user_key, cursor)
         return cursor
+
+    async def cursor(self, user_key: str) -> str:
+        last = await self._redis.xrevrange(self._k("log:", user_key), "+", "-", count=1)
+        return self._cursor(user_key, last[0][0] if last else None)
 
     def is_after(self, event_id: str, last_id: str | None) -> bool:
         after = self._stream_id(last_id)
@@ -615,18 +622,19 @@ class RedisStore(LocalStreams, Store):
                   user_key, self._k("to:")])
         if not isinstance(result, list):
             return None  # over the cap
-        online, moved = int(result[0]), result[1].decode()
+        self._registered_here(user_key, device, stream, result[1])
+        return int(result[0])
+
+    def _registered_here(self, user_key: str, device: str, stream: str, moved: bytes) -> None:
+        """A register script's answer: the device is this node's, and the stream it displaced
+        elsewhere (if any) is told once this one has started."""
         self._registered[(user_key, device)] = stream
         if moved:
-            self._displaced[(user_key, device, stream)] = moved
-        return online
+            self._displaced[(user_key, device, stream)] = moved.decode()
 
     async def open_device(self, user_key: str, device: str, stream: str, cap: int,
                           last_id: str | None) -> Opening | None:
-        start = ""
-        if last_id:
-            after = self._stream_id(last_id)
-            start = f"({after}" if after else "-"
+        start = self._replay_start(last_id) if last_id else ""
         result = await self._scripts["open"](
             keys=[self._k("dev:", user_key), self._k("known:", user_key), self._k("log:", user_key),
                   self._k("ringing:", user_key)],
@@ -635,18 +643,9 @@ class RedisStore(LocalStreams, Store):
         if not isinstance(result, list):
             return None  # over the cap
         online, moved, last, entries, ringing = result
-        self._registered[(user_key, device)] = stream
-        if moved:
-            self._displaced[(user_key, device, stream)] = moved.decode()
-        cursor = f"{self.epoch}-{last.decode()}" if last else f"{self.epoch}-0-0"
-        if user_key in self._subs:  # as cursor(): catching up starts from here
-            self._last_seen.setdefault(user_key, cursor)
-        backlog = []
-        for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2]))
-            backlog.append(StoredEvent(
-                f"{self.epoch}-{entry_id.decode()}", fields[b"n"].decode(), fields[b"d"],
-                fields[b"o"].decode() or None, fields[b"x"].decode() or None))
+        self._registered_here(user_key, device, stream, moved)
+        cursor = self._cursor(user_key, last or None)
+        backlog = [self._event(entry_id, dict(zip(flat[::2], flat[1::2]))) for entry_id, flat in entries]
         calls = [self._record(flat) for _, flat in ringing if flat]
         return Opening(int(online), cursor, backlog,
                        sorted((c for c in calls if c.state == CallState.RINGING), key=lambda c: c.created_at))
