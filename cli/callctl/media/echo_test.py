@@ -30,6 +30,8 @@ from callctl.media.audio import FRAME, RATE
 
 #: The canceller is given this long before its reduction is measured.
 SETTLE_S = 2.0
+#: The echo reduction is averaged over windows this long.
+ERLE_WINDOW_S = 0.1
 #: The longest echo delay looked for.
 MAX_DELAY_S = 0.6
 
@@ -115,11 +117,23 @@ def measure(mic: np.ndarray, far: np.ndarray, out: np.ndarray, noise_power: floa
     # heard: a clear correlation peak, and an echo at least 6 dB above the room's noise
     if abs(corr[lag]) / norm < 0.05 or echo_power < 4 * max(noise_power, 1.0):
         return report
-    left_power = float((out[playing] ** 2).mean())
     report.delay_ms = lag * 1000 / RATE
     report.erl_db = 10 * math.log10(played_power / max(echo_power - noise_power, 1e-3))
-    report.erle_db = 10 * math.log10(echo_power / max(left_power, 1e-3))
+    report.erle_db = _mean_erle_db(mic, out, playing)
     return report
+
+
+def _mean_erle_db(mic: np.ndarray, out: np.ndarray, playing: np.ndarray) -> float:
+    """The echo reduction averaged over time: the mean, in dB, of each ERLE_WINDOW_S window
+    of echo, so that a moment the canceller loses the echo's delay (a late callback on a busy
+    machine) weighs as long as it lasted, not as loud as it was."""
+    n = int(ERLE_WINDOW_S * RATE)
+    windows: list[slice | np.ndarray] = [slice(i, i + n) for i in range(0, mic.size - n + 1, n)
+                                         if playing[i:i + n].all()]
+    if not windows:  # no whole window of echo: over what there is
+        windows = [playing]
+    return float(np.mean([10 * math.log10(float((mic[w] ** 2).mean()) / max(float((out[w] ** 2).mean()), 1e-3))
+                          for w in windows]))
 
 
 def run(mic_name: str | None, speaker_name: str | None, seconds: float) -> EchoReport:
