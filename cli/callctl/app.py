@@ -18,6 +18,7 @@ from callctl.commands import listen as listen_cmd
 from callctl.commands import server as server_cmd
 from callctl.commands import service as service_cmd
 from callctl.commands import token as token_cmd
+from callctl.commands._coerce import install as _plain_coercion
 from callctl.commands._settings import command_defaults, given_settings
 from callctl.config import ConfigError, resolve
 from callctl.exitcodes import ExitCode
@@ -138,6 +139,8 @@ app.add_typer(config_cmd.app, name="config", help=config_cmd.__doc__)
 def main() -> None:
     """Run the CLI; usage errors become one line on stderr and exit 2."""
     import sys
+
+    _plain_coercion()  # no pydantic for strings, numbers and paths (commands/_coerce.py)
 
     try:
         code = app(standalone_mode=False)
