@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+from pathlib import Path
 
 import av
 import numpy as np
@@ -92,3 +94,33 @@ def test_an_unverified_aiortc_is_refused_in_one_line(versions: dict[str, tuple[i
     with pytest.raises(UnsupportedStack) as info:
         adjust.verify_versions(versions)
     assert "\n" not in str(info.value) and "verified with aiortc 1.16.x, aioice 0.13.x" in str(info.value)
+
+
+async def test_audio_is_coded_on_the_event_loop_and_video_keeps_its_thread(tmp_path: Path) -> None:
+    """Real peers over the loopback relay: the tone arrives with no audio coding thread at all."""
+    import threading
+
+    from callctl.harness.relay import LossyLink
+    from callctl.media.audio import FileSink, SilenceSource
+    from tests.audio import tone_fraction
+    from tests.media.test_lossy_link import connected_pair
+
+    adjust.tune_aiortc()
+    rec = tmp_path / "far.wav"
+    link = await LossyLink().start()
+    a, b = await connected_pair(link, SilenceSource(), [FileSink(rec)], ToneSource(660), [])
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while a.playout.stats.played < 100 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)  # 2 s of audio played at a
+        names = [t.name for t in threading.enumerate()]
+        played = a.playout.stats.played
+    finally:
+        await a.close()
+        await b.close()
+        link.close()
+    assert played >= 100, played
+    assert "audio-decoder" not in names, names
+    assert "video-decoder" in names, names  # the call's video receiver, idle, keeps aiortc's thread
+    _, fraction = tone_fraction(rec, 660, tolerance=15, start_s=0.5)
+    assert fraction > 0.9, fraction

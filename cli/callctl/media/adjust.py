@@ -319,6 +319,7 @@ def tune_aiortc() -> None:
             return stock_decoder(codec)
 
         aiortc.rtcrtpreceiver.get_decoder = get_decoder
+    _decode_audio_inline(aiortc.rtcrtpreceiver)
     _telephone_events()
     _tuned = True
 
@@ -359,6 +360,80 @@ def _encode_audio_inline(sender_module: Any) -> None:
         return sender_module.RTCEncodedFrame(payloads, timestamp, level)
 
     sender_class._next_encoded_frame = next_encoded_frame
+
+
+#: What aiortc's decoder_worker reads and calls (1.16): the audio replacement below does the same
+#: on the event loop, where the packet arrives.
+_DECODER_WORKER_NAMES = frozenset({
+    "get", "asyncio", "run_coroutine_threadsafe", "put", "name", "get_decoder", "decode", "av", "FFmpegError",
+    "logger", "warning", "mimeType", "split", "set"})
+
+
+def _decode_audio_inline(receiver_module: Any) -> None:
+    """Audio is decoded on the event loop, where its packet arrived, not on a thread of its own.
+
+    aiortc queues each encoded frame for a decoder thread per receiver and
+    hands every decoded frame back to the loop (``run_coroutine_threadsafe``);
+    for 20 ms of Opus (~40 µs to decode) the two hand-offs cost more than the
+    work.  An audio receiver's decoder queue becomes an ``InlineDecoder``, and
+    the thread aiortc starts for it returns at once.  Video keeps its thread.
+    """
+    stock_worker = receiver_module.decoder_worker
+    receiver_class = receiver_module.RTCRtpReceiver
+    if (set(stock_worker.__code__.co_names) != _DECODER_WORKER_NAMES
+            or "decoder_worker" not in receiver_class.receive.__code__.co_names
+            or "_RTCRtpReceiver__decoder_queue" not in receiver_class._handle_rtp_packet.__code__.co_names):
+        log.debug("aiortc's receiver is not the one verified: audio is decoded on its thread")
+        return
+    import av
+
+    class InlineDecoder:
+        """Stands in for an audio receiver's decoder queue: what is put is decoded at once."""
+
+        def __init__(self, output: Any, error: Any) -> None:
+            self._output = output  # the remote track's asyncio queue
+            self._error = error
+            self._decoder: Any = None
+            self._codec_name: str | None = None
+
+        def put(self, task: Any) -> None:
+            if task is None:  # the receiver stops: so does its track
+                self._output.put_nowait(None)
+                return
+            codec, encoded_frame = task
+            try:
+                if codec.name != self._codec_name:
+                    self._decoder = receiver_module.get_decoder(codec)
+                    self._codec_name = codec.name
+                frames = self._decoder.decode(encoded_frame)
+            except av.FFmpegError as exc:  # as aiortc's thread: say it, keep the decoder's state
+                receiver_module.logger.warning("RTCRtpReceiver(audio) failed to decode %s frame: %s",
+                                               codec.name, exc)
+                self._error.set()
+                return
+            except Exception:  # raised here it would end the transport's receive loop
+                log.exception("audio decoder: frame dropped")
+                self._error.set()
+                return
+            for frame in frames:
+                self._output.put_nowait(frame)
+
+    def decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+        if isinstance(input_q, InlineDecoder):
+            return  # decoded on the loop
+        stock_worker(loop, input_q, output_q, decode_error)
+
+    stock_receive = receiver_class.receive
+
+    async def receive(self: Any, parameters: Any) -> None:
+        if self._RTCRtpReceiver__kind == "audio" and not isinstance(self._RTCRtpReceiver__decoder_queue,
+                                                                     InlineDecoder):
+            self._RTCRtpReceiver__decoder_queue = InlineDecoder(self._track._queue,
+                                                                self._RTCRtpReceiver__decoder_error)
+        await stock_receive(self, parameters)
+
+    receiver_module.decoder_worker = decoder_worker
+    receiver_class.receive = receive
 
 
 def _bound_gathering(ice: Any) -> None:
