@@ -45,6 +45,9 @@ CASES: list[tuple[Any, Any, list[Any], set[Any]]] = [
     (list[str], OptionInfo(), [["a", "b"], ("a",), [], "a", [1]], {("a",)}),
 ]
 
+IDS = ["str", "bool", "int", "int-6-510", "float", "float-1-60", "float-min-0.1", "float-clamped", "path",
+       "path-exists", "path-exists-file", "path-argument", "list-of-str"]
+
 
 def outcome(runtime: Any, value: Any) -> tuple[str, Any]:
     try:
@@ -60,7 +63,7 @@ def plain() -> Any:
     return core.build_runtime_param
 
 
-@pytest.mark.parametrize("annotation,info,values,taken", CASES, ids=lambda x: repr(x)[:30])
+@pytest.mark.parametrize("annotation,info,values,taken", CASES, ids=IDS)
 def test_the_plain_coercion_gives_what_typers_gives(plain: Any, annotation: Any, info: Any,
                                                     values: list[Any], taken: set[Any]) -> None:
     descriptor = _coercion.resolve_type_descriptor(annotation, info)
