@@ -67,6 +67,7 @@ import contextvars
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -221,10 +222,8 @@ def verify_versions(found: dict[str, tuple[int, ...]]) -> None:
             )
 
 
-def check_versions() -> None:
-    """The installed aiortc and aioice: verified versions, with every internal we adjust."""
-    import importlib
-
+def check_installed() -> None:
+    """The installed aiortc and aioice are the verified versions (their metadata: nothing imported)."""
     found = {}
     for package in VERIFIED:
         try:
@@ -232,6 +231,13 @@ def check_versions() -> None:
         except metadata.PackageNotFoundError:
             raise UnsupportedStack(f"{package} is not installed (run scripts/setup)") from None
     verify_versions(found)
+
+
+def check_versions() -> None:
+    """The installed aiortc and aioice: verified versions, with every internal we adjust."""
+    import importlib
+
+    check_installed()
     for module_name, names in INTERNALS.items():
         module = importlib.import_module(module_name)
         missing = [n for n in names if not hasattr(module, n)]
@@ -252,11 +258,21 @@ def check_versions() -> None:
         raise UnsupportedStack("aioice.stun.Transaction changed: no request/address to retransmit")
 
 
+#: Held while aiortc is adjusted: a peer connection made while ``preload`` runs on its thread waits.
+_tuning = threading.Lock()
+
+
 def tune_aiortc() -> None:
-    """Check the versions, then apply the adjustments, once per process."""
-    global _tuned
+    """Check the versions, then apply the adjustments, once per process (from any thread)."""
     if _tuned:
         return
+    with _tuning:
+        if not _tuned:
+            _tune()
+
+
+def _tune() -> None:
+    global _tuned
     check_versions()
     import aioice.ice
     import aiortc.rtcrtpreceiver
@@ -672,5 +688,10 @@ def _rewrite_dtmf_senders(transport_class: Any, is_rtcp: Callable[[bytes], bool]
 
 
 def preload() -> None:
-    """Import aiortc now (~0.4 s) and adjust it, not in the middle of dialing."""
+    """Import aiortc now and adjust it, not in the middle of dialing.
+
+    Thread-safe: a command runs it on a thread while its event stream opens
+    (the imports beside the server's round trips), and waits for it before it
+    dials; a peer connection made meanwhile waits for it too.
+    """
     tune_aiortc()
