@@ -7,10 +7,13 @@ imported (:mod:`callctl.commands._quick`); everything else goes through it
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
+    # numpy's BLAS starts a thread per core at import; our arrays are 20 ms of audio, never BLAS work
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from callctl.commands._quick import quick_call
 
     code = quick_call(sys.argv[1:])

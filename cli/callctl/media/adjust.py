@@ -238,6 +238,7 @@ def check_versions() -> None:
     import importlib
 
     check_installed()
+    _defer_mdns()
     for module_name, names in INTERNALS.items():
         module = importlib.import_module(module_name)
         missing = [n for n in names if not hasattr(module, n)]
@@ -260,6 +261,54 @@ def check_versions() -> None:
 
 #: Held while aiortc is adjusted: a peer connection made while ``preload`` runs on its thread waits.
 _tuning = threading.Lock()
+
+
+def _defer_mdns() -> None:
+    """aioice's mDNS module is loaded when a peer first names a ``.local`` host, not with aioice.
+
+    It imports dnspython (~40 ms, ~2.7 MiB) at aioice's import, for what only a
+    browser's hidden host candidates need.  A stand-in takes its place in
+    ``sys.modules`` before aioice is imported: ``is_mdns_hostname`` (asked of
+    every remote candidate) loads the real module only for a name ending in
+    ``.local``, and any other name loads it; from then on the stand-in holds
+    the real module's names.
+    """
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if "aioice" in sys.modules:
+        return
+    package = importlib.util.find_spec("aioice")  # a top-level name: found, not imported
+    locations = package.submodule_search_locations if package is not None else None
+    spec = importlib.machinery.PathFinder.find_spec("aioice.mdns", list(locations or []))
+    if spec is None or spec.loader is None:
+        return
+    loader, mdns_spec = spec.loader, spec
+    loading = threading.Lock()
+
+    class DeferredModule(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            with loading:
+                if "create_mdns_protocol" not in self.__dict__:
+                    real = importlib.util.module_from_spec(mdns_spec)
+                    loader.exec_module(real)
+                    self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+            return self.__dict__[name]
+
+    stand_in = DeferredModule("aioice.mdns")
+    stand_in.__file__ = spec.origin
+
+    def is_mdns_hostname(name: str) -> bool:
+        return name.endswith(".local") and stand_in.__getattr__("is_mdns_hostname")(name)
+
+    stand_in.is_mdns_hostname = is_mdns_hostname  # type: ignore[attr-defined]
+    # aioice's own annotations name it when its module is imported; the real class once loaded
+    stand_in.MDnsProtocol = Any  # type: ignore[attr-defined]
+    sys.modules["aioice.mdns"] = stand_in
 
 
 def tune_aiortc() -> None:
