@@ -38,6 +38,13 @@ call that silently misbehaves.  The adjustments, each for a measured reason:
   (~60 µs to encode) the hand-off costs more than the work. Video still
   goes to the executor. When ``RTCRtpSender._next_encoded_frame`` is not the
   code this was written for, it is left as it is.
+- Audio frames are decoded on the event loop too, where their packet
+  arrives: aiortc queues each one for a decoder thread per receiver and
+  hands every decoded frame back to the loop.  The audio receiver's queue
+  decodes what is put in it; the thread aiortc starts for it returns at once.
+  Video keeps its thread.  Guarded by ``decoder_worker``'s code.
+- aioice's mDNS module (and dnspython, ~2.7 MiB) is loaded when a peer
+  first names a ``.local`` host, not when aioice is imported.
 - Audio playout is ours (``playout.py``): aiortc's fixed audio jitter buffer
   is replaced by a pass-through, and its timestamp mapper (which takes a
   reordered packet for a wrap) by ``SerialTimestampMapper``.

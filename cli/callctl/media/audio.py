@@ -15,6 +15,7 @@ import abc
 import contextlib
 import errno
 import logging
+import math
 import os
 import queue
 import struct
@@ -76,16 +77,27 @@ class AudioSource(Endpoint, abc.ABC):
 
 
 class ToneSource(AudioSource):
+    #: a whole-Hz tone repeats every RATE / gcd(RATE, hz) samples: made once, then sliced
+    MAX_TABLE = RATE
+
     def __init__(self, hz: float = 440.0, amplitude: float = 0.3) -> None:
         self.hz = hz
         self.name = f"tone:{hz:g}"
         self._amp = amplitude * 32767
         self._n = 0
+        self._period = RATE // math.gcd(RATE, int(hz)) if float(hz).is_integer() and hz > 0 else 0
+        self._table = self._samples(0, self._period + FRAME) if 0 < self._period <= self.MAX_TABLE else None
+
+    def _samples(self, start: int, count: int) -> np.ndarray:
+        t = np.arange(start, start + count, dtype=np.float64)
+        return (np.sin(2 * np.pi * self.hz * t / RATE) * self._amp).astype(np.int16)
 
     def read(self) -> np.ndarray:
-        t = np.arange(self._n, self._n + FRAME, dtype=np.float64)
-        self._n += FRAME
-        return (np.sin(2 * np.pi * self.hz * t / RATE) * self._amp).astype(np.int16)
+        n, self._n = self._n, self._n + FRAME
+        if self._table is None:
+            return self._samples(n, FRAME)
+        start = n % self._period
+        return self._table[start:start + FRAME].copy()
 
 
 class SilenceSource(AudioSource):

@@ -65,6 +65,8 @@ class PlayoutBuffer:
         self._last: np.ndarray = SILENCE
         self._concealed_run = 0
         self._transits: collections.deque[tuple[float, float]] = collections.deque()
+        #: (target delay, earliest transit) of the window as it is: made again after a push
+        self._spread: tuple[float, float] | None = None
         self._started = False
         self._first_arrival: float | None = None
         self._lock = threading.Lock()
@@ -74,6 +76,7 @@ class PlayoutBuffer:
     def _resync(self) -> None:
         self._frames.clear()
         self._transits.clear()
+        self._spread = None
         self._next, self._started, self._first_arrival = None, False, None
 
     # ----------------------------------------------------------------- input
@@ -91,6 +94,7 @@ class PlayoutBuffer:
             self._transits.append((now, transit))
             while self._transits and self._transits[0][0] < now - self.window:
                 self._transits.popleft()
+            self._spread = None
             self._frames[pts] = pcm
             if self._first_arrival is None:
                 self._first_arrival = now
@@ -107,11 +111,17 @@ class PlayoutBuffer:
         """Seconds of audio to keep buffered, from the recent transit-time spread."""
         if not self._transits:
             return self.min_delay
-        transits = sorted(t for _, t in self._transits)
-        # 95th percentile over the earliest: one scheduling hiccup does not
-        # hold the delay up for the whole window; the rarer late ones are concealed
-        spread = transits[int(0.95 * (len(transits) - 1))] - transits[0]
-        return min(self.max_delay, max(self.min_delay, spread + self.margin))
+        return self._window_spread()[0]
+
+    def _window_spread(self) -> tuple[float, float]:
+        """(target delay, earliest transit): sorted once a push, not on every ask (~3 a frame)."""
+        if self._spread is None:
+            transits = sorted(t for _, t in self._transits)
+            # 95th percentile over the earliest: one scheduling hiccup does not
+            # hold the delay up for the whole window; the rarer late ones are concealed
+            spread = transits[int(0.95 * (len(transits) - 1))] - transits[0]
+            self._spread = (min(self.max_delay, max(self.min_delay, spread + self.margin)), transits[0])
+        return self._spread
 
     def _due(self) -> int | None:
         """The held frame that plays in the next slot (within half a frame of it), if any."""
@@ -131,8 +141,8 @@ class PlayoutBuffer:
         with self._lock:
             if not self._started or self._next is None or not self._transits:
                 return None
-            earliest = min(t for _, t in self._transits)
-            return self._next / RATE + earliest + self.target_delay
+            target, earliest = self._window_spread()
+            return self._next / RATE + earliest + target
 
     @property
     def buffered(self) -> float:
