@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from typing import Any
+
+from msgspec import Struct, field
 
 from callctl.engine.events import VIDEO_STATES, Ev
 from callctl.signaling.protocol import EndReason, Media, hangup_reason
@@ -88,34 +88,29 @@ class RemoteProtocolError(ProtocolError):
 # ---------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
-class Dial:
+class Dial(Struct, frozen=True):
     peer: str
     media: Media = Media.AUDIO
 
 
-@dataclass(frozen=True, slots=True)
-class Created:
+class Created(Struct, frozen=True):
     """The server took our call and gave it an id; it rings for ``ring_s`` at most."""
 
     call_id: str
     ring_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Ringing:
+class Ringing(Struct, frozen=True):
     """The callee's device rings (ringback for the caller)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Answered:
+class Answered(Struct, frozen=True):
     """The callee answered with this SDP."""
 
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Ring:
+class Ring(Struct, frozen=True):
     """An incoming call."""
 
     call_id: str
@@ -126,50 +121,42 @@ class Ring:
     ring_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Accept:
+class Accept(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerSent:
+class AnswerSent(Struct, frozen=True):
     """The server confirmed our answer: we are the device that has the call."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decline:
+class Decline(Struct, frozen=True):
     busy: bool = False
     #: The callee's own ``--ring-timeout`` ran out: the caller sees ``no_answer``.
     no_answer: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class MediaUp:
+class MediaUp(Struct, frozen=True):
     """ICE and DTLS are connected."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hangup:
+class Hangup(Struct, frozen=True):
     """End the call from here; ``reason`` for device-side ends (max_duration, ...)."""
 
     reason: EndReason = EndReason.HANGUP
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteEnded:
+class RemoteEnded(Struct, frozen=True):
     reason: EndReason
     by_server: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(Struct, frozen=True):
     """Something on this device ended the call: media lost, server gone, device error."""
 
     reason: EndReason
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectTimeout:
+class ConnectTimeout(Struct, frozen=True):
     """ICE/DTLS did not complete in time after answer/accept (only counts while connecting)."""
 
     seconds: float = 0.0
@@ -177,8 +164,7 @@ class ConnectTimeout:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ReconnectRequested:
+class ReconnectRequested(Struct, frozen=True):
     """Caller: the callee lost the media path and asks us to negotiate a new one.
 
     ``attempt``: the last re-offer the callee had answered.  A request that
@@ -188,48 +174,40 @@ class ReconnectRequested:
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class SignalingBack:
+class SignalingBack(Struct, frozen=True):
     """Our event stream is back while the media path is down: the peer can be reached again."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReconnectRetry:
+class ReconnectRetry(Struct, frozen=True):
     """Caller: re-offer attempt ``attempt`` did not connect in time; try again."""
 
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReconnectTimeout:
+class ReconnectTimeout(Struct, frozen=True):
     """The media path did not come back within the reconnect timeout (of reconnect ``epoch``)."""
 
     epoch: int
     seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class TalkTimeUp:
+class TalkTimeUp(Struct, frozen=True):
     """``--hangup-after`` passed: a normal hangup."""
 
 
-@dataclass(frozen=True, slots=True)
-class MaxDurationReached:
+class MaxDurationReached(Struct, frozen=True):
     """``--max-duration`` passed."""
 
 
-@dataclass(frozen=True, slots=True)
-class RingExpired:
+class RingExpired(Struct, frozen=True):
     """Our own ring deadline passed and the server said nothing (it may have been lost)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CallForgotten:
+class CallForgotten(Struct, frozen=True):
     """After a reconnect the server has no record of the call (it restarted)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MediaLost:
+class MediaLost(Struct, frozen=True):
     """The media path failed, or the peer stopped sending."""
 
     #: The peer closed it (DTLS close, RTCP BYE) and no hangup came for it within a grace: a
@@ -237,13 +215,11 @@ class MediaLost:
     closed_by_peer: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class SignalingLost:
+class SignalingLost(Struct, frozen=True):
     """The server stayed unreachable for the grace time before the call connected."""
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerRefused:
+class AnswerRefused(Struct, frozen=True):
     """The server refused our answer: another device was first, or the call ended meanwhile."""
 
     already_answered: bool
@@ -252,49 +228,42 @@ class AnswerRefused:
     by_server: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+class Prepared(Struct, frozen=True):
     """Caller: a device of the callee prepared its answer while ringing."""
 
     sdp: str
     device: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reoffered:
+class Reoffered(Struct, frozen=True):
     """Callee: the caller negotiates afresh (another device had prepared, or the media path broke)."""
 
     sdp: str
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Reanswered:
+class Reanswered(Struct, frozen=True):
     """Caller: the callee's answer to our re-offer number ``attempt``."""
 
     sdp: str
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ReofferRefused:
+class ReofferRefused(Struct, frozen=True):
     """Caller: the callee found our re-offer unusable."""
 
 
-@dataclass(frozen=True, slots=True)
-class PeerMuted:
+class PeerMuted(Struct, frozen=True):
     muted: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PeerHeld:
+class PeerHeld(Struct, frozen=True):
     """The peer put the call on hold (``held``) or took it off."""
 
     held: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PeerVideo:
+class PeerVideo(Struct, frozen=True):
     """The peer's video changed: paused, resumed, enabled or disabled."""
 
     state: str
@@ -310,66 +279,55 @@ CallEvent = (
 # --------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True, slots=True)
-class CreateCall:
+class CreateCall(Struct, frozen=True):
     peer: str
     media: Media
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyAnswer:
+class ApplyAnswer(Struct, frozen=True):
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Prepare:
+class Prepare(Struct, frozen=True):
     """Callee: build the answer and bring the media path up while ringing."""
 
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class SendAnswer:
+class SendAnswer(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class SendDecline:
+class SendDecline(Struct, frozen=True):
     busy: bool
     no_answer: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class SendHangup:
+class SendHangup(Struct, frozen=True):
     reason: EndReason
 
 
-@dataclass(frozen=True, slots=True)
-class StartMedia:
+class StartMedia(Struct, frozen=True):
     """Start sending our source and playing the peer."""
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(Struct, frozen=True):
     """Close the media path and stop timers: the call is over."""
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyEarlyAnswer:
+class ApplyEarlyAnswer(Struct, frozen=True):
     """Caller: apply a prepared answer now, so the media path comes up while ringing."""
 
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reoffer:
+class Reoffer(Struct, frozen=True):
     """Caller: a fresh peer connection and offer, sent as a ``reoffer`` signal."""
 
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerReoffer:
+class AnswerReoffer(Struct, frozen=True):
     """Callee: a fresh peer connection answering ``sdp``; ``start`` it if media already runs."""
 
     sdp: str
@@ -377,38 +335,32 @@ class AnswerReoffer:
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyReanswer:
+class ApplyReanswer(Struct, frozen=True):
     sdp: str
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ArmCallTimers:
+class ArmCallTimers(Struct, frozen=True):
     """The call is connected: ``--hangup-after`` and ``--max-duration`` count from now."""
 
 
-@dataclass(frozen=True, slots=True)
-class ArmReconnectDeadline:
+class ArmReconnectDeadline(Struct, frozen=True):
     """The media path must come back within the reconnect timeout (ends reconnect ``epoch``)."""
 
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class ArmReconnectRetry:
+class ArmReconnectRetry(Struct, frozen=True):
     """Caller: if re-offer ``attempt`` has not connected after the retry interval, try again."""
 
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class RefreshSignaling:
+class RefreshSignaling(Struct, frozen=True):
     """Reconnect the event stream now: the network that broke the media may have broken it too."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestReconnect:
+class RequestReconnect(Struct, frozen=True):
     """Callee: ask the caller (``reconnect`` signal) to negotiate a new media path.
 
     ``attempt``: the last re-offer we answered (the caller drops a request older than its own).
@@ -417,20 +369,17 @@ class RequestReconnect:
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ArmConnectTimeout:
+class ArmConnectTimeout(Struct, frozen=True):
     """ICE and DTLS must complete within the connect timeout from now."""
 
 
-@dataclass(frozen=True, slots=True)
-class ArmRingDeadline:
+class ArmRingDeadline(Struct, frozen=True):
     """Keep our own deadline for the ring: the server's, plus a grace."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Notify:
+class Notify(Struct, frozen=True):
     """Tell the user: an event name and its fields (see docs/EVENTS.md)."""
 
     event: Ev
@@ -448,8 +397,7 @@ Action = (
 # ----------------------------------------------------------------------- call
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Struct, frozen=True):
     """How an ended call ended."""
 
     reason: EndReason
@@ -459,8 +407,7 @@ class Outcome:
 
 
 
-@dataclass
-class Call:
+class Call(Struct):
     role: Role
     state: State = State.IDLE
     call_id: str | None = None
