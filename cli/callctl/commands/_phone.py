@@ -312,21 +312,20 @@ async def run_phone(
     from callctl.engine.control import ControlServer
     from callctl.engine.sockets import ControlError, socket_path
     from callctl.engine.phone import Phone
-    from callctl.media.adjust import check_installed, preload
+    from callctl.media.adjust import preload
     from callctl.media.errors import UnsupportedStack
     from callctl.signaling.client import SignalingClient
 
     token, user, service = identity(settings)
     _log_to_stderr(settings.log_level)
+    # aiortc is imported and adjusted before the event stream opens.  On a thread beside the
+    # stream's opening, its imports and the loop contended for the interpreter: a call cost ~9 %
+    # more CPU and time on loopback (docs/PERFORMANCE.md)
     try:
-        check_installed()
+        preload()
     except UnsupportedStack as exc:
         print(f"callctl: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
-    loop = asyncio.get_running_loop()
-    # aiortc is imported and adjusted on a thread while the event stream opens: its ~0.15 s of
-    # imports go beside the server's round trips; the body (a dial, a ring) waits for it
-    preloading = loop.run_in_executor(None, preload)
     listeners, live = outputs(settings, quiet_until_online=wait_registered)
     client = SignalingClient(settings.server, token, device=device,
                              ca_file=str(settings.ca_file) if settings.ca_file else None)
@@ -352,6 +351,7 @@ async def run_phone(
     phone.listeners.append(service_link)
 
     interrupted = Interrupt()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.by, sig)
 
@@ -381,11 +381,6 @@ async def run_phone(
             code = await _registered(phone, interrupted)
             if code is not None:
                 return code
-        try:
-            await preloading
-        except UnsupportedStack as exc:
-            print(f"callctl: {exc}", file=sys.stderr)
-            return ExitCode.INTERNAL_ERROR
         return await body(phone, interrupted)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -744,10 +744,5 @@ def _rewrite_dtmf_senders(transport_class: Any, is_rtcp: Callable[[bytes], bool]
 
 
 def preload() -> None:
-    """Import aiortc now and adjust it, not in the middle of dialing.
-
-    Thread-safe: a command runs it on a thread while its event stream opens
-    (the imports beside the server's round trips), and waits for it before it
-    dials; a peer connection made meanwhile waits for it too.
-    """
+    """Import aiortc now and adjust it, not in the middle of dialing (thread-safe)."""
     tune_aiortc()
