@@ -266,10 +266,6 @@ def check_versions() -> None:
         raise UnsupportedStack("aioice.stun.Transaction changed: no request/address to retransmit")
 
 
-#: Held while aiortc is adjusted: a peer connection made while ``preload`` runs on its thread waits.
-_tuning = threading.Lock()
-
-
 def _defer_mdns() -> None:
     """aioice's mDNS module is loaded when a peer first names a ``.local`` host, not with aioice.
 
@@ -319,16 +315,10 @@ def _defer_mdns() -> None:
 
 
 def tune_aiortc() -> None:
-    """Check the versions, then apply the adjustments, once per process (from any thread)."""
+    """Check the versions, then apply the adjustments, once per process."""
+    global _tuned
     if _tuned:
         return
-    with _tuning:
-        if not _tuned:
-            _tune()
-
-
-def _tune() -> None:
-    global _tuned
     check_versions()
     import aioice.ice
     import aiortc.rtcrtpreceiver
@@ -744,5 +734,5 @@ def _rewrite_dtmf_senders(transport_class: Any, is_rtcp: Callable[[bytes], bool]
 
 
 def preload() -> None:
-    """Import aiortc now and adjust it, not in the middle of dialing (thread-safe)."""
+    """Import aiortc now and adjust it, not in the middle of dialing."""
     tune_aiortc()
