@@ -285,3 +285,27 @@ async def test_a_call_reports_its_figures_every_5_s_and_sums_them_up_at_the_end(
     assert ended["stats"]["loss_in_pct"] == 0 and ended["stats"]["mos"] > 4.2, ended
     assert (await bob.wait_event("call.ended"))["stats"]["packets_received"] > 250
     assert await bob.exit_code() == 0
+
+
+async def test_a_call_past_the_rate_limit_waits_for_the_server_then_rings(tmp_path: Path) -> None:
+    """30 calls a minute, a burst of 10: the 11th waits out its Retry-After (2 s) instead of failing."""
+    from tests.helpers import running_server
+    from tests.signaling.test_calls import OFFER
+
+    servers = running_server(tmp_path, ["--calls-per-minute", "30"])
+    server = next(servers)
+    (tmp_path / "cli").mkdir()
+    cli = Callctl(server, tmp_path / "cli")
+    try:
+        bob = await cli.listen("bob", "--auto-accept", "--once")
+        async with server.client("alice", device="api") as api:
+            for _ in range(10):  # the burst, spent on calls to someone else
+                info = await api.create_call("carol", OFFER)
+                await api.hangup(info.call_id)
+        alice = await cli.call("alice", "bob", "--hangup-after", "1")
+        assert await alice.exit_code() == 0, alice.stderr
+        assert "calling again in" in alice.stderr
+        assert await bob.exit_code() == 0
+    finally:
+        await cli.close()
+        next(servers, None)  # stopped, and its log free of tracebacks

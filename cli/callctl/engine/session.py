@@ -28,7 +28,7 @@ from callctl.media.messages import Messenger
 from callctl.media.peer import MediaCallbacks, PeerConnection
 from callctl.media.ring import RingPlayer
 from callctl.signaling import protocol as p
-from callctl.signaling.client import Conflict, SignalingClient, SignalingError
+from callctl.signaling.client import Conflict, RateLimited, SignalingClient, SignalingError
 
 log = logging.getLogger("callctl.engine")
 
@@ -42,6 +42,9 @@ LEVEL_INTERVAL_S = 0.5
 STATS_INTERVAL_S = 5.0
 #: A signaling request that takes longer than this has failed.
 REQUEST_TIMEOUT_S = 5.0
+#: A new call the server refuses for now (429: this user's calls a minute) is tried again after
+#: its Retry-After, for at most this long in all; past that it ends ``server_unreachable``.
+RATE_LIMIT_WAIT_S = 10.0
 #: Our own ring deadline runs this much past the server's (whose timeout normally decides).
 RING_GRACE_S = 3.0
 #: Reconnecting: a signaling request gives up after this long (the next attempt retries it).
@@ -296,14 +299,30 @@ class CallSession:
         if self.peer is not None and self.peer.generation == generation:
             self.feed(m.MediaLost(closed_by_peer=True))
 
+    async def _post_call(self, action: m.CreateCall, sdp: str) -> p.CallInfo:
+        """POST the call; a rate limit is waited out when the server says soon (a script calling in a loop)."""
+        waited = 0.0
+        while True:
+            try:
+                return await self.phone.client.create_call(
+                    action.peer, sdp, action.media, ring_timeout=self.limits.ring_timeout
+                )
+            except RateLimited as exc:
+                if waited + exc.retry_after > RATE_LIMIT_WAIT_S:
+                    raise
+                log.warning("the server takes no more calls from this user for now: calling again in %g s",
+                            exc.retry_after)
+                await asyncio.sleep(exc.retry_after)
+                waited += exc.retry_after
+                if self.call.state == m.State.ENDED:  # hung up meanwhile: nothing is posted
+                    raise
+
     async def _create(self, action: m.CreateCall) -> None:
         try:
             self.peer = self._new_peer()
             sdp = await self.peer.create_offer()
             self._check_gathering(self.peer)
-            info = await self.phone.client.create_call(
-                action.peer, sdp, action.media, ring_timeout=self.limits.ring_timeout
-            )
+            info = await self._post_call(action, sdp)
         except (SignalingError, DeviceError, MediaError) as exc:
             self._fail(exc)
             return
