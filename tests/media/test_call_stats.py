@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from callctl.harness.relay import Impairment, LossyLink
 from callctl.media.audio import NullSink, ToneSource
 from callctl.media.stats import mos
 from tests.media.test_lossy_link import connected_pair
 
 
+@pytest.mark.alone  # the round trip includes both peers' event loop, which a busy machine slows
 async def test_loss_rtt_and_mos_match_what_the_link_did() -> None:
     lossy = Impairment(loss=0.10, delay_s=0.030)
     clean = Impairment(delay_s=0.030)
