@@ -36,6 +36,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from callctl.server.redis_batch import BatchingRedis
 from callctl.server.store import (
     ENDED_CALL_RETENTION_S,
     LOG_BYTES,
@@ -338,7 +339,8 @@ class RedisStore(LocalStreams, Store):
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=False,
             socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        # the commands of concurrent requests go out together (redis_batch.py)
+        self._redis: Any = BatchingRedis(connection_pool=pool)
         self._scripts = {name: self._redis.register_script(text) for name, text in (
             ("create", _CREATE), ("update", _UPDATE), ("publish", _PUBLISH),
             ("register", _REGISTER), ("open", _OPEN), ("unregister", _UNREGISTER), ("online", _ONLINE),
