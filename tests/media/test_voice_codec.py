@@ -81,6 +81,88 @@ def test_each_call_encodes_at_its_own_bitrate_through_the_context() -> None:
     assert voice.current_voice() == voice.VoiceSettings()  # the context was restored
 
 
+def test_fec_plan_goes_up_at_once_and_down_a_step_after_five_reports() -> None:
+    plan = voice.LossPlan()
+    assert plan.pct == 0
+    assert not plan.report(0)  # a clean link: no FEC
+    assert plan.report(3) and plan.pct == 5  # 3/256 = 1.2 % lost: the first step up
+    assert plan.report(40) and plan.pct == 20  # 15.6 %
+    assert plan.report(255) and plan.pct == 30  # the highest step covers anything above
+    for _ in range(voice.STEP_DOWN_AFTER - 1):
+        assert not plan.report(0) and plan.pct == 30
+    assert plan.report(0) and plan.pct == 20  # one step down, not to none
+    for _ in range(3):
+        plan.report(0)
+    assert not plan.report(25) and plan.pct == 20  # 9.8 %: below the plan, but a loss: counts on
+    assert plan.report(0) and plan.pct == 10
+    assert not plan.report(25) and plan.pct == 10  # asks for what is planned: the count restarts
+    for _ in range(voice.STEP_DOWN_AFTER - 1):
+        plan.report(0)
+    assert plan.pct == 10
+    fixed = voice.LossPlan(fixed=10)
+    assert not fixed.report(255) and not fixed.report(0) and fixed.pct == 10
+
+
+def _decoded(packets: list[bytes]) -> np.ndarray:
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    decoder = OpusDecoder()  # a standard peer's decoder (stereo output)
+    return np.concatenate([
+        d.to_ndarray().reshape(-1)[0::2]
+        for i, p in enumerate(packets)
+        for d in decoder.decode(JitterFrame(data=p, timestamp=i * FRAME))
+    ])
+
+
+def _peak_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    return float(np.fft.rfftfreq(pcm.size, 1 / RATE)[spectrum.argmax()])
+
+
+def test_the_encoder_replanned_mid_stream_goes_on_where_it_stopped() -> None:
+    adjust.tune_aiortc()
+    encoder = voice.voice_encoder()
+    packets, stamps = [], []
+    for i, f in enumerate(frames(100)):
+        if i == 50:
+            encoder.note_loss(25)  # the peer reports 9.8 % lost: a new codec, planned for it
+            assert encoder.plan.pct == 10
+        payloads, ts = encoder.encode(f)
+        packets += payloads
+        stamps.append(ts)
+    assert stamps == [i * FRAME for i in range(100)]  # one packet a frame, no jump at the switch
+    assert all(p[0] & 0x04 == 0 for p in packets)  # mono on both sides of it
+    pcm = _decoded(packets)
+    assert abs(_peak_hz(pcm[RATE // 2: RATE]) - 440) < 3
+    assert abs(_peak_hz(pcm[RATE + RATE // 10:]) - 440) < 3
+
+
+def test_frames_that_are_not_20_ms_of_48_khz_mono_are_resampled_first() -> None:
+    adjust.tune_aiortc()
+    encoder = voice.voice_encoder()
+    packets, stamps = [], []
+    for f in frames(100, layout="stereo"):  # 10 ms at a time would be rebuffered the same way
+        payloads, ts = encoder.encode(f)
+        packets += payloads
+        stamps.append(ts)
+    assert encoder.resampler is not None
+    assert stamps == [i * FRAME for i in range(100)]
+    assert all(p[0] & 0x04 == 0 for p in packets)  # sent as mono
+    assert abs(_peak_hz(_decoded(packets)[RATE // 2:]) - 440) < 3
+    half = voice.voice_encoder()
+    out = []
+    for f in frames(20):  # 20 ms frames cut into 10 ms ones: a packet every second frame
+        pcm = f.to_ndarray()
+        for k in range(2):
+            g = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, k * FRAME // 2:(k + 1) * FRAME // 2]),
+                                           format="s16", layout="mono")
+            g.sample_rate, g.pts, g.time_base = RATE, f.pts + k * FRAME // 2, f.time_base
+            out.append(half.encode(g))
+    assert [len(p) for p, _ in out] == [0, 1] * 20
+    assert [ts for _, ts in out[1::2]] == [i * FRAME for i in range(20)]
+
+
 def test_the_installed_aiortc_is_the_verified_one() -> None:
     adjust.check_versions()  # raises UnsupportedStack otherwise
 

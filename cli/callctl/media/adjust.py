@@ -354,6 +354,7 @@ def tune_aiortc() -> None:
     aiortc.rtcrtpsender.get_encoder = get_encoder
     aiortc.rtp.compute_audio_level_dbov = dbov
     _encode_audio_inline(aiortc.rtcrtpsender)
+    _loss_to_encoder(aiortc.rtcrtpsender)
     if not STOCK_AUDIO:
         stock_buffer = aiortc.rtcrtpreceiver.JitterBuffer
 
@@ -422,6 +423,39 @@ def _encode_audio_inline(sender_module: Any) -> None:
         return sender_module.RTCEncodedFrame(payloads, timestamp, level)
 
     sender_class._next_encoded_frame = next_encoded_frame
+
+
+def audio_encoder(pc: Any) -> Any:
+    """The encoder of a peer connection's audio sender (None before its first frame)."""
+    for sender in pc.getSenders():
+        if sender.kind == "audio":
+            return getattr(sender, "_RTCRtpSender__encoder", None)
+    return None
+
+
+def _loss_to_encoder(sender_module: Any) -> None:
+    """Each RTCP report of what the peer lost of our audio goes to the encoder (``note_loss``).
+
+    The Opus encoder plans its in-band FEC for that loss (voice.LossPlan).
+    aiortc reads the same reports into its statistics only.
+    """
+    sender_class = sender_module.RTCRtpSender
+    stock = sender_class._handle_rtcp_packet
+    if not {"fraction_lost", "_ssrc", "_RTCRtpSender__encoder"} <= set(stock.__code__.co_names):
+        log.debug("aiortc's sender is not the one verified: FEC stays planned for no loss")
+        return
+    from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+    async def handle_rtcp_packet(self: Any, packet: Any) -> None:
+        await stock(self, packet)
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            note = getattr(self._RTCRtpSender__encoder, "note_loss", None)
+            if note is not None:
+                for report in packet.reports:
+                    if report.ssrc == self._ssrc:
+                        note(report.fraction_lost)
+
+    sender_class._handle_rtcp_packet = handle_rtcp_packet
 
 
 #: What aiortc's decoder_worker reads and calls (1.16): the audio replacement below does the same

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from callctl.media.adjust import audio_encoder
 from callctl.media.audio import RATE
 from callctl.media.voice import FEC_RECOVERED
 
@@ -108,6 +109,9 @@ class CallStats:
             elif s.type == "remote-outbound-rtp":
                 totals.peer_sent_bytes = s.bytesSent
         totals.recovered = FEC_RECOVERED[0]
+        plan = getattr(audio_encoder(pc), "plan", None)
+        if plan is not None:
+            extra["fec_planned_pct"] = plan.pct
         if playout is not None:
             totals.played = playout.stats.played
             totals.concealed = playout.stats.concealed
@@ -143,6 +147,8 @@ class CallStats:
                 out["kbps_in"] = round((now.peer_sent_bytes - last.peer_sent_bytes) * 8 / dt / 1000, 1)
         if "playout_ms" in extra:
             out["playout_ms"] = extra["playout_ms"]
+        if "fec_planned_pct" in extra:
+            out["fec_planned_pct"] = extra["fec_planned_pct"]
         concealed = now.concealed - last.concealed
         out["concealed_pct"] = _pct(concealed, now.played - last.played + concealed)
         # totals since the call connected
